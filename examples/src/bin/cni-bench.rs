@@ -1,0 +1,349 @@
+//! Benchmarks of the pod start path, printed as Markdown for BENCHMARKS.md.
+//!
+//!   cni-bench [--cycles N] [--libcni PATH]
+//!
+//! * pause: binary size, resident memory while running, and start + netns pin latency;
+//! * CNI ADD, DEL and ADD+DEL of the upstream chain (bridge + host-local, portmap, loopback)
+//!   through cni-host, N cycles on one pod netns, in a node netns of its own;
+//! * with `--libcni PATH` (the Go harness `examples/libcni-bench`, built by
+//!   `scripts/bench.sh`), the same cycles through upstream libcni, in the same run.
+//!
+//! Needs root, iproute2, util-linux and Debian's containernetworking-plugins.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cni_host::{CniHost, NetworkConfigList, ProcessExec, RuntimeConf};
+use sandboxd::{netns, pause};
+use sandboxd_examples::{new_id, rss_kib, run};
+use serde_json::json;
+
+const NETWORK: &str = "bench";
+
+struct Stats {
+    samples: Vec<Duration>,
+}
+
+impl Stats {
+    fn new(mut samples: Vec<Duration>) -> Stats {
+        samples.sort();
+        Stats { samples }
+    }
+
+    fn quantile(&self, q: f64) -> Duration {
+        let index = ((self.samples.len() as f64 - 1.0) * q).round() as usize;
+        self.samples[index]
+    }
+
+    fn row(&self, what: &str, tool: &str) -> String {
+        let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
+        format!(
+            "| {what} | {tool} | {} | {} | {} | {} |",
+            self.samples.len(),
+            ms(self.quantile(0.5)),
+            ms(self.quantile(0.9)),
+            ms(self.quantile(0.99)),
+        )
+    }
+}
+
+/// Namespaces and dirs of one benchmark run, removed on drop.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn node(&self) -> PathBuf {
+        self.dir.path().join("node")
+    }
+    fn pod(&self) -> PathBuf {
+        self.dir.path().join("pod")
+    }
+    fn noop_bin_dir(&self) -> PathBuf {
+        self.dir.path().join("noop-bin")
+    }
+    /// The plugin dirs both runtimes search: the no-op plugin's, then Debian's.
+    fn cni_path(&self) -> String {
+        format!(
+            "{}:/usr/lib/cni:/opt/cni/bin",
+            self.noop_bin_dir().display()
+        )
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for ns in [self.pod(), self.node()] {
+            if let Err(e) = netns::unpin(&ns) {
+                eprintln!("cni-bench: {e}");
+            }
+        }
+    }
+}
+
+fn conflist(ipam_dir: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "plugins": [
+            { "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+              "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.244.1.0/24" }]],
+                        "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": ipam_dir } },
+            { "type": "portmap", "capabilities": { "portMappings": true } },
+            { "type": "loopback" }
+        ]
+    })
+}
+
+/// What is measured: pods on the upstream chain without a hostPort (portmap does nothing)
+/// and with one (portmap adds and removes iptables rules, which dominates their cost), and
+/// a chain of three no-op plugins, which leaves only the runtime's own work per call
+/// (spawn, pipes, JSON, the cache write).
+#[derive(Clone, Copy)]
+enum Scenario {
+    NoHostPort,
+    OneHostPort,
+    NoopChain,
+}
+
+const NOOP_NETWORK: &str = "noop";
+
+impl Scenario {
+    fn network(self) -> &'static str {
+        match self {
+            Scenario::NoopChain => NOOP_NETWORK,
+            _ => NETWORK,
+        }
+    }
+
+    fn port_mappings(self) -> Option<serde_json::Value> {
+        match self {
+            Scenario::NoHostPort | Scenario::NoopChain => None,
+            Scenario::OneHostPort => {
+                Some(json!([{ "hostPort": 8080, "containerPort": 80, "protocol": "tcp" }]))
+            }
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::NoHostPort => "no hostPort",
+            Scenario::OneHostPort => "1 hostPort",
+            Scenario::NoopChain => "3 no-op plugins",
+        }
+    }
+}
+
+fn rt(pod: &Path, cycle: usize, scenario: Scenario) -> RuntimeConf {
+    let id = format!("bench-{cycle}");
+    let mut rt =
+        RuntimeConf::new(&id, pod.display().to_string(), "eth0").with_pod("default", &id, &id);
+    if let Some(mappings) = scenario.port_mappings() {
+        rt.capability_args.insert("portMappings".into(), mappings);
+    }
+    rt
+}
+
+async fn bench_cni_host(
+    scratch: &Scratch,
+    list: &NetworkConfigList,
+    cycles: usize,
+    scenario: Scenario,
+) -> Result<(Stats, Stats, Stats)> {
+    let host = CniHost::with_exec(
+        std::env::split_paths(&scratch.cni_path()).collect(),
+        scratch.dir.path().join("cache-cni-host"),
+        ProcessExec::in_netns(scratch.node()),
+    );
+    // One warm-up cycle creates the bridge and learns the plugins' versions.
+    host.add(list, &rt(&scratch.pod(), usize::MAX, scenario))
+        .await?;
+    host.del(list, &rt(&scratch.pod(), usize::MAX, scenario))
+        .await?;
+    let (mut adds, mut dels, mut both) = (Vec::new(), Vec::new(), Vec::new());
+    for cycle in 0..cycles {
+        let rt = rt(&scratch.pod(), cycle, scenario);
+        let start = Instant::now();
+        host.add(list, &rt)
+            .await
+            .with_context(|| format!("ADD {cycle}"))?;
+        let added = Instant::now();
+        host.del(list, &rt)
+            .await
+            .with_context(|| format!("DEL {cycle}"))?;
+        let done = Instant::now();
+        adds.push(added - start);
+        dels.push(done - added);
+        both.push(done - start);
+    }
+    Ok((Stats::new(adds), Stats::new(dels), Stats::new(both)))
+}
+
+fn bench_libcni(
+    scratch: &Scratch,
+    harness: &Path,
+    conf_dir: &Path,
+    cycles: usize,
+    scenario: Scenario,
+) -> Result<(Stats, Stats, Stats)> {
+    let mut args = vec![
+        format!("--net={}", scratch.node().display()),
+        "--".into(),
+        harness.display().to_string(),
+        conf_dir.display().to_string(),
+        scenario.network().into(),
+        scratch.pod().display().to_string(),
+        scratch
+            .dir
+            .path()
+            .join("cache-libcni")
+            .display()
+            .to_string(),
+        cycles.to_string(),
+    ];
+    if let Some(mappings) = scenario.port_mappings() {
+        args.push(mappings.to_string());
+    }
+    let out = std::process::Command::new("nsenter")
+        .args(&args)
+        .env("CNI_PATH", scratch.cni_path())
+        .output()
+        .context("run the libcni harness")?;
+    if !out.status.success() {
+        bail!(
+            "libcni harness failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let out = String::from_utf8(out.stdout)?;
+    let doc: serde_json::Value = serde_json::from_str(&out).context("libcni harness output")?;
+    let series = |key: &str| -> Result<Stats> {
+        let values = doc[key]
+            .as_array()
+            .with_context(|| format!("no {key} in libcni output"))?;
+        Ok(Stats::new(
+            values
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(Duration::from_nanos)
+                .collect(),
+        ))
+    };
+    Ok((series("add_ns")?, series("del_ns")?, series("add_del_ns")?))
+}
+
+fn bench_pause(rounds: usize) -> Result<(u64, u64, Stats)> {
+    let binary = pause::locate(None)?;
+    let size = std::fs::metadata(&binary)?.len();
+    let dir = tempfile::tempdir()?;
+    let mut rss = 0;
+    let mut starts = Vec::new();
+    for round in 0..rounds {
+        let start = Instant::now();
+        let mut child = pause::spawn(
+            &binary,
+            "bench",
+            &pause::PodNamespaces {
+                hostname: Some("bench".into()),
+            },
+        )?;
+        let pin = netns::pin(dir.path(), &format!("p{round}"), child.id());
+        starts.push(start.elapsed());
+        if round == 0 {
+            // Let it reach pause(2) before reading its memory.
+            std::thread::sleep(Duration::from_millis(50));
+            rss = rss_kib(child.id())?;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        netns::unpin(&pin?)?;
+    }
+    Ok((size, rss, Stats::new(starts)))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut cycles = 200;
+    let mut libcni: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--cycles" => cycles = args.next().context("--cycles N")?.parse()?,
+            "--libcni" => libcni = Some(args.next().context("--libcni PATH")?.into()),
+            other => {
+                bail!("unknown argument {other:?}; usage: cni-bench [--cycles N] [--libcni PATH]")
+            }
+        }
+    }
+    if cycles == 0 {
+        bail!("--cycles must be at least 1");
+    }
+
+    let (size, rss, starts) = bench_pause(cycles)?;
+
+    let scratch = Scratch {
+        dir: tempfile::Builder::new().prefix("cni-bench-").tempdir()?,
+    };
+    netns::create(&scratch.node())?;
+    netns::create(&scratch.pod())?;
+    let conf_dir = scratch.dir.path().join("net.d");
+    std::fs::create_dir_all(&conf_dir)?;
+    let doc = conflist(&scratch.dir.path().join("ipam"));
+    std::fs::write(conf_dir.join("10-bench.conflist"), doc.to_string())?;
+    // The no-op plugin is the workspace's fake CNI plugin without a script.
+    let fake = std::env::current_exe()?.with_file_name("cni-fake-plugin");
+    if !fake.is_file() {
+        bail!(
+            "{} is missing: cargo build --release --workspace",
+            fake.display()
+        );
+    }
+    std::fs::create_dir_all(scratch.noop_bin_dir())?;
+    std::os::unix::fs::symlink(&fake, scratch.noop_bin_dir().join("noop"))?;
+    let noop = json!({ "cniVersion": "1.0.0", "name": NOOP_NETWORK,
+        "plugins": [{ "type": "noop" }, { "type": "noop" }, { "type": "noop" }] });
+    std::fs::write(conf_dir.join("20-noop.conflist"), noop.to_string())?;
+
+    println!(
+        "run {} on {} ({} cores), {cycles} cycles each",
+        new_id()?.get(..8).unwrap_or(""),
+        run("uname", &["-r"])?.trim(),
+        std::thread::available_parallelism()?.get()
+    );
+    println!();
+    println!("| pause | value |");
+    println!("| --- | --- |");
+    println!("| binary size (stripped, static) | {size} bytes |");
+    println!("| resident memory while running (VmRSS) | {rss} KiB |");
+    println!();
+    println!("| operation | runtime | n | median ms | p90 ms | p99 ms |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("{}", starts.row("pause start + netns pin", "sandboxd"));
+    for scenario in [
+        Scenario::NoHostPort,
+        Scenario::OneHostPort,
+        Scenario::NoopChain,
+    ] {
+        let list = cni_host::load_network(&conf_dir, scenario.network())?;
+        let ours = bench_cni_host(&scratch, &list, cycles, scenario).await?;
+        let theirs = match &libcni {
+            Some(harness) => Some(bench_libcni(
+                &scratch, harness, &conf_dir, cycles, scenario,
+            )?),
+            None => None,
+        };
+        let mut runtimes = vec![("cni-host (Rust)", ours)];
+        runtimes.extend(theirs.map(|t| ("libcni 1.1.2 (Go)", t)));
+        for (op, pick) in [("CNI ADD", 0), ("CNI DEL", 1), ("CNI ADD+DEL", 2)] {
+            for (tool, stats) in &runtimes {
+                let stats = [&stats.0, &stats.1, &stats.2][pick];
+                println!(
+                    "{}",
+                    stats.row(&format!("{op}, {}", scenario.label()), tool)
+                );
+            }
+        }
+    }
+    Ok(())
+}

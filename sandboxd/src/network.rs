@@ -1,0 +1,62 @@
+//! The node's default pod network, with the seeds' numbers.
+
+use serde_json::{json, Value};
+
+/// Name of the default network.
+pub const DEFAULT_NETWORK: &str = "pods";
+/// Name of the default config file in the conf dir.
+pub const DEFAULT_CONFLIST_FILE: &str = "10-sandboxd.conflist";
+/// Where sandboxd reads network configs; its own, so other runtimes' configs are not touched.
+pub const DEFAULT_CONF_DIR: &str = "/etc/sandboxd/net.d";
+/// Where sandboxd keeps CNI results and host-local leases.
+pub const DEFAULT_CNI_STATE_DIR: &str = "/var/lib/sandboxd/cni";
+
+/// Node `node_index` gets 10.244.<node_index>.0/24 with its gateway .1 on bridge `cni0`,
+/// as flannel gives each node a /24 of the cluster's 10.244.0.0/16.
+pub fn default_conflist(node_index: u8, ipam_data_dir: &str) -> Value {
+    let subnet = format!("10.244.{node_index}.0/24");
+    json!({
+        "cniVersion": "1.0.0",
+        "name": DEFAULT_NETWORK,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": subnet }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "dataDir": ipam_data_dir,
+                },
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true } },
+            { "type": "loopback" },
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_network_is_a_valid_conflist_on_the_nodes_subnet() {
+        let doc = default_conflist(2, "/tmp/ipam");
+        let list = cni_host::NetworkConfigList::from_bytes(doc.to_string().as_bytes(), "<default>")
+            .unwrap();
+        assert_eq!(list.name, DEFAULT_NETWORK);
+        let types: Vec<_> = list
+            .plugins
+            .iter()
+            .map(|p| p.plugin_type.as_str())
+            .collect();
+        assert_eq!(types, ["bridge", "portmap", "loopback"]);
+        assert_eq!(
+            list.plugins[0].raw["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.2.0/24"
+        );
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what sandboxd needs on Debian 12, as root: a C linker for Rust, iproute2 and
+# util-linux (namespaces), Debian's upstream CNI plugins (/usr/lib/cni), iptables (portmap),
+# and Rust itself through rustup if cargo is missing. Safe to run again.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config ca-certificates curl file
+  iproute2 util-linux procps iputils-ping
+  iptables containernetworking-plugins
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps.sh: run as root (it installs Debian packages)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${packages[@]}"
+
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile default
+fi
