@@ -454,7 +454,7 @@ async fn status_asks_plugins_only_from_1_1_0() {
 }
 
 #[tokio::test]
-async fn garbage_and_empty_results_are_errors_and_rolled_back() {
+async fn garbage_results_are_errors_and_rolled_back() {
     let (host, _cache) = host(FakeExec::new(|plugin, command, stdin| {
         match (plugin, command) {
             ("portmap", "ADD") => Ok(json!("not a result")),
@@ -471,4 +471,28 @@ async fn garbage_and_empty_results_are_errors_and_rolled_back() {
         .exec()
         .calls()
         .contains(&("bridge".to_string(), "DEL".to_string())));
+}
+
+#[tokio::test]
+async fn an_add_that_prints_nothing_is_an_error_and_rolled_back() {
+    let (host, _cache) = host(FakeExec::new(|plugin, command, stdin| {
+        match (plugin, command) {
+            ("portmap", "ADD") => Ok(Value::Null),
+            _ => well_behaved(plugin, command, stdin),
+        }
+    }));
+    let err = host
+        .add(&list("1.0.0"), &rt())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "plugin portmap failed (ADD) for container c1: succeeded but printed no result"
+    );
+    assert!(host
+        .exec()
+        .calls()
+        .contains(&("bridge".to_string(), "DEL".to_string())));
+    assert!(host.cache().load("pods", "c1", "eth0").unwrap().is_none());
 }

@@ -48,6 +48,35 @@ impl Stats {
     }
 }
 
+/// ADD, DEL and ADD+DEL durations of a run of cycles.
+#[derive(Default)]
+struct Series {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    add_del: Vec<Duration>,
+}
+
+impl Series {
+    fn extend(&mut self, other: Series) {
+        self.add.extend(other.add);
+        self.del.extend(other.del);
+        self.add_del.extend(other.add_del);
+    }
+
+    fn rows(&self, scenario: &str, runtime: &str) -> [String; 3] {
+        [
+            ("CNI ADD", &self.add),
+            ("CNI DEL", &self.del),
+            ("CNI ADD+DEL", &self.add_del),
+        ]
+        .map(|(op, samples)| Stats::new(samples.clone()).row(&format!("{op}, {scenario}"), runtime))
+    }
+}
+
+/// Both runtimes run in alternating blocks, so drift (page cache, conntrack, host-local's
+/// lease scan) does not favour whichever runs first.
+const BLOCKS: usize = 4;
+
 /// Namespaces and dirs of one benchmark run, removed on drop.
 struct Scratch {
     dir: tempfile::TempDir,
@@ -150,7 +179,7 @@ async fn bench_cni_host(
     list: &NetworkConfigList,
     cycles: usize,
     scenario: Scenario,
-) -> Result<(Stats, Stats, Stats)> {
+) -> Result<Series> {
     let host = CniHost::with_exec(
         std::env::split_paths(&scratch.cni_path()).collect(),
         scratch.dir.path().join("cache-cni-host"),
@@ -161,7 +190,7 @@ async fn bench_cni_host(
         .await?;
     host.del(list, &rt(&scratch.pod(), usize::MAX, scenario))
         .await?;
-    let (mut adds, mut dels, mut both) = (Vec::new(), Vec::new(), Vec::new());
+    let mut series = Series::default();
     for cycle in 0..cycles {
         let rt = rt(&scratch.pod(), cycle, scenario);
         let start = Instant::now();
@@ -173,11 +202,11 @@ async fn bench_cni_host(
             .await
             .with_context(|| format!("DEL {cycle}"))?;
         let done = Instant::now();
-        adds.push(added - start);
-        dels.push(done - added);
-        both.push(done - start);
+        series.add.push(added - start);
+        series.del.push(done - added);
+        series.add_del.push(done - start);
     }
-    Ok((Stats::new(adds), Stats::new(dels), Stats::new(both)))
+    Ok(series)
 }
 
 fn bench_libcni(
@@ -186,7 +215,7 @@ fn bench_libcni(
     conf_dir: &Path,
     cycles: usize,
     scenario: Scenario,
-) -> Result<(Stats, Stats, Stats)> {
+) -> Result<Series> {
     let mut args = vec![
         format!("--net={}", scratch.node().display()),
         "--".into(),
@@ -218,19 +247,21 @@ fn bench_libcni(
     }
     let out = String::from_utf8(out.stdout)?;
     let doc: serde_json::Value = serde_json::from_str(&out).context("libcni harness output")?;
-    let series = |key: &str| -> Result<Stats> {
+    let samples = |key: &str| -> Result<Vec<Duration>> {
         let values = doc[key]
             .as_array()
             .with_context(|| format!("no {key} in libcni output"))?;
-        Ok(Stats::new(
-            values
-                .iter()
-                .filter_map(|v| v.as_u64())
-                .map(Duration::from_nanos)
-                .collect(),
-        ))
+        Ok(values
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(Duration::from_nanos)
+            .collect())
     };
-    Ok((series("add_ns")?, series("del_ns")?, series("add_del_ns")?))
+    Ok(Series {
+        add: samples("add_ns")?,
+        del: samples("del_ns")?,
+        add_del: samples("add_del_ns")?,
+    })
 }
 
 fn bench_pause(rounds: usize) -> Result<(u64, u64, Stats)> {
@@ -326,22 +357,28 @@ async fn main() -> Result<()> {
         Scenario::NoopChain,
     ] {
         let list = cni_host::load_network(&conf_dir, scenario.network())?;
-        let ours = bench_cni_host(&scratch, &list, cycles, scenario).await?;
-        let theirs = match &libcni {
-            Some(harness) => Some(bench_libcni(
-                &scratch, harness, &conf_dir, cycles, scenario,
-            )?),
-            None => None,
-        };
-        let mut runtimes = vec![("cni-host (Rust)", ours)];
-        runtimes.extend(theirs.map(|t| ("libcni 1.1.2 (Go)", t)));
-        for (op, pick) in [("CNI ADD", 0), ("CNI DEL", 1), ("CNI ADD+DEL", 2)] {
-            for (tool, stats) in &runtimes {
-                let stats = [&stats.0, &stats.1, &stats.2][pick];
-                println!(
-                    "{}",
-                    stats.row(&format!("{op}, {}", scenario.label()), tool)
-                );
+        let (mut ours, mut theirs) = (Series::default(), Series::default());
+        for block in 0..BLOCKS {
+            let block_cycles = cycles / BLOCKS + usize::from(block < cycles % BLOCKS);
+            ours.extend(bench_cni_host(&scratch, &list, block_cycles, scenario).await?);
+            if let Some(harness) = &libcni {
+                theirs.extend(bench_libcni(
+                    &scratch,
+                    harness,
+                    &conf_dir,
+                    block_cycles,
+                    scenario,
+                )?);
+            }
+        }
+        let ours = ours.rows(scenario.label(), "cni-host (Rust)");
+        let theirs = libcni
+            .as_ref()
+            .map(|_| theirs.rows(scenario.label(), "libcni 1.1.2 (Go)"));
+        for (i, row) in ours.iter().enumerate() {
+            println!("{row}");
+            if let Some(theirs) = &theirs {
+                println!("{}", theirs[i]);
             }
         }
     }
