@@ -1,17 +1,34 @@
-//! sandboxd: the node daemon, from "run this pod" to a pod with an IP.
+//! sandboxd: the node daemon, from "run this pod" to a pod with an IP, behind the CRI v1
+//! API the kubelet speaks to containerd.
 //!
-//! The pieces a pod sandbox is made of, in the order RunPodSandbox uses them:
+//! From the socket inwards:
 //!
-//! * [`pause`]: find the pause binary (beside sandboxd, or a configured path) and start it
-//!   in new net, ipc and uts namespaces: the process that owns the pod's namespaces.
-//! * [`netns`]: pin the pause process's network namespace at `/run/sandboxd/netns/<id>`
-//!   so it outlives any process and tools can enter it (`nsenter --net=<path>`).
-//! * [`network`]: the node's default pod network (bridge `cni0`, host-local IPAM on the
-//!   node's /24 of 10.244.0.0/16, portmap, loopback), attached through `cni-host`.
+//! * [`server`]: binds the CRI socket (0660, one daemon per socket) and serves it;
+//! * [`cri`]: the `runtime.v1.RuntimeService` RPCs, each a thin call into [`runtime`];
+//! * [`runtime`]: the daemon's core, holding the sandboxes; [`config`] says where things live;
+//! * [`sandbox`]: the pod sandbox record and its verbs, one module each: `run`, `stop`,
+//!   `remove`, `status` (status and list), `recover` (start-up);
+//! * [`pause`]: find and start the pause binary in new namespaces;
+//! * [`netns`]: pin a netns at `/run/sandboxd/netns/<id>`, create and remove namespaces;
+//! * [`network`]: the node's default pod network config;
+//! * [`store`]: records on disk, one dir per id, written atomically and fsynced;
+//! * [`rollback`]: undoing the finished steps of a failed operation;
+//! * [`process`]: processes named by pid and start time, signalled and awaited;
+//! * [`error`]: the daemon's errors and their gRPC codes;
+//! * [`client`]: connecting to a CRI socket, for `sandboxctl` and tests.
 //!
-//! The CRI server, containers, images, services and the overlay build on these in
-//! later modules.
+//! Binaries: `sandboxd` (the daemon) and `sandboxctl` (the CLI), both thin over this library.
 
+pub mod client;
+pub mod config;
+pub mod cri;
+pub mod error;
 pub mod netns;
 pub mod network;
 pub mod pause;
+pub mod process;
+pub mod rollback;
+pub mod runtime;
+pub mod sandbox;
+pub mod server;
+pub mod store;

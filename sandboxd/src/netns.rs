@@ -145,6 +145,13 @@ pub fn release_dir(dir: &Path) -> Result<(), NetnsError> {
     }
 }
 
+/// Whether `path` is a pinned namespace (a bind mount of an nsfs file), not just a file.
+pub fn is_pinned(path: &Path) -> bool {
+    const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type().0 as libc::c_long == NSFS_MAGIC)
+}
+
 /// Unpins a namespace; an already-removed pin is not an error.
 pub fn unpin(path: &Path) -> Result<(), NetnsError> {
     match umount2(path, MntFlags::MNT_DETACH) {

@@ -38,6 +38,22 @@ pub fn default_conflist(node_index: u8, ipam_data_dir: &str) -> Value {
     })
 }
 
+/// Writes the default network for node `node_index` into the config's conf dir, with its
+/// IPAM leases under the state dir, and returns the file written.
+pub fn install_default(
+    config: &crate::config::Config,
+    node_index: u8,
+) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(&config.cni_conf_dir)?;
+    let ipam = config.cni_cache_dir().join("ipam");
+    let doc = default_conflist(node_index, &ipam.display().to_string());
+    let file = config.cni_conf_dir.join(DEFAULT_CONFLIST_FILE);
+    let staging = file.with_extension("tmp");
+    std::fs::write(&staging, serde_json::to_string_pretty(&doc).expect("json"))?;
+    std::fs::rename(&staging, &file)?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

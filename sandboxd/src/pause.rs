@@ -1,9 +1,8 @@
 //! Starting the pause process: the pod's first process and the owner of its namespaces.
 
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 
 use nix::sched::{unshare, CloneFlags};
 
@@ -56,25 +55,37 @@ pub fn locate(configured: Option<&Path>) -> Result<PathBuf, PauseError> {
 pub struct PodNamespaces {
     /// Written into the pod's new uts namespace.
     pub hostname: Option<String>,
+    /// Stay in the node's network namespace (a hostNetwork pod).
+    pub host_network: bool,
 }
 
-/// Starts pause in new net, ipc and uts namespaces; `pod` names the pod in errors.
+/// Starts pause in new ipc and uts namespaces, and a new net namespace unless the pod uses
+/// the node's network; `pod` names the pod in errors. The caller reaps the child.
 ///
 /// The namespaces are made in the child between fork and exec, so the first instruction
 /// pause runs is already inside them and nothing else ever shares them by accident.
-pub fn spawn(binary: &Path, pod: &str, namespaces: &PodNamespaces) -> Result<Child, PauseError> {
+pub fn spawn(
+    binary: &Path,
+    pod: &str,
+    namespaces: &PodNamespaces,
+) -> Result<tokio::process::Child, PauseError> {
     let hostname = namespaces.hostname.clone();
-    let mut command = Command::new(binary);
+    let mut flags = CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    if !namespaces.host_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let mut command = tokio::process::Command::new(binary);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: unshare(2) and sethostname(2) are plain syscalls, safe between fork and exec.
+    // SAFETY: setsid(2), unshare(2) and sethostname(2) are plain syscalls, safe between
+    // fork and exec.
     unsafe {
         command.pre_exec(move || {
-            unshare(
-                CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS,
-            )?;
+            // Its own session: a Ctrl-C aimed at the daemon's terminal must not stop pods.
+            nix::unistd::setsid()?;
+            unshare(flags)?;
             if let Some(name) = &hostname {
                 nix::unistd::sethostname(name)?;
             }

@@ -264,7 +264,7 @@ fn bench_libcni(
     })
 }
 
-fn bench_pause(rounds: usize) -> Result<(u64, u64, Stats)> {
+async fn bench_pause(rounds: usize) -> Result<(u64, u64, Stats)> {
     let binary = pause::locate(None)?;
     let size = std::fs::metadata(&binary)?.len();
     let dir = tempfile::tempdir()?;
@@ -277,17 +277,18 @@ fn bench_pause(rounds: usize) -> Result<(u64, u64, Stats)> {
             "bench",
             &pause::PodNamespaces {
                 hostname: Some("bench".into()),
+                host_network: false,
             },
         )?;
-        let pin = netns::pin(dir.path(), &format!("p{round}"), child.id());
+        let pid = child.id().context("pause exited at once")?;
+        let pin = netns::pin(dir.path(), &format!("p{round}"), pid);
         starts.push(start.elapsed());
         if round == 0 {
             // Let it reach pause(2) before reading its memory.
             std::thread::sleep(Duration::from_millis(50));
-            rss = rss_kib(child.id())?;
+            rss = rss_kib(pid)?;
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = child.kill().await;
         netns::unpin(&pin?)?;
     }
     Ok((size, rss, Stats::new(starts)))
@@ -311,7 +312,7 @@ async fn main() -> Result<()> {
         bail!("--cycles must be at least 1");
     }
 
-    let (size, rss, starts) = bench_pause(cycles)?;
+    let (size, rss, starts) = bench_pause(cycles).await?;
 
     let scratch = Scratch {
         dir: tempfile::Builder::new().prefix("cni-bench-").tempdir()?,

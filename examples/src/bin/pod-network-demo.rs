@@ -10,7 +10,6 @@
 //! Needs root, iproute2 and Debian's containernetworking-plugins.
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -75,7 +74,10 @@ fn rt(created: &Created) -> RuntimeConf {
 }
 
 /// Undoes what was created, last step first; carries on past failures and reports them.
-async fn tear_down(created: &Created, mut pause_child: Option<Child>) -> Result<()> {
+async fn tear_down(
+    created: &Created,
+    mut pause_child: Option<tokio::process::Child>,
+) -> Result<()> {
     let mut failures = Vec::new();
     if created.attached {
         match default_network() {
@@ -91,7 +93,7 @@ async fn tear_down(created: &Created, mut pause_child: Option<Child>) -> Result<
         // pause exits 0 on SIGTERM; an already-gone pause is fine.
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         if let Some(child) = pause_child.as_mut() {
-            let _ = child.wait();
+            let _ = child.wait().await;
         }
     }
     if let Some(pin) = &created.netns_pin {
@@ -114,7 +116,7 @@ async fn tear_down(created: &Created, mut pause_child: Option<Child>) -> Result<
     }
 }
 
-async fn bring_up(created: &mut Created) -> Result<(Child, cni_host::CniResult)> {
+async fn bring_up(created: &mut Created) -> Result<(tokio::process::Child, cni_host::CniResult)> {
     let pause_binary = pause::locate(None)?;
     let list = default_network()?;
 
@@ -127,12 +129,14 @@ async fn bring_up(created: &mut Created) -> Result<(Child, cni_host::CniResult)>
         POD_NAME,
         &pause::PodNamespaces {
             hostname: Some(POD_NAME.into()),
+            host_network: false,
         },
     )?;
-    created.pause_pid = Some(child.id());
+    let pid = child.id().context("pause exited at once")?;
+    created.pause_pid = Some(pid);
     let netns_dir = Path::new(netns::DEFAULT_NETNS_DIR);
     netns::prepare_dir(netns_dir)?;
-    created.netns_pin = Some(netns::pin(netns_dir, &created.id, child.id())?);
+    created.netns_pin = Some(netns::pin(netns_dir, &created.id, pid)?);
 
     // Mark before ADD: a plugin may allocate and then fail, and DEL must clean that up too.
     created.attached = true;
@@ -184,7 +188,7 @@ async fn main() -> Result<()> {
 
     let pin = created.netns_pin.clone().expect("pinned");
     let node_net = format!("--net={}", NodeNetns::path_of(NODE).display());
-    let pid = child.id().to_string();
+    let pid = created.pause_pid.unwrap_or_default().to_string();
     let ip = result
         .ips
         .first()

@@ -1,0 +1,37 @@
+//! `inspectp ID`: a pod sandbox's status and the runtime's details (netns path, pause pid,
+//! CNI result), as crictl inspectp prints them.
+
+use k8s_cri::v1 as cri;
+
+use crate::Client;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Pod sandbox ids or unique id prefixes.
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
+    for id in args.ids {
+        let reply = client
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id,
+                verbose: true,
+            })
+            .await?
+            .into_inner();
+        let state = reply.status.as_ref().map(|s| s.state).unwrap_or_default();
+        let mut doc = serde_json::json!({ "status": reply.status });
+        // Enum values by name, as crictl prints them.
+        if let Ok(state) = cri::PodSandboxState::try_from(state) {
+            doc["status"]["state"] = serde_json::json!(state.as_str_name());
+        }
+        if let Some(info) = reply.info.get("info") {
+            doc["info"] =
+                serde_json::from_str(info).unwrap_or(serde_json::Value::String(info.clone()));
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! `pods`: list pod sandboxes, filtered as crictl's flags filter them.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use k8s_cri::v1 as cri;
+
+use crate::output::{age, table, Format};
+use crate::Client;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only the pod with this id (or id prefix).
+    #[arg(long)]
+    id: Option<String>,
+    /// Only pods whose name contains this.
+    #[arg(long)]
+    name: Option<String>,
+    /// Only pods in this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only pods in this state: ready or notready.
+    #[arg(long)]
+    state: Option<String>,
+    /// Only pods with this label (key=value), repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Print ids only.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print full ids.
+    #[arg(long)]
+    no_trunc: bool,
+    #[arg(long, short, value_enum, default_value = "table")]
+    output: Format,
+}
+
+pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
+    let state = match args
+        .state
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None => None,
+        Some("ready") | Some("sandbox_ready") => Some(cri::PodSandboxState::SandboxReady),
+        Some("notready") | Some("sandbox_notready") => Some(cri::PodSandboxState::SandboxNotready),
+        Some(other) => anyhow::bail!("--state {other:?}: expected ready or notready"),
+    };
+    let mut label_selector = HashMap::new();
+    for label in &args.labels {
+        let (k, v) = label
+            .split_once('=')
+            .with_context(|| format!("--label {label:?}: expected key=value"))?;
+        label_selector.insert(k.to_string(), v.to_string());
+    }
+    let filter = cri::PodSandboxFilter {
+        id: args.id.unwrap_or_default(),
+        state: state.map(|s| cri::PodSandboxStateValue { state: s as i32 }),
+        label_selector,
+    };
+    let mut items = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(filter),
+        })
+        .await?
+        .into_inner()
+        .items;
+    items.retain(|p| {
+        let meta = p.metadata.clone().unwrap_or_default();
+        args.name
+            .as_ref()
+            .is_none_or(|n| meta.name.contains(n.as_str()))
+            && args
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| meta.namespace == *ns)
+    });
+
+    if args.quiet {
+        for pod in &items {
+            println!("{}", pod.id);
+        }
+        return Ok(());
+    }
+    match args.output {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "items": items }))?
+        ),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|p| {
+                    let meta = p.metadata.clone().unwrap_or_default();
+                    let id = if args.no_trunc {
+                        p.id.clone()
+                    } else {
+                        sandboxd::sandbox::short(&p.id).to_string()
+                    };
+                    let state = if p.state == cri::PodSandboxState::SandboxReady as i32 {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    };
+                    vec![
+                        id,
+                        age(p.created_at),
+                        state.into(),
+                        meta.name,
+                        meta.namespace,
+                        meta.attempt.to_string(),
+                        "(default)".into(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "POD ID",
+                    "CREATED",
+                    "STATE",
+                    "NAME",
+                    "NAMESPACE",
+                    "ATTEMPT",
+                    "RUNTIME",
+                ],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}

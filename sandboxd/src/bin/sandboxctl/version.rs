@@ -1,0 +1,41 @@
+//! `version` and `info`.
+
+use k8s_cri::v1 as cri;
+
+use crate::Client;
+
+pub async fn version(client: &mut Client) -> anyhow::Result<()> {
+    let v = client
+        .version(cri::VersionRequest {
+            version: "v1".into(),
+        })
+        .await?
+        .into_inner();
+    println!("Version:  {}", v.version);
+    println!("RuntimeName:  {}", v.runtime_name);
+    println!("RuntimeVersion:  {}", v.runtime_version);
+    println!("RuntimeApiVersion:  {}", v.runtime_api_version);
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct InfoArgs {
+    /// Include the runtime's configuration.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+pub async fn info(client: &mut Client, args: InfoArgs) -> anyhow::Result<()> {
+    let status = client
+        .status(cri::StatusRequest {
+            verbose: args.verbose,
+        })
+        .await?
+        .into_inner();
+    let mut doc = serde_json::json!({ "status": status.status });
+    for (key, value) in &status.info {
+        doc[key] = serde_json::from_str(value).unwrap_or(serde_json::Value::String(value.clone()));
+    }
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! sandboxd: the node daemon. Parses flags, recovers state, serves CRI on the socket until
+//! SIGINT or SIGTERM. Pods keep running when it stops; the next start adopts them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use sandboxd::config::Config;
+use sandboxd::runtime::Runtime;
+
+#[derive(Parser)]
+#[command(
+    name = "sandboxd",
+    version,
+    about = "Pod sandboxes behind a CRI v1 API"
+)]
+struct Args {
+    /// The CRI socket.
+    #[arg(long, default_value = "/run/sandboxd/sandboxd.sock")]
+    socket: PathBuf,
+    /// Persistent state (records, CNI results, leases).
+    #[arg(long, default_value = "/var/lib/sandboxd")]
+    state_dir: PathBuf,
+    /// Where pod network namespaces are pinned.
+    #[arg(long, default_value = sandboxd::netns::DEFAULT_NETNS_DIR)]
+    netns_dir: PathBuf,
+    /// CNI network configs; the first valid one is the pod network.
+    #[arg(long, default_value = sandboxd::network::DEFAULT_CONF_DIR)]
+    cni_conf_dir: PathBuf,
+    /// CNI plugin dirs, colon-separated.
+    #[arg(long, default_value = "/opt/cni/bin:/usr/lib/cni")]
+    cni_bin_dir: String,
+    /// Run CNI plugins in this network namespace (a lab node) instead of sandboxd's own.
+    #[arg(long)]
+    node_netns: Option<PathBuf>,
+    /// The pause binary (default: beside sandboxd).
+    #[arg(long)]
+    pause: Option<PathBuf>,
+    /// Deadline of each CNI plugin call, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    cni_timeout: f64,
+    /// If the CNI conf dir holds no valid network, write the default one for this node
+    /// index (10.244.<N>.0/24 on cni0). 0 disables.
+    #[arg(long, default_value_t = 1)]
+    default_network: u8,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config {
+        socket: args.socket,
+        state_dir: args.state_dir,
+        netns_dir: args.netns_dir,
+        cni_conf_dir: args.cni_conf_dir,
+        cni_bin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
+        node_netns: args.node_netns,
+        pause_binary: args.pause,
+        cni_timeout: Duration::from_secs_f64(args.cni_timeout),
+        ..Config::default()
+    };
+    if args.default_network > 0 && cni_host::load_default_network(&config.cni_conf_dir).is_err() {
+        let written = sandboxd::network::install_default(&config, args.default_network)?;
+        eprintln!(
+            "sandboxd: no valid network config; wrote {}",
+            written.display()
+        );
+    }
+    // Bind first: a second daemon must fail before touching any state.
+    let socket = sandboxd::server::bind(&config.socket)?;
+    let runtime = Runtime::start(config.clone())
+        .await
+        .context("start the runtime")?;
+    eprintln!("sandboxd: serving CRI v1 on {}", config.socket.display());
+    sandboxd::server::serve(runtime, socket, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("sandboxd: shutting down; pods keep running");
+}

@@ -1,0 +1,286 @@
+//! The CRI v1 `RuntimeService`, over [`Runtime`]. Each RPC unpacks its request, calls one
+//! verb, and packs the answer; errors map to gRPC codes in `error.rs`. RPCs sandboxd does
+//! not implement answer UNIMPLEMENTED, never panic.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use tonic::{Request, Response, Status};
+
+use crate::runtime::Runtime;
+use crate::sandbox::ListFilter;
+
+/// The CRI API version this server speaks.
+pub const CRI_API_VERSION: &str = "v1";
+pub const RUNTIME_NAME: &str = "sandboxd";
+
+pub struct CriService {
+    runtime: Arc<Runtime>,
+}
+
+impl CriService {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        CriService { runtime }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn unimplemented<T>(rpc: &str) -> Reply<T> {
+    Err(Status::unimplemented(format!(
+        "sandboxd does not implement {rpc} yet"
+    )))
+}
+
+#[tonic::async_trait]
+impl RuntimeService for CriService {
+    async fn version(&self, _: Request<cri::VersionRequest>) -> Reply<cri::VersionResponse> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: CRI_API_VERSION.into(),
+        }))
+    }
+
+    async fn status(&self, request: Request<cri::StatusRequest>) -> Reply<cri::StatusResponse> {
+        let verbose = request.into_inner().verbose;
+        let network = self.runtime.network_status().await;
+        let conditions = vec![
+            cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: network.is_ok(),
+                reason: if network.is_ok() {
+                    String::new()
+                } else {
+                    "NetworkPluginNotReady".into()
+                },
+                message: network.as_ref().err().cloned().unwrap_or_default(),
+            },
+        ];
+        let mut info = std::collections::HashMap::new();
+        if verbose {
+            let config = &self.runtime.config;
+            let detail = serde_json::json!({
+                "cniConfDir": config.cni_conf_dir,
+                "cniBinDirs": config.cni_bin_dirs,
+                "netnsDir": config.netns_dir,
+                "stateDir": config.state_dir,
+                "nodeNetns": config.node_netns,
+            });
+            info.insert("config".to_string(), detail.to_string());
+        }
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            info,
+            ..Default::default()
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Reply<cri::RunPodSandboxResponse> {
+        let request = request.into_inner();
+        if !request.runtime_handler.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "invalid runtime_handler {:?} of pod sandbox: sandboxd has only the default handler",
+                request.runtime_handler
+            )));
+        }
+        let id = self.runtime.run_pod_sandbox(request.config).await?;
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Reply<cri::StopPodSandboxResponse> {
+        self.runtime
+            .stop_pod_sandbox(&request.into_inner().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Reply<cri::RemovePodSandboxResponse> {
+        self.runtime
+            .remove_pod_sandbox(&request.into_inner().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Reply<cri::PodSandboxStatusResponse> {
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.runtime
+                .pod_sandbox_status(&request.pod_sandbox_id, request.verbose)
+                .await?,
+        ))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Reply<cri::ListPodSandboxResponse> {
+        let filter = ListFilter::from_cri(request.into_inner().filter);
+        Ok(Response::new(cri::ListPodSandboxResponse {
+            items: self.runtime.list_pod_sandbox(&filter).await,
+        }))
+    }
+
+    async fn create_container(
+        &self,
+        _: Request<cri::CreateContainerRequest>,
+    ) -> Reply<cri::CreateContainerResponse> {
+        unimplemented("CreateContainer")
+    }
+    async fn start_container(
+        &self,
+        _: Request<cri::StartContainerRequest>,
+    ) -> Reply<cri::StartContainerResponse> {
+        unimplemented("StartContainer")
+    }
+    async fn stop_container(
+        &self,
+        _: Request<cri::StopContainerRequest>,
+    ) -> Reply<cri::StopContainerResponse> {
+        unimplemented("StopContainer")
+    }
+    async fn remove_container(
+        &self,
+        _: Request<cri::RemoveContainerRequest>,
+    ) -> Reply<cri::RemoveContainerResponse> {
+        unimplemented("RemoveContainer")
+    }
+    async fn list_containers(
+        &self,
+        _: Request<cri::ListContainersRequest>,
+    ) -> Reply<cri::ListContainersResponse> {
+        // No containers yet: an empty list is the truthful answer, and what the kubelet polls.
+        Ok(Response::new(cri::ListContainersResponse {
+            containers: Vec::new(),
+        }))
+    }
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Reply<cri::ContainerStatusResponse> {
+        Err(Status::not_found(format!(
+            "container {} not found",
+            request.into_inner().container_id
+        )))
+    }
+    async fn update_container_resources(
+        &self,
+        _: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Reply<cri::UpdateContainerResourcesResponse> {
+        unimplemented("UpdateContainerResources")
+    }
+    async fn reopen_container_log(
+        &self,
+        _: Request<cri::ReopenContainerLogRequest>,
+    ) -> Reply<cri::ReopenContainerLogResponse> {
+        unimplemented("ReopenContainerLog")
+    }
+    async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
+        unimplemented("ExecSync")
+    }
+    async fn exec(&self, _: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
+        unimplemented("Exec")
+    }
+    async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
+        unimplemented("Attach")
+    }
+    async fn port_forward(
+        &self,
+        _: Request<cri::PortForwardRequest>,
+    ) -> Reply<cri::PortForwardResponse> {
+        unimplemented("PortForward")
+    }
+    async fn container_stats(
+        &self,
+        _: Request<cri::ContainerStatsRequest>,
+    ) -> Reply<cri::ContainerStatsResponse> {
+        unimplemented("ContainerStats")
+    }
+    async fn list_container_stats(
+        &self,
+        _: Request<cri::ListContainerStatsRequest>,
+    ) -> Reply<cri::ListContainerStatsResponse> {
+        unimplemented("ListContainerStats")
+    }
+    async fn pod_sandbox_stats(
+        &self,
+        _: Request<cri::PodSandboxStatsRequest>,
+    ) -> Reply<cri::PodSandboxStatsResponse> {
+        unimplemented("PodSandboxStats")
+    }
+    async fn list_pod_sandbox_stats(
+        &self,
+        _: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Reply<cri::ListPodSandboxStatsResponse> {
+        unimplemented("ListPodSandboxStats")
+    }
+    async fn update_runtime_config(
+        &self,
+        _: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Reply<cri::UpdateRuntimeConfigResponse> {
+        // The kubelet sends the pod CIDR here; sandboxd takes its network from CNI configs.
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+    async fn checkpoint_container(
+        &self,
+        _: Request<cri::CheckpointContainerRequest>,
+    ) -> Reply<cri::CheckpointContainerResponse> {
+        unimplemented("CheckpointContainer")
+    }
+
+    type GetContainerEventsStream = Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    async fn get_container_events(
+        &self,
+        _: Request<cri::GetEventsRequest>,
+    ) -> Reply<Self::GetContainerEventsStream> {
+        unimplemented("GetContainerEvents")
+    }
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Reply<cri::ListMetricDescriptorsResponse> {
+        unimplemented("ListMetricDescriptors")
+    }
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Reply<cri::ListPodSandboxMetricsResponse> {
+        unimplemented("ListPodSandboxMetrics")
+    }
+    async fn runtime_config(
+        &self,
+        _: Request<cri::RuntimeConfigRequest>,
+    ) -> Reply<cri::RuntimeConfigResponse> {
+        unimplemented("RuntimeConfig")
+    }
+}

@@ -1,0 +1,189 @@
+//! The daemon's core: the sandboxes it holds and the parts it drives. The CRI server is a
+//! thin layer over this; each verb lives in its own module under `sandbox/`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use cni_host::{CniHost, NetworkConfigList, ProcessExec, RuntimeConf};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::sandbox::{PodMetadata, SandboxRecord, RECORD_FILE};
+use crate::store::Store;
+
+/// One sandbox held in memory; its mutex serializes the verbs on it.
+pub type SandboxEntry = Arc<tokio::sync::Mutex<SandboxRecord>>;
+
+pub struct Runtime {
+    pub config: Config,
+    pub(crate) cni: CniHost<ProcessExec>,
+    pub(crate) sandboxes: Store,
+    pub(crate) pause_binary: PathBuf,
+    pub(crate) pods: RwLock<HashMap<String, SandboxEntry>>,
+    /// Pod identity → sandbox id: a name is taken from the moment a RunPodSandbox
+    /// starts, so two concurrent runs of the same pod cannot both succeed.
+    pub(crate) names: std::sync::Mutex<HashMap<PodMetadata, String>>,
+}
+
+impl Runtime {
+    /// Builds the runtime and recovers what an earlier daemon left (see `sandbox::recover`).
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Runtime>> {
+        let pause_binary = crate::pause::locate(config.pause_binary.as_deref())?;
+        let exec = match &config.node_netns {
+            Some(netns) => ProcessExec::in_netns(netns),
+            None => ProcessExec::new(),
+        };
+        let cni = CniHost::with_exec(config.cni_bin_dirs.clone(), config.cni_cache_dir(), exec)
+            .plugin_timeout(config.cni_timeout);
+        crate::netns::prepare_dir(&config.netns_dir)?;
+        let runtime = Arc::new(Runtime {
+            sandboxes: Store::new(config.sandboxes_dir(), RECORD_FILE),
+            config,
+            cni,
+            pause_binary,
+            pods: RwLock::new(HashMap::new()),
+            names: std::sync::Mutex::new(HashMap::new()),
+        });
+        runtime.recover().await?;
+        Ok(runtime)
+    }
+
+    /// Finds a sandbox by id or unique id prefix (as crictl lets users type them).
+    pub fn lookup(&self, id: &str) -> Result<(String, SandboxEntry)> {
+        let not_found = || Error::NotFound {
+            kind: "pod sandbox",
+            id: id.to_string(),
+        };
+        if id.is_empty() {
+            return Err(Error::invalid("pod sandbox", "pod_sandbox_id", "is empty"));
+        }
+        let pods = self.pods.read().expect("pods lock");
+        if let Some(entry) = pods.get(id) {
+            return Ok((id.to_string(), entry.clone()));
+        }
+        let mut matches = pods.iter().filter(|(full, _)| full.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((full, entry)), None) => Ok((full.clone(), entry.clone())),
+            (Some(_), Some(_)) => Err(Error::invalid(
+                format!("pod sandbox {id}"),
+                "pod_sandbox_id",
+                "the prefix matches more than one sandbox",
+            )),
+            _ => Err(not_found()),
+        }
+    }
+
+    pub fn entries(&self) -> Vec<SandboxEntry> {
+        self.pods
+            .read()
+            .expect("pods lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The pod network for new sandboxes: the first valid config of the conf dir, read on
+    /// every call so a changed config applies without a restart.
+    pub fn pod_network(&self) -> Result<NetworkConfigList> {
+        cni_host::load_default_network(&self.config.cni_conf_dir)
+            .map_err(|e| Error::FailedPrecondition(format!("the pod network is not ready: {e}")))
+    }
+
+    /// The network a sandbox was attached to, for DEL: by name from the conf dir, else the
+    /// config the CNI cache kept from the ADD (the file may have changed or gone since).
+    pub(crate) fn attached_network(
+        &self,
+        name: &str,
+        rt: &RuntimeConf,
+    ) -> anyhow::Result<NetworkConfigList> {
+        if let Ok(list) = cni_host::load_network(&self.config.cni_conf_dir, name) {
+            return Ok(list);
+        }
+        let cached = self
+            .cni
+            .cache()
+            .load(name, &rt.container_id, &rt.ifname)?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "network {name} is neither in {} nor in the CNI cache",
+                    self.config.cni_conf_dir.display()
+                )
+            })?;
+        Ok(NetworkConfigList::from_bytes(
+            &cached.config,
+            "<cached config>",
+        )?)
+    }
+
+    /// CNI arguments of a sandbox, the same for ADD and DEL.
+    pub(crate) fn cni_runtime_conf(record: &SandboxRecord) -> RuntimeConf {
+        let netns = record
+            .netns_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let mut rt = RuntimeConf::new(&record.id, netns, "eth0").with_pod(
+            &record.metadata.namespace,
+            &record.metadata.name,
+            &record.id,
+        );
+        rt.args
+            .push(("K8S_POD_UID".to_string(), record.metadata.uid.clone()));
+        if !record.port_mappings.is_empty() {
+            let mappings: Vec<serde_json::Value> = record
+                .port_mappings
+                .iter()
+                .map(|p| {
+                    let mut m = serde_json::json!({
+                        "hostPort": p.host_port,
+                        "containerPort": p.container_port,
+                        "protocol": p.protocol,
+                    });
+                    if !p.host_ip.is_empty() {
+                        m["hostIP"] = serde_json::json!(p.host_ip);
+                    }
+                    m
+                })
+                .collect();
+            rt.capability_args
+                .insert("portMappings".into(), serde_json::Value::Array(mappings));
+        }
+        rt
+    }
+
+    pub(crate) fn save(&self, record: &SandboxRecord) -> Result<()> {
+        self.sandboxes
+            .save(&record.id, record)
+            .map_err(|e| Error::step("persist the record", record.describe(), e))
+    }
+}
+
+/// A fresh 64-hex-digit id, as containerd makes them.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    let mut file = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
+    std::io::Read::read_exact(&mut file, &mut bytes).expect("read /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Runtime {
+    /// NetworkReady: the pod network's config loads and its plugins are ready (CNI STATUS).
+    /// The error is a message a person can act on.
+    pub async fn network_status(&self) -> Result<(), String> {
+        let list = self.pod_network().map_err(|e| {
+            format!(
+                "{e}; put a network config in {} (see README)",
+                self.config.cni_conf_dir.display()
+            )
+        })?;
+        self.cni.status(&list).await.map_err(|e| e.to_string())
+    }
+}

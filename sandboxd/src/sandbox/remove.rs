@@ -1,0 +1,30 @@
+//! RemovePodSandbox: stop what still runs, then delete the record. Removing an unknown
+//! sandbox succeeds, as the CRI asks (the kubelet retries removals).
+
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+
+impl Runtime {
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+        let (id, entry) = match self.lookup(id) {
+            Ok(found) => found,
+            Err(Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut record = entry.lock().await;
+        let outcome = self.release(&mut record).await;
+        if let Err(e) = outcome {
+            self.save(&record)?;
+            return Err(e);
+        }
+        self.sandboxes
+            .remove(&id)
+            .map_err(|e| Error::step("remove the record", record.describe(), e))?;
+        self.pods.write().expect("pods lock").remove(&id);
+        self.names
+            .lock()
+            .expect("names lock")
+            .remove(&record.metadata);
+        Ok(())
+    }
+}

@@ -1,0 +1,416 @@
+//! RunPodSandbox: validate, start pause in new namespaces, pin its netns, attach the pod
+//! network, persist. Every step registers its undo first; a failure runs them in reverse.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_cri::v1 as cri;
+use nix::sys::signal::Signal;
+
+use crate::error::{Error, Result};
+use crate::process::ProcessHandle;
+use crate::rollback::Rollback;
+use crate::runtime::{new_id, now_ns, Runtime};
+use crate::sandbox::{
+    describe, PodMetadata, PortMapping, SandboxRecord, SandboxState, RECORD_VERSION,
+};
+
+/// What a valid request asks for.
+struct PodSpec {
+    metadata: PodMetadata,
+    hostname: String,
+    log_directory: String,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    port_mappings: Vec<PortMapping>,
+    host_network: bool,
+}
+
+/// Names end up in paths, CNI_ARGS and messages: no separators, no `.`/`..`, no controls.
+fn check_name(object: &str, field: &str, value: &str, max: usize) -> Result<()> {
+    let forbidden = value
+        .chars()
+        .find(|c| matches!(c, '/' | ';' | '=' | ',') || c.is_whitespace() || c.is_control());
+    let problem = if value.is_empty() {
+        "is empty".to_string()
+    } else if value.len() > max {
+        format!("is {} bytes long, the limit is {max}", value.len())
+    } else if value == "." || value == ".." {
+        format!("{value:?} is not a name")
+    } else if let Some(c) = forbidden {
+        format!("{value:?} contains {c:?}")
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid(object, field, problem))
+}
+
+fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
+    let config = config.ok_or_else(|| Error::invalid("pod sandbox", "config", "is missing"))?;
+    let meta = config
+        .metadata
+        .ok_or_else(|| Error::invalid("pod sandbox", "config.metadata", "is missing"))?;
+    let object = format!("pod sandbox {}/{}", meta.namespace, meta.name);
+    check_name(&object, "metadata.name", &meta.name, 253)?;
+    check_name(&object, "metadata.namespace", &meta.namespace, 253)?;
+    check_name(&object, "metadata.uid", &meta.uid, 253)?;
+
+    // Without a hostname the pod's name is used, cut to a hostname's 63 characters as the
+    // kubelet does.
+    let hostname = if config.hostname.is_empty() {
+        meta.name
+            .chars()
+            .take(63)
+            .collect::<String>()
+            .trim_end_matches(['-', '.'])
+            .to_string()
+    } else {
+        config.hostname.clone()
+    };
+    let valid_hostname = !hostname.is_empty()
+        && hostname.len() <= 64
+        && !hostname.starts_with(['-', '.'])
+        && hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !valid_hostname {
+        let field = if config.hostname.is_empty() {
+            "metadata.name (as the hostname)"
+        } else {
+            "hostname"
+        };
+        return Err(Error::invalid(
+            &object,
+            field,
+            format!("{hostname:?} is not a valid hostname (letters, digits, '-', '.')"),
+        ));
+    }
+
+    let mut port_mappings = Vec::new();
+    for (i, p) in config.port_mappings.iter().enumerate() {
+        let field = |f: &str| format!("port_mappings[{i}].{f}");
+        let protocol = match cri::Protocol::try_from(p.protocol) {
+            Ok(cri::Protocol::Tcp) => "tcp",
+            Ok(cri::Protocol::Udp) => "udp",
+            Ok(cri::Protocol::Sctp) => "sctp",
+            Err(_) => {
+                return Err(Error::invalid(
+                    &object,
+                    field("protocol"),
+                    format!("{} is not TCP (0), UDP (1) or SCTP (2)", p.protocol),
+                ))
+            }
+        };
+        let container_port = u16::try_from(p.container_port)
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| {
+                Error::invalid(
+                    &object,
+                    field("container_port"),
+                    format!("{} is not a port (1-65535)", p.container_port),
+                )
+            })?;
+        let host_port = u16::try_from(p.host_port).map_err(|_| {
+            Error::invalid(
+                &object,
+                field("host_port"),
+                format!("{} is not a port (0-65535)", p.host_port),
+            )
+        })?;
+        if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::invalid(
+                &object,
+                field("host_ip"),
+                format!("{:?} is not an IP address", p.host_ip),
+            ));
+        }
+        // A mapping without a host port only documents the container port.
+        if host_port != 0 {
+            port_mappings.push(PortMapping {
+                protocol: protocol.to_string(),
+                container_port,
+                host_port,
+                host_ip: p.host_ip.clone(),
+            });
+        }
+    }
+    for key in config.labels.keys().chain(config.annotations.keys()) {
+        if key.is_empty() {
+            return Err(Error::invalid(
+                &object,
+                "labels",
+                "a label or annotation key is empty",
+            ));
+        }
+    }
+
+    let mut host_network = false;
+    if let Some(options) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+    {
+        host_network = options.network == cri::NamespaceMode::Node as i32;
+        if options.pid == cri::NamespaceMode::Pod as i32 {
+            return Err(Error::invalid(&object, "linux.security_context.namespace_options.pid", "a pid namespace shared by the pod (POD) is not supported yet; use CONTAINER or NODE"));
+        }
+        if options.network != cri::NamespaceMode::Pod as i32 && !host_network {
+            return Err(Error::invalid(
+                &object,
+                "linux.security_context.namespace_options.network",
+                "must be POD or NODE",
+            ));
+        }
+    }
+
+    Ok(PodSpec {
+        metadata: PodMetadata {
+            name: meta.name,
+            namespace: meta.namespace,
+            uid: meta.uid,
+            attempt: meta.attempt,
+        },
+        hostname,
+        log_directory: config.log_directory,
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        port_mappings,
+        host_network,
+    })
+}
+
+impl Runtime {
+    /// Runs a pod sandbox and returns its id. On failure nothing of it is left behind.
+    pub async fn run_pod_sandbox(
+        self: &Arc<Self>,
+        config: Option<cri::PodSandboxConfig>,
+    ) -> Result<String> {
+        let spec = validate(config)?;
+        let id = new_id();
+        let object = describe(&id, &spec.metadata);
+        let mut rollback = Rollback::new();
+
+        // 1. Take the pod's name.
+        {
+            let mut names = self.names.lock().expect("names lock");
+            if let Some(existing) = names.get(&spec.metadata) {
+                return Err(Error::AlreadyExists(format!(
+                    "pod sandbox {}/{} (uid {}, attempt {}) already exists as {existing}",
+                    spec.metadata.namespace,
+                    spec.metadata.name,
+                    spec.metadata.uid,
+                    spec.metadata.attempt
+                )));
+            }
+            names.insert(spec.metadata.clone(), id.clone());
+        }
+        let runtime = self.clone();
+        let metadata = spec.metadata.clone();
+        rollback.push("take the pod name", async move {
+            runtime.names.lock().expect("names lock").remove(&metadata);
+            Ok(())
+        });
+
+        let outcome = self.bring_up(&id, spec, &mut rollback).await;
+        match outcome {
+            Ok(record) => {
+                self.pods
+                    .write()
+                    .expect("pods lock")
+                    .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(record)));
+                rollback.commit();
+                Ok(id)
+            }
+            Err(failure) => {
+                let undo = rollback.run().await;
+                if undo.is_empty() {
+                    Err(failure)
+                } else {
+                    Err(Error::RollbackFailed {
+                        failure: Box::new(failure),
+                        undo,
+                    })
+                }
+            }
+        }
+        .map_err(|e| {
+            if matches!(e, Error::Step { .. }) {
+                eprintln!("sandboxd: run {object}: {e}");
+            }
+            e
+        })
+    }
+
+    async fn bring_up(
+        self: &Arc<Self>,
+        id: &str,
+        spec: PodSpec,
+        rollback: &mut Rollback,
+    ) -> Result<SandboxRecord> {
+        let object = describe(id, &spec.metadata);
+        let network = if spec.host_network {
+            None
+        } else {
+            Some(self.pod_network()?)
+        };
+
+        // 2. pause, in new namespaces.
+        let namespaces = crate::pause::PodNamespaces {
+            hostname: Some(spec.hostname.clone()),
+            host_network: spec.host_network,
+        };
+        let mut child = crate::pause::spawn(&self.pause_binary, &object, &namespaces)
+            .map_err(|e| Error::step("start pause", &object, e))?;
+        let pid = child.id().ok_or_else(|| {
+            Error::step("start pause", &object, anyhow::anyhow!("exited at once"))
+        })?;
+        let pause = ProcessHandle::of(pid).ok_or_else(|| {
+            Error::step("start pause", &object, anyhow::anyhow!("exited at once"))
+        })?;
+        // Reap it whenever it exits, so it never lingers as a zombie.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let grace = self.config.stop_grace;
+        rollback.push("start pause", async move {
+            pause
+                .terminate(Signal::SIGKILL, grace)
+                .await
+                .map_err(|e| e.to_string())
+        });
+
+        let mut record = SandboxRecord {
+            version: RECORD_VERSION,
+            id: id.to_string(),
+            metadata: spec.metadata,
+            hostname: spec.hostname,
+            log_directory: spec.log_directory,
+            labels: spec.labels,
+            annotations: spec.annotations,
+            port_mappings: spec.port_mappings,
+            host_network: spec.host_network,
+            created_at_ns: now_ns(),
+            state: SandboxState::Ready,
+            pause: Some(pause),
+            netns_path: None,
+            network: None,
+            ip: String::new(),
+            additional_ips: Vec::new(),
+            cni_result: None,
+        };
+
+        if let Some(network) = network {
+            // 3. Pin the netns.
+            let path = crate::netns::pin(&self.config.netns_dir, id, pid)
+                .map_err(|e| Error::step("pin the netns", &object, e))?;
+            let pinned = path.clone();
+            rollback.push("pin the netns", async move {
+                crate::netns::unpin(&pinned).map_err(|e| e.to_string())
+            });
+            record.netns_path = Some(path);
+
+            // 4. Attach the network. The DEL is registered first: a plugin may allocate and fail.
+            let rt = Runtime::cni_runtime_conf(&record);
+            let runtime = self.clone();
+            let (del_list, del_rt) = (network.clone(), rt.clone());
+            rollback.push("attach the pod network", async move {
+                runtime
+                    .cni
+                    .del(&del_list, &del_rt)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            let result = self
+                .cni
+                .add(&network, &rt)
+                .await
+                .map_err(|e| Error::step("attach the pod network", &object, e))?;
+            let mut ips = result.ips.iter().map(|ip| ip.address.addr.to_string());
+            record.ip = ips.next().unwrap_or_default();
+            record.additional_ips = ips.collect();
+            record.network = Some(network.name.clone());
+            record.cni_result = result.to_version(network.cni_version).ok();
+        }
+
+        // 5. Persist.
+        self.save(&record)?;
+        let runtime = self.clone();
+        let saved = id.to_string();
+        rollback.push("persist the record", async move {
+            runtime.sandboxes.remove(&saved).map_err(|e| e.to_string())
+        });
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, namespace: &str, uid: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                namespace: namespace.into(),
+                uid: uid.into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn message(config: cri::PodSandboxConfig) -> String {
+        validate(Some(config))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn names_must_be_usable_in_paths_and_messages() {
+        assert_eq!(
+            message(config("", "default", "u")),
+            "invalid metadata.name of pod sandbox default/: is empty"
+        );
+        assert!(message(config("a/b", "default", "u"))
+            .contains("metadata.name of pod sandbox default/a/b: \"a/b\" contains '/'"));
+        assert!(message(config("..", "default", "u")).contains("\"..\" is not a name"));
+        assert!(message(config("web", "", "u")).contains("metadata.namespace"));
+        assert!(message(config("web", "default", "")).contains("metadata.uid"));
+        assert!(validate(Some(config("web", "default", "u1"))).is_ok());
+        assert!(validate(None).is_err());
+    }
+
+    #[test]
+    fn ports_and_hostnames_are_checked() {
+        let mut bad_port = config("web", "default", "u");
+        bad_port.port_mappings.push(cri::PortMapping {
+            protocol: 0,
+            container_port: 70000,
+            host_port: 8080,
+            host_ip: String::new(),
+        });
+        assert!(message(bad_port).contains("invalid port_mappings[0].container_port of pod sandbox default/web: 70000 is not a port"));
+        let mut bad_protocol = config("web", "default", "u");
+        bad_protocol.port_mappings.push(cri::PortMapping {
+            protocol: 9,
+            container_port: 80,
+            host_port: 8080,
+            host_ip: String::new(),
+        });
+        assert!(message(bad_protocol).contains("port_mappings[0].protocol"));
+        let mut bad_hostname = config("web", "default", "u");
+        bad_hostname.hostname = "bad_host".into();
+        assert!(message(bad_hostname).contains("hostname"));
+        let long = "a".repeat(100);
+        assert_eq!(
+            validate(Some(config(&long, "default", "u")))
+                .unwrap()
+                .hostname
+                .len(),
+            63
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! StopPodSandbox: detach the network (CNI DEL, with its own deadline), stop pause, unpin
+//! the netns. Idempotent: each step runs only if its resource is still recorded, and the
+//! record is saved whatever happens, so a failed stop can be finished by the next one.
+
+use nix::sys::signal::Signal;
+
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+use crate::sandbox::{SandboxRecord, SandboxState};
+
+impl Runtime {
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
+        let (_, entry) = self.lookup(id)?;
+        let mut record = entry.lock().await;
+        let outcome = self.release(&mut record).await;
+        self.save(&record)?;
+        outcome
+    }
+
+    /// Releases what the sandbox still holds, recording each release as it happens.
+    pub(crate) async fn release(&self, record: &mut SandboxRecord) -> Result<()> {
+        let object = record.describe();
+        record.state = SandboxState::NotReady;
+
+        if let Some(name) = record.network.clone() {
+            let rt = Runtime::cni_runtime_conf(record);
+            let list = self
+                .attached_network(&name, &rt)
+                .map_err(|e| Error::step("find the pod network for DEL", &object, e))?;
+            self.cni
+                .del(&list, &rt)
+                .await
+                .map_err(|e| Error::step("detach the pod network", &object, e))?;
+            record.network = None;
+            record.cni_result = None;
+        }
+        if let Some(pause) = record.pause {
+            pause
+                .terminate(Signal::SIGTERM, self.config.stop_grace)
+                .await
+                .map_err(|e| Error::step("stop pause", &object, e))?;
+            record.pause = None;
+        }
+        if let Some(path) = record.netns_path.clone() {
+            crate::netns::unpin(&path).map_err(|e| Error::step("unpin the netns", &object, e))?;
+            record.netns_path = None;
+        }
+        Ok(())
+    }
+}

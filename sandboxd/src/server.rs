@@ -1,0 +1,92 @@
+//! Serving the CRI API on a unix socket.
+//!
+//! The socket is created mode 0660 next to a lock file; a second sandboxd finds the lock
+//! held and refuses to start instead of stealing the socket from the first.
+
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::cri::CriService;
+use crate::runtime::Runtime;
+
+/// The bound socket and the lock that makes it ours.
+pub struct Socket {
+    listener: UnixListener,
+    path: PathBuf,
+    lock: std::fs::File,
+}
+
+/// Binds `path` (mode 0660) unless another sandboxd holds it.
+pub fn bind(path: &Path) -> anyhow::Result<Socket> {
+    let dir = path.parent().context("the socket path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("open {}", lock_path.display()))?;
+    // SAFETY: flock(2) on a file we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another sandboxd is serving {} (it holds {}); stop it first",
+            path.display(),
+            lock_path.display()
+        );
+    }
+    // The lock is ours, so a socket file left here is from a daemon that died.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("remove the stale socket {}", path.display()))
+        }
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod 0660 {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    Ok(Socket {
+        listener: UnixListener::from_std(listener)?,
+        path: path.to_path_buf(),
+        lock,
+    })
+}
+
+/// Serves the CRI API on `socket` until `shutdown` completes.
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    socket: Socket,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Socket {
+        listener,
+        path,
+        lock,
+    } = socket;
+    // Removed however serving ends; the lock is released after it.
+    let _socket_file = SocketFile(path, lock);
+    tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(CriService::new(runtime)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .context("serve the CRI API")
+}
+
+struct SocketFile(PathBuf, #[allow(dead_code)] std::fs::File);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

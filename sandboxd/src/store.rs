@@ -1,0 +1,145 @@
+//! Records on disk: one directory per object id, a versioned JSON file written atomically.
+//!
+//! `<dir>/<id>/<file>` is written to a temporary name, fsynced, renamed over the old file,
+//! and the directory fsynced, so after a crash or a power loss a record is either the old
+//! one or the new one. Unlike the CNI cache, these records are what a restarted daemon
+//! rebuilds its view from, so they must survive.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// What [`Store::load_all`] found.
+pub struct Loaded<T> {
+    pub records: Vec<T>,
+    /// Ids whose record could not be read, with why.
+    pub unreadable: Vec<(String, anyhow::Error)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    file: &'static str,
+}
+
+impl Store {
+    /// Records of one kind under `dir`, each in `<dir>/<id>/<file>`.
+    pub fn new(dir: impl Into<PathBuf>, file: &'static str) -> Self {
+        Store {
+            dir: dir.into(),
+            file,
+        }
+    }
+
+    pub fn dir_of(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    pub fn save<T: Serialize>(&self, id: &str, record: &T) -> anyhow::Result<()> {
+        let dir = self.dir_of(id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let path = dir.join(self.file);
+        let staging = dir.join(format!(".{}.tmp", self.file));
+        let bytes = serde_json::to_vec_pretty(record).context("serialize the record")?;
+        let mut file = std::fs::File::create(&staging)
+            .with_context(|| format!("create {}", staging.display()))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("write {}", staging.display()))?;
+        std::fs::rename(&staging, &path)
+            .with_context(|| format!("rename to {}", path.display()))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("sync {}", dir.display()))?;
+        Ok(())
+    }
+
+    /// Every record, and the ids whose file could not be read (left for the operator).
+    pub fn load_all<T: DeserializeOwned>(&self) -> anyhow::Result<Loaded<T>> {
+        let mut loaded = Loaded {
+            records: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(loaded),
+            Err(e) => return Err(e).with_context(|| format!("read {}", self.dir.display())),
+        };
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path().join(self.file);
+            match read(&path) {
+                Ok(record) => loaded.records.push(record),
+                Err(e) => loaded.unreadable.push((id, e)),
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Removes a record and its directory; a missing one is not an error.
+    pub fn remove(&self, id: &str) -> anyhow::Result<()> {
+        match std::fs::remove_dir_all(self.dir_of(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("remove {}", self.dir_of(id).display())),
+        }
+    }
+}
+
+fn read<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Record {
+        version: u32,
+        name: String,
+    }
+
+    #[test]
+    fn saves_loads_and_removes_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path(), "record.json");
+        store
+            .save(
+                "a",
+                &Record {
+                    version: 1,
+                    name: "x".into(),
+                },
+            )
+            .unwrap();
+        store
+            .save(
+                "a",
+                &Record {
+                    version: 1,
+                    name: "y".into(),
+                },
+            )
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("broken")).unwrap();
+        std::fs::write(dir.path().join("broken/record.json"), "{").unwrap();
+        let loaded = store.load_all::<Record>().unwrap();
+        assert_eq!(
+            loaded.records,
+            vec![Record {
+                version: 1,
+                name: "y".into()
+            }]
+        );
+        assert_eq!(loaded.unreadable.len(), 1);
+        assert_eq!(loaded.unreadable[0].0, "broken");
+        store.remove("a").unwrap();
+        store.remove("a").unwrap();
+        assert!(!dir.path().join("a").exists());
+    }
+}

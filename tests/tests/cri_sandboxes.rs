@@ -1,0 +1,701 @@
+//! sandboxd's CRI RuntimeService for pod sandboxes, end to end: a daemon on a socket of its
+//! own, CNI plugins in a node netns of its own, real pause processes. Needs root.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use sandboxd::config::Config;
+use sandboxd::runtime::Runtime;
+use sandboxd_tests::{files_under, ip_reservations, run, workspace_binary, Netns};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const UPSTREAM_BIN_DIR: &str = "/usr/lib/cni";
+
+/// A sandboxd serving on a temp socket, its node netns, its dirs, and its own copy of pause
+/// (so this test's pause processes can be told from other tests').
+struct Daemon {
+    node: Netns,
+    dir: tempfile::TempDir,
+    config: Config,
+    server: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
+}
+
+impl Daemon {
+    async fn start() -> Daemon {
+        Self::start_with_network(None).await
+    }
+
+    /// With `plugins` as the pod network's chain after bridge (default: portmap, loopback).
+    async fn start_with_network(extra_plugins: Option<Vec<Value>>) -> Daemon {
+        let node = Netns::new("sbt-node");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pause = dir.path().join("pause");
+        std::fs::copy(pause::BUILT_BINARY, &pause).expect("copy pause");
+        let config = Config {
+            socket: dir.path().join("run/sandboxd.sock"),
+            state_dir: dir.path().join("state"),
+            netns_dir: dir.path().join("run/netns"),
+            cni_conf_dir: dir.path().join("net.d"),
+            cni_bin_dirs: vec![dir.path().join("bin"), PathBuf::from(UPSTREAM_BIN_DIR)],
+            node_netns: Some(node.path()),
+            pause_binary: Some(pause),
+            cni_timeout: Duration::from_secs(20),
+            stop_grace: Duration::from_secs(2),
+        };
+        std::fs::create_dir_all(&config.cni_conf_dir).unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        let mut plugins = vec![json!({
+            "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+            "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.244.1.0/24" }]],
+                      "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": dir.path().join("ipam") }
+        })];
+        plugins.extend(extra_plugins.unwrap_or_else(|| {
+            vec![
+                json!({ "type": "portmap", "capabilities": { "portMappings": true } }),
+                json!({ "type": "loopback" }),
+            ]
+        }));
+        let doc = json!({ "cniVersion": "1.0.0", "name": "pods", "plugins": plugins });
+        std::fs::write(
+            config.cni_conf_dir.join("10-pods.conflist"),
+            doc.to_string(),
+        )
+        .unwrap();
+        let mut daemon = Daemon {
+            node,
+            dir,
+            config,
+            server: None,
+        };
+        daemon.serve().await;
+        daemon
+    }
+
+    async fn serve(&mut self) {
+        let socket = sandboxd::server::bind(&self.config.socket).expect("bind the socket");
+        let runtime: Arc<Runtime> = Runtime::start(self.config.clone())
+            .await
+            .expect("start the runtime");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(sandboxd::server::serve(runtime, socket, async {
+            let _ = stopped.await;
+        }));
+        self.server = Some((stop, task));
+    }
+
+    /// Stops serving, as a daemon exit would; pods keep running.
+    async fn shutdown(&mut self) {
+        if let Some((stop, task)) = self.server.take() {
+            let _ = stop.send(());
+            task.await.expect("server task").expect("server");
+        }
+    }
+
+    async fn client(&self) -> RuntimeServiceClient<Channel> {
+        sandboxd::client::connect(&format!("unix://{}", self.config.socket.display()))
+            .await
+            .expect("connect")
+    }
+
+    fn install_fake(&self, name: &str, script: Value) {
+        let bin = self.dir.path().join("bin");
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cni-fake-plugin"), bin.join(name)).unwrap();
+        std::fs::write(bin.join(format!("{name}.json")), script.to_string()).unwrap();
+    }
+
+    /// pause processes of this daemon (by their executable, this daemon's own copy).
+    fn pause_processes(&self) -> Vec<u32> {
+        let ours = self.config.pause_binary.clone().unwrap();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == ours)
+            })
+            .filter(|pid| {
+                !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z ")
+            })
+            .collect()
+    }
+
+    /// Asserts the daemon holds nothing: no pause, pin, veth, lease, CNI cache entry or record.
+    fn assert_clean(&self) {
+        assert_eq!(
+            self.pause_processes(),
+            Vec::<u32>::new(),
+            "pause processes left"
+        );
+        assert_eq!(
+            files_under(&self.config.netns_dir),
+            Vec::<PathBuf>::new(),
+            "netns pins left"
+        );
+        assert_eq!(
+            self.node.veths(),
+            Vec::<String>::new(),
+            "veths left on the node"
+        );
+        assert_eq!(
+            ip_reservations(&self.dir.path().join("ipam")),
+            Vec::<String>::new(),
+            "IP leases left"
+        );
+        assert_eq!(
+            files_under(&self.config.cni_cache_dir().join("results")),
+            Vec::<PathBuf>::new(),
+            "CNI cache entries left"
+        );
+        assert_eq!(
+            files_under(&self.config.sandboxes_dir()),
+            Vec::<PathBuf>::new(),
+            "sandbox records left"
+        );
+    }
+}
+
+impl Drop for Daemon {
+    /// Whatever the test did, kill this daemon's pause processes and remove its pins; the
+    /// node netns (with bridge and veths) and the temp dir go with their own guards.
+    fn drop(&mut self) {
+        for pid in self.pause_processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for pin in files_under(&self.config.netns_dir) {
+            let _ = sandboxd::netns::unpin(&pin);
+        }
+        let _ = sandboxd::netns::release_dir(&self.config.netns_dir);
+    }
+}
+
+fn pod_config(name: &str, uid: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: uid.into(),
+            attempt: 0,
+        }),
+        labels: [("app".to_string(), name.to_string())].into(),
+        port_mappings: vec![cri::PortMapping {
+            protocol: 0,
+            container_port: 8080,
+            host_port: 18080,
+            host_ip: String::new(),
+        }],
+        ..Default::default()
+    }
+}
+
+async fn run_pod(
+    client: &mut RuntimeServiceClient<Channel>,
+    config: cri::PodSandboxConfig,
+) -> Result<String, tonic::Status> {
+    client
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn status(
+    client: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<(cri::PodSandboxStatus, Value), tonic::Status> {
+    let reply = client
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let info =
+        serde_json::from_str(reply.info.get("info").map(String::as_str).unwrap_or("null")).unwrap();
+    Ok((reply.status.unwrap(), info))
+}
+
+async fn list(
+    client: &mut RuntimeServiceClient<Channel>,
+    filter: cri::PodSandboxFilter,
+) -> Vec<String> {
+    client
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(filter),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
+}
+
+fn ready() -> Option<cri::PodSandboxStateValue> {
+    Some(cri::PodSandboxStateValue {
+        state: cri::PodSandboxState::SandboxReady as i32,
+    })
+}
+
+#[tokio::test]
+async fn a_pod_sandbox_runs_lists_stops_and_is_removed_over_cri() {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.client().await;
+
+    let version = client
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            version.runtime_name.as_str(),
+            version.runtime_api_version.as_str()
+        ),
+        ("sandboxd", "v1")
+    );
+    let conditions = client
+        .status(cri::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .conditions;
+    assert!(
+        conditions.iter().all(|c| c.status),
+        "not ready: {conditions:?}"
+    );
+
+    let id = run_pod(&mut client, pod_config("web", "uid-web"))
+        .await
+        .expect("RunPodSandbox");
+    let (st, info) = status(&mut client, &id).await.unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    let ip = st.network.unwrap().ip;
+    assert!(ip.starts_with("10.244.1."), "IP {ip:?}");
+    assert_eq!(st.metadata.unwrap().name, "web");
+
+    // The pod's netns is pinned where status says, with eth0 holding the IP.
+    let netns = info["netnsPath"].as_str().expect("netnsPath").to_string();
+    let addrs = run(
+        "nsenter",
+        &[
+            &format!("--net={netns}"),
+            "ip",
+            "-o",
+            "addr",
+            "show",
+            "eth0",
+        ],
+    );
+    assert!(addrs.contains(&format!("{ip}/24")), "{addrs}");
+    assert_eq!(
+        daemon.pause_processes(),
+        vec![info["pid"].as_u64().unwrap() as u32]
+    );
+    let hostname = run(
+        "nsenter",
+        &[&format!("--uts=/proc/{}/ns/uts", info["pid"]), "hostname"],
+    );
+    assert_eq!(hostname.trim(), "web");
+    // portmap got the pod's port mapping.
+    assert!(daemon
+        .node
+        .exec(&["iptables-save", "-t", "nat"])
+        .contains("--dport 18080"));
+
+    // Filters: id prefix, state, labels.
+    let other = run_pod(&mut client, pod_config("db", "uid-db"))
+        .await
+        .unwrap();
+    assert_eq!(
+        list(
+            &mut client,
+            cri::PodSandboxFilter {
+                id: id[..10].into(),
+                ..Default::default()
+            }
+        )
+        .await,
+        vec![id.clone()]
+    );
+    let by_label = cri::PodSandboxFilter {
+        label_selector: [("app".into(), "db".into())].into(),
+        ..Default::default()
+    };
+    assert_eq!(list(&mut client, by_label).await, vec![other.clone()]);
+    assert_eq!(
+        list(
+            &mut client,
+            cri::PodSandboxFilter {
+                state: ready(),
+                ..Default::default()
+            }
+        )
+        .await
+        .len(),
+        2
+    );
+
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("stop");
+    let (st, _) = status(&mut client, &id).await.unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
+    assert_eq!(
+        list(
+            &mut client,
+            cri::PodSandboxFilter {
+                state: ready(),
+                ..Default::default()
+            }
+        )
+        .await,
+        vec![other.clone()]
+    );
+    assert!(!Path::new(&netns).exists(), "the netns pin outlived stop");
+    assert_eq!(
+        daemon.node.veths().len(),
+        1,
+        "only the other pod's veth stays"
+    );
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("a second stop succeeds");
+
+    for pod in [&id, &other] {
+        client
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.to_string(),
+            })
+            .await
+            .expect("remove");
+    }
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("a second remove succeeds");
+    assert_eq!(
+        status(&mut client, &id).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert!(list(&mut client, cri::PodSandboxFilter::default())
+        .await
+        .is_empty());
+    daemon.assert_clean();
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_code_and_a_message_naming_the_field() {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.client().await;
+    let cases = [
+        (pod_config("", "u"), Code::InvalidArgument, "metadata.name"),
+        (
+            pod_config("a/b", "u"),
+            Code::InvalidArgument,
+            "metadata.name of pod sandbox default/a/b: \"a/b\" contains '/'",
+        ),
+        (
+            pod_config("..", "u"),
+            Code::InvalidArgument,
+            "\"..\" is not a name",
+        ),
+        (pod_config("web", ""), Code::InvalidArgument, "metadata.uid"),
+    ];
+    for (config, code, fragment) in cases {
+        let err = run_pod(&mut client, config).await.expect_err("must fail");
+        assert_eq!(err.code(), code, "{}", err.message());
+        assert!(
+            err.message().contains(fragment),
+            "{:?} lacks {fragment:?}",
+            err.message()
+        );
+    }
+    let err = run_pod(&mut client, cri::PodSandboxConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("config.metadata"),
+        "{}",
+        err.message()
+    );
+
+    let id = run_pod(&mut client, pod_config("web", "u1")).await.unwrap();
+    let duplicate = run_pod(&mut client, pod_config("web", "u1"))
+        .await
+        .unwrap_err();
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+    assert!(duplicate.message().contains(&id), "{}", duplicate.message());
+
+    let unknown = client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: "0123456789".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(unknown
+        .message()
+        .contains("pod sandbox 0123456789 not found"));
+    let unimplemented = client
+        .exec_sync(cri::ExecSyncRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(unimplemented.code(), Code::Unimplemented);
+
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    daemon.assert_clean();
+}
+
+#[tokio::test]
+async fn a_network_that_fails_rolls_the_whole_sandbox_back() {
+    let daemon = Daemon::start_with_network(Some(vec![json!({ "type": "fake" })])).await;
+    daemon.install_fake(
+        "fake",
+        json!({ "ADD": { "action": "error", "code": 11, "msg": "no capacity" } }),
+    );
+    let mut client = daemon.client().await;
+
+    let err = run_pod(&mut client, pod_config("web", "u1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    for fragment in [
+        "attach the pod network for pod sandbox",
+        "(default/web)",
+        "plugin fake failed (ADD)",
+        "no capacity (code 11)",
+    ] {
+        assert!(
+            err.message().contains(fragment),
+            "{:?} lacks {fragment:?}",
+            err.message()
+        );
+    }
+    daemon.assert_clean();
+    assert!(list(&mut client, cri::PodSandboxFilter::default())
+        .await
+        .is_empty());
+
+    // The name was given back: the same pod runs once the network works.
+    daemon.install_fake("ok", json!({}));
+    std::fs::remove_file(daemon.dir.path().join("bin/fake")).unwrap();
+    std::os::unix::fs::symlink(
+        daemon.dir.path().join("bin/ok"),
+        daemon.dir.path().join("bin/fake"),
+    )
+    .unwrap();
+    std::fs::write(daemon.dir.path().join("bin/fake.json"), "{}").unwrap();
+    let id = run_pod(&mut client, pod_config("web", "u1"))
+        .await
+        .expect("run after the network recovered");
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    daemon.assert_clean();
+}
+
+#[tokio::test]
+async fn a_restart_adopts_live_sandboxes_marks_dead_ones_and_cleans_orphans() {
+    let mut daemon = Daemon::start().await;
+    let mut client = daemon.client().await;
+    let alive = run_pod(&mut client, pod_config("alive", "u1"))
+        .await
+        .unwrap();
+    let dead = run_pod(&mut client, pod_config("dead", "u2"))
+        .await
+        .unwrap();
+    let (alive_status, _) = status(&mut client, &alive).await.unwrap();
+    let (_, dead_info) = status(&mut client, &dead).await.unwrap();
+    drop(client);
+    daemon.shutdown().await;
+
+    // While the daemon is down: one pod's pause dies, and orphans appear.
+    let dead_pid = dead_info["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dead_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let orphan_pin = daemon.config.netns_dir.join("orphan");
+    sandboxd::netns::create(&orphan_pin).unwrap();
+    let orphan_ns = Netns::new("sbt-orphan");
+    let host = cni_host::CniHost::with_exec(
+        daemon.config.cni_bin_dirs.clone(),
+        daemon.config.cni_cache_dir(),
+        cni_host::ProcessExec::in_netns(daemon.node.path()),
+    );
+    let network = cni_host::load_network(&daemon.config.cni_conf_dir, "pods").unwrap();
+    let orphan_rt = cni_host::RuntimeConf::new(
+        "orphan-attachment",
+        orphan_ns.path().display().to_string(),
+        "eth0",
+    );
+    let orphan_ip = host.add(&network, &orphan_rt).await.unwrap().ips[0]
+        .address
+        .addr
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    daemon.serve().await;
+    let mut client = daemon.client().await;
+    let (st, _) = status(&mut client, &alive).await.unwrap();
+    assert_eq!(
+        st.state,
+        cri::PodSandboxState::SandboxReady as i32,
+        "the live pod was not adopted"
+    );
+    assert_eq!(st.network.unwrap().ip, alive_status.network.unwrap().ip);
+    let (st, _) = status(&mut client, &dead).await.unwrap();
+    assert_eq!(
+        st.state,
+        cri::PodSandboxState::SandboxNotready as i32,
+        "the dead pod is still READY"
+    );
+    assert!(
+        !orphan_pin.exists(),
+        "the orphaned pin survived the restart"
+    );
+    assert!(
+        !ip_reservations(&daemon.dir.path().join("ipam")).contains(&orphan_ip),
+        "the orphaned lease survived"
+    );
+
+    for id in [alive, dead] {
+        client
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .expect("remove");
+    }
+    daemon.assert_clean();
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_socket_is_refused() {
+    let daemon = Daemon::start().await;
+    let err = sandboxd::server::bind(&daemon.config.socket)
+        .err()
+        .expect("a second bind must fail");
+    assert!(
+        err.to_string().contains("another sandboxd is serving"),
+        "{err}"
+    );
+    // The first one still answers.
+    daemon
+        .client()
+        .await
+        .version(cri::VersionRequest::default())
+        .await
+        .expect("version");
+}
+
+#[tokio::test]
+async fn a_hundred_run_remove_cycles_leak_nothing() {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.client().await;
+    for cycle in 0..100 {
+        let id = run_pod(
+            &mut client,
+            pod_config(&format!("pod-{cycle}"), &format!("uid-{cycle}")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("run {cycle}: {e}"));
+        client
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap_or_else(|e| panic!("remove {cycle}: {e}"));
+    }
+    daemon.assert_clean();
+}
+
+// sandboxctl runs as a blocking child process; the daemon needs a thread of its own meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxctl_drives_the_daemon_like_crictl() {
+    let daemon = Daemon::start().await;
+    let ctl = workspace_binary("sandboxctl");
+    let endpoint = format!("unix://{}", daemon.config.socket.display());
+    let sandboxctl = |args: &[&str]| {
+        let out = std::process::Command::new(&ctl)
+            .arg("--runtime-endpoint")
+            .arg(&endpoint)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let pod_file = daemon.dir.path().join("pod.json");
+    std::fs::write(
+        &pod_file,
+        json!({ "metadata": { "name": "pod-pause", "namespace": "default", "uid": "u-1" },
+                "labels": { "app": "pause" },
+                "port_mappings": [{ "protocol": "TCP", "container_port": 8080, "host_port": 18080 }] })
+        .to_string(),
+    )
+    .unwrap();
+
+    let (code, out, err) = sandboxctl(&["runp", pod_file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "runp: {err}");
+    let id = out.trim().to_string();
+    assert_eq!(id.len(), 64);
+    let (_, out, _) = sandboxctl(&["pods", "--name", "pod-pause", "-q"]);
+    assert_eq!(out.trim(), id);
+    let (_, out, _) = sandboxctl(&["pods"]);
+    assert!(
+        out.starts_with("POD ID")
+            && out.contains(&id[..12])
+            && out.contains("Ready")
+            && out.contains("pod-pause"),
+        "{out}"
+    );
+    let (_, out, _) = sandboxctl(&["inspectp", &id[..8]]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["status"]["state"], "SANDBOX_READY");
+    assert!(doc["info"]["netnsPath"].as_str().unwrap().ends_with(&id));
+    let (code, _, _) = sandboxctl(&["stopp", &id]);
+    assert_eq!(code, Some(0));
+    let (_, out, _) = sandboxctl(&["pods", "--state", "notready", "-q"]);
+    assert_eq!(out.trim(), id);
+    let (code, _, _) = sandboxctl(&["rmp", &id]);
+    assert_eq!(code, Some(0));
+    let (code, _, err) = sandboxctl(&["inspectp", &id]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not found (NotFound)"), "{err}");
+    let (code, _, err) = sandboxctl(&["runp", "/nonexistent.json"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/nonexistent.json"), "{err}");
+    daemon.assert_clean();
+}
