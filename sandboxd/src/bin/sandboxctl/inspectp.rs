@@ -27,6 +27,13 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
         if let Ok(state) = cri::PodSandboxState::try_from(state) {
             doc["status"]["state"] = serde_json::json!(state.as_str_name());
         }
+        let options = &mut doc["status"]["linux"]["namespaces"]["options"];
+        for key in ["network", "pid", "ipc"] {
+            let mode = options[key].as_i64().and_then(|m| cri::NamespaceMode::try_from(m as i32).ok());
+            if let Some(mode) = mode {
+                options[key] = serde_json::json!(mode.as_str_name());
+            }
+        }
         if let Some(info) = reply.info.get("info") {
             doc["info"] =
                 serde_json::from_str(info).unwrap_or(serde_json::Value::String(info.clone()));
