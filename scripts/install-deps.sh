@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what sandboxd needs on Debian 12, as root: a C linker for Rust, iproute2 and
 # util-linux (namespaces), Debian's upstream CNI plugins (/usr/lib/cni), iptables (portmap),
+# protoc (the CRI protobuf bindings are generated at build time),
 # and Rust itself through rustup if cargo is missing. Safe to run again.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ packages=(
   build-essential pkg-config ca-certificates curl file
   iproute2 util-linux procps iputils-ping
   iptables containernetworking-plugins
+  protobuf-compiler
 )
 
 if [ "$(id -u)" -ne 0 ]; then
