@@ -29,7 +29,9 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
         }
         let options = &mut doc["status"]["linux"]["namespaces"]["options"];
         for key in ["network", "pid", "ipc"] {
-            let mode = options[key].as_i64().and_then(|m| cri::NamespaceMode::try_from(m as i32).ok());
+            let mode = options[key]
+                .as_i64()
+                .and_then(|m| cri::NamespaceMode::try_from(m as i32).ok());
             if let Some(mode) = mode {
                 options[key] = serde_json::json!(mode.as_str_name());
             }
