@@ -18,6 +18,11 @@ pub fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
 }
 
 pub async fn connect(endpoint: &str) -> anyhow::Result<RuntimeServiceClient<Channel>> {
+    Ok(RuntimeServiceClient::new(channel(endpoint).await?))
+}
+
+/// A channel to the endpoint, for either CRI service.
+pub async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
     let path = socket_path(endpoint)?;
     // The URI is not used to connect; Go clients send ":authority localhost" the same way.
     let channel = Endpoint::try_from("http://localhost")?
@@ -27,5 +32,5 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<RuntimeServiceClient<Chan
         }))
         .await
         .with_context(|| format!("connect to {endpoint} (is sandboxd running?)"))?;
-    Ok(RuntimeServiceClient::new(channel))
+    Ok(channel)
 }

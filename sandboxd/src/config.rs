@@ -50,6 +50,10 @@ impl Config {
         self.state_dir.join("sandboxes")
     }
 
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
     pub fn cni_cache_dir(&self) -> PathBuf {
         self.state_dir.join("cni")
     }

@@ -5,12 +5,14 @@
 //!
 //! * [`server`]: binds the CRI socket (0660, one daemon per socket) and serves it;
 //! * [`cri`]: the `runtime.v1.RuntimeService` RPCs, each a thin call into [`runtime`];
+//!   [`cri_image`]: the `runtime.v1.ImageService` RPCs over the image store;
 //! * [`runtime`]: the daemon's core, holding the sandboxes; [`config`] says where things live;
 //! * [`sandbox`]: the pod sandbox record and its verbs, one module each: `run`, `stop`,
 //!   `remove`, `status` (status and list), `recover` (start-up);
 //! * [`pause`]: find and start the pause binary in new namespaces;
 //! * [`netns`]: pin a netns at `/run/sandboxd/netns/<id>`, create and remove namespaces;
 //! * [`network`]: the node's default pod network config;
+//! * [`image`]: the local image store and imports of OCI and docker archives;
 //! * [`store`]: records on disk, one dir per id, written atomically and fsynced;
 //! * [`rollback`]: undoing the finished steps of a failed operation;
 //! * [`process`]: processes named by pid and start time, signalled and awaited;
@@ -22,7 +24,9 @@
 pub mod client;
 pub mod config;
 pub mod cri;
+pub mod cri_image;
 pub mod error;
+pub mod image;
 pub mod netns;
 pub mod network;
 pub mod pause;

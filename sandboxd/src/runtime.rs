@@ -20,6 +20,7 @@ pub struct Runtime {
     pub(crate) cni: CniHost<ProcessExec>,
     pub(crate) sandboxes: Store,
     pub(crate) pause_binary: PathBuf,
+    pub images: Arc<crate::image::ImageStore>,
     pub(crate) pods: RwLock<HashMap<String, SandboxEntry>>,
     /// Pod identity → sandbox id: a name is taken from the moment a RunPodSandbox
     /// starts, so two concurrent runs of the same pod cannot both succeed.
@@ -37,7 +38,9 @@ impl Runtime {
         let cni = CniHost::with_exec(config.cni_bin_dirs.clone(), config.cni_cache_dir(), exec)
             .plugin_timeout(config.cni_timeout);
         crate::netns::prepare_dir(&config.netns_dir)?;
+        let images = Arc::new(crate::image::ImageStore::open(config.images_dir())?);
         let runtime = Arc::new(Runtime {
+            images,
             sandboxes: Store::new(config.sandboxes_dir(), RECORD_FILE),
             config,
             cni,

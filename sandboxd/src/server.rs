@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::cri::CriService;
+use crate::cri_image::CriImageService;
 use crate::runtime::Runtime;
 
 /// The bound socket and the lock that makes it ours.
@@ -76,8 +78,10 @@ pub async fn serve(
     } = socket;
     // Removed however serving ends; the lock is released after it.
     let _socket_file = SocketFile(path, lock);
+    let images = CriImageService::new(runtime.images.clone());
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(CriService::new(runtime)))
+        .add_service(ImageServiceServer::new(images))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .context("serve the CRI API")

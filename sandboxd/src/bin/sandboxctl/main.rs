@@ -2,6 +2,7 @@
 //! Each command is a module; they all speak CRI v1 to `--runtime-endpoint`, so the crictl
 //! verbs work against any CRI runtime, containerd included.
 
+mod images;
 mod inspectp;
 mod output;
 mod pods;
@@ -13,6 +14,7 @@ mod version;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
@@ -55,16 +57,34 @@ enum Command {
     Pods(pods::Args),
     /// Show a pod sandbox's status.
     Inspectp(inspectp::Args),
+    /// List images.
+    Images(images::ListArgs),
+    /// Show an image's status and config.
+    Inspecti(images::InspectArgs),
+    /// Resolve an image in the node's store (sandboxd pulls from no registry).
+    Pull(images::PullArgs),
+    /// Remove images.
+    Rmi(images::RemoveArgs),
+    /// Image store commands: import archives into the node's store.
+    #[command(subcommand)]
+    Image(images::ImageCommand),
 }
 
 pub type Client = RuntimeServiceClient<Channel>;
+pub type ImageClient = ImageServiceClient<Channel>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let timeout = std::time::Duration::from_secs(cli.timeout);
     let outcome = async {
-        let mut client = sandboxd::client::connect(&cli.runtime_endpoint).await?;
+        // Import writes the node's store directly; everything else speaks CRI.
+        if let Command::Image(command) = cli.command {
+            return images::image_command(command);
+        }
+        let channel = sandboxd::client::channel(&cli.runtime_endpoint).await?;
+        let mut client = RuntimeServiceClient::new(channel.clone());
+        let mut images = ImageServiceClient::new(channel);
         match cli.command {
             Command::Version => version::version(&mut client).await,
             Command::Info(args) => version::info(&mut client, args).await,
@@ -73,6 +93,11 @@ async fn main() -> ExitCode {
             Command::Rmp(args) => rmp::run(&mut client, args).await,
             Command::Pods(args) => pods::run(&mut client, args).await,
             Command::Inspectp(args) => inspectp::run(&mut client, args).await,
+            Command::Images(args) => images::list(&mut images, args).await,
+            Command::Inspecti(args) => images::inspect(&mut images, args).await,
+            Command::Pull(args) => images::pull(&mut images, args).await,
+            Command::Rmi(args) => images::remove(&mut images, args).await,
+            Command::Image(_) => unreachable!("handled above"),
         }
     };
     match tokio::time::timeout(timeout, outcome).await {
