@@ -9,7 +9,7 @@ packages=(
   build-essential pkg-config ca-certificates curl file
   iproute2 util-linux procps iputils-ping
   iptables containernetworking-plugins
-  protobuf-compiler
+  protobuf-compiler busybox-static
 )
 
 if [ "$(id -u)" -ne 0 ]; then

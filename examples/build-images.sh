@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds the seeds' demo images from source, offline, and imports them into the node's
+# image store (where a running sandboxd serves them at once):
+#
+#   busybox        busybox-static, a shell and its applets           (sh)
+#   kubetm/p8000   busybox + hostname-server on port 8000
+#   kubetm/p8080   busybox + hostname-server on port 8080
+#   kubetm/app     busybox + hostname-server on port 8080
+#   kubetm/init    busybox + hostname-server on port 8080 (the seeds' source pod)
+#
+# hostname-server answers GET /hostname with the pod's hostname. All images share the
+# busybox layer, so the store keeps it once.
+#
+#   examples/build-images.sh [--store DIR] [--no-build]
+#
+# Run as root. --store defaults to /var/lib/sandboxd/images; --no-build uses the binaries
+# already built, in $SANDBOXD_BIN_DIR (default target/release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+store=/var/lib/sandboxd/images
+build=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --store) store="$2"; shift 2 ;;
+    --no-build) build=0; shift ;;
+    *) echo "build-images.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends busybox-static
+fi
+if ! file -L /bin/busybox | grep -q 'statically linked'; then
+  echo "build-images.sh: /bin/busybox is not static; install busybox-static" >&2
+  exit 1
+fi
+bin="${SANDBOXD_BIN_DIR:-target/release}"
+if [ "$build" = 1 ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  cargo build --release -p sandboxd -p sandboxd-examples
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The base layer: busybox with a link per applet, and the dirs a container mounts over.
+base="$work/busybox"
+mkdir -p "$base/bin" "$base/etc" "$base/tmp" "$base/proc" "$base/sys" "$base/dev" "$base/root"
+cp /bin/busybox "$base/bin/busybox"
+for applet in $(/bin/busybox --list); do
+  [ "$applet" = busybox ] || ln -s busybox "$base/bin/$applet"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$base/etc/passwd"
+printf 'root:x:0:\nnobody:x:65534:\n' > "$base/etc/group"
+chmod 1777 "$base/tmp"
+
+app="$work/app"
+mkdir -p "$app/app"
+cp "$bin/hostname-server" "$app/app/hostname-server"
+
+# Each image is labelled with its name, so images with the same content stay distinct
+# (removing one never removes another).
+pack() {
+  local name="$1"; shift
+  "$bin/oci-pack" --gzip --env PATH=/bin:/app --label "org.opencontainers.image.title=$name" --name "$name" "$@"
+}
+pack busybox --out "$work/img-busybox" --layer "$base" --cmd sh
+for spec in kubetm/p8000:8000 kubetm/p8080:8080 kubetm/app:8080 kubetm/init:8080; do
+  name="${spec%%:*}"; port="${spec##*:}"
+  pack "$name" --out "$work/img-${name//\//-}" --layer "$base" --layer "$app" \
+    --cmd /app/hostname-server --cmd --port --cmd "$port" --port "$port/tcp"
+done
+
+for layout in "$work"/img-*; do
+  "$bin/sandboxctl" image import "$layout" --store "$store"
+done

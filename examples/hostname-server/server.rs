@@ -1,0 +1,93 @@
+//! hostname-server: the demo images' web server. Answers `GET /hostname` with the pod's
+//! hostname (the seeds' `curl <ip>:8080/hostname`), and `GET /` with a line naming it.
+//!
+//!   hostname-server [--port N]      (default: $PORT, else 8080)
+//!
+//! Built statically by `examples/build.rs` (glibc with crt-static, no other crates), so it
+//! runs in a busybox image that has no libc. A port already taken is reported on stderr as
+//! "address in use" with exit status 1, which the pod tests look for in the logs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::ExitCode;
+
+fn hostname() -> String {
+    // Read from the kernel: the uts namespace's name, which is the pod's.
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn port() -> Result<u16, String> {
+    let mut args = std::env::args().skip(1);
+    let mut port = std::env::var("PORT").ok();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--port" | "-p" => port = Some(args.next().ok_or("--port needs a number")?),
+            other => return Err(format!("unknown argument {other:?}; usage: hostname-server [--port N]")),
+        }
+    }
+    let text = port.unwrap_or_else(|| "8080".to_string());
+    text.parse().map_err(|_| format!("{text:?} is not a port"))
+}
+
+fn serve(stream: TcpStream, port: u16) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Drain the headers so the client sees a clean close.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body) = match (method, path) {
+        ("GET", "/hostname") => ("200 OK", format!("{}\n", hostname())),
+        ("GET", "/") => ("200 OK", format!("hostname-server on port {port}, pod {}\n", hostname())),
+        ("GET", _) => ("404 Not Found", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "only GET\n".to_string()),
+    };
+    println!("{method} {path} -> {status}");
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
+
+fn main() -> ExitCode {
+    let port = match port() {
+        Ok(port) => port,
+        Err(e) => {
+            eprintln!("hostname-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            eprintln!("hostname-server: cannot listen on port {port}: address in use");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("hostname-server: cannot listen on port {port}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("hostname-server: listening on 0.0.0.0:{port} as {}", hostname());
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                if let Err(e) = serve(stream, port) {
+                    eprintln!("hostname-server: {e}");
+                }
+            }
+            Err(e) => eprintln!("hostname-server: accept: {e}"),
+        }
+    }
+    ExitCode::SUCCESS
+}
