@@ -699,3 +699,79 @@ async fn sandboxctl_drives_the_daemon_like_crictl() {
     assert!(err.contains("/nonexistent.json"), "{err}");
     daemon.assert_clean();
 }
+
+/// The official api.proto, as the k8s-cri crate ships it in Cargo's registry.
+fn official_api_proto() -> PathBuf {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    let registry = cargo_home.join("registry/src");
+    std::fs::read_dir(&registry)
+        .expect("read Cargo's registry sources")
+        .flatten()
+        .flat_map(|index| {
+            std::fs::read_dir(index.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|krate| krate.path().join("proto/v1.proto"))
+        .find(|p| {
+            p.parent()
+                .and_then(|d| d.parent())
+                .and_then(|d| d.file_name())
+                .is_some_and(|n| n.to_string_lossy().starts_with("k8s-cri-"))
+                && p.is_file()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "k8s-cri's proto/v1.proto not found under {}",
+                registry.display()
+            )
+        })
+}
+
+// Python's grpcio is a client of another kind at the HTTP/2 layer (its :authority is the
+// socket path); the Python runs as a child process while the daemon serves on a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpcio_client_drives_the_pod_lifecycle() {
+    let daemon = Daemon::start().await;
+    let stubs = daemon.dir.path().join("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let proto = official_api_proto();
+    let protoc = std::process::Command::new("protoc")
+        .arg(format!("-I{}", proto.parent().unwrap().display()))
+        .arg(format!("--python_out={}", stubs.display()))
+        .arg(&proto)
+        .output()
+        .expect("run protoc (protobuf-compiler)");
+    assert!(
+        protoc.status.success(),
+        "protoc: {}",
+        String::from_utf8_lossy(&protoc.stderr)
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cri_client.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(&stubs)
+        .arg(&daemon.config.socket)
+        .output()
+        .expect("run python3 (python3-grpcio, python3-protobuf)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "version sandboxd");
+    assert_eq!(lines[1], "run 64");
+    assert!(
+        lines[2].starts_with("status SANDBOX_READY 10.244.1."),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(lines[3..], ["list 1", "removed", "attach UNIMPLEMENTED"]);
+    daemon.assert_clean();
+}

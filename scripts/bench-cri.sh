@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# RunPodSandbox latency, sequential and 10 in parallel, for sandboxd and, in the same run
+# with the same CNI chain and the same CRI calls, for Debian's containerd (1.6) with its
+# CRI plugin. Each runtime runs inside a node network namespace of its own, so neither
+# touches the machine's network. Run as root on Debian 12. Arguments go to cri-bench
+# (default: --pods 100 --parallel 10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends containerd runc >/dev/null
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --workspace
+bin=target/release
+if [ $# -eq 0 ]; then set -- --pods 100 --parallel 10; fi
+
+work=$(mktemp -d /tmp/bench-cri.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  for ns in "$work"/sandboxd-node "$work"/containerd-node; do umount "$ns" 2>/dev/null || true; done
+  umount "$work/sandboxd/netns" 2>/dev/null || true
+  grep -o "$work[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The same chain for both: bridge cni0 with host-local on 10.244.1.0/24, portmap, loopback.
+conflist() {
+  cat <<JSON
+{"cniVersion": "1.0.0", "name": "pods", "plugins": [
+  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]],
+            "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$1"}},
+  {"type": "portmap", "capabilities": {"portMappings": true}},
+  {"type": "loopback"}]}
+JSON
+}
+
+node() {  # a network namespace pinned at $1
+  touch "$1"
+  unshare --net="$1" true
+  nsenter --net="$1" ip link set lo up
+}
+
+wait_socket() {
+  for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done
+  echo "bench-cri.sh: $1 did not appear" >&2; exit 1
+}
+
+# sandboxd
+mkdir -p "$work/sandboxd/net.d"
+conflist "$work/sandboxd/ipam" > "$work/sandboxd/net.d/10-pods.conflist"
+node "$work/sandboxd-node"
+"$bin/sandboxd" --socket "$work/sandboxd/sandboxd.sock" --state-dir "$work/sandboxd/state" \
+  --netns-dir "$work/sandboxd/netns" --cni-conf-dir "$work/sandboxd/net.d" \
+  --cni-bin-dir /usr/lib/cni --node-netns "$work/sandboxd-node" 2>"$work/sandboxd.log" &
+pids+=($!)
+wait_socket "$work/sandboxd/sandboxd.sock"
+echo "| operation | runtime | n | p50 ms | p90 ms | p99 ms |"
+echo "| --- | --- | --- | --- | --- | --- |"
+"$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd" "$@"
+echo "sandboxd RSS after the run: $(ps -o rss= -p "${pids[0]}") KiB" >&2
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
+
+# containerd, with the same chain and a pause image made from this repository's pause.
+c="$work/containerd"
+mkdir -p "$c/net.d" "$c/root" "$c/state" "$c/pause-rootfs"
+conflist "$c/ipam" > "$c/net.d/10-pods.conflist"
+cp "$bin/pause" "$c/pause-rootfs/pause"
+"$bin/oci-pack" --out "$c/pause-layout" --name sandboxd.local/pause:bench --layer "$c/pause-rootfs" --entrypoint /pause >/dev/null
+tar -C "$c/pause-layout" -cf "$c/pause.tar" .
+cat > "$c/config.toml" <<TOML
+version = 2
+root = "$c/root"
+state = "$c/state"
+[grpc]
+  address = "$c/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "sandboxd.local/pause:bench"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$c/net.d"
+TOML
+node "$work/containerd-node"
+nsenter --net="$work/containerd-node" containerd --config "$c/config.toml" 2>"$work/containerd.log" &
+pids+=($!)
+wait_socket "$c/containerd.sock"
+ctr --address "$c/containerd.sock" -n k8s.io images import --base-name sandboxd.local/pause --digests "$c/pause.tar" >/dev/null
+ctr --address "$c/containerd.sock" -n k8s.io images tag --force \
+  "$(ctr --address "$c/containerd.sock" -n k8s.io images ls -q | grep '^sandboxd.local/pause@' | head -1)" sandboxd.local/pause:bench >/dev/null
+"$bin/cri-bench" --endpoint "unix://$c/containerd.sock" --label "containerd 1.6" "$@"
+echo "containerd RSS after the run: $(ps -o rss= -p "${pids[0]}") KiB" >&2
