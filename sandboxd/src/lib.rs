@@ -14,6 +14,7 @@
 //! * [`network`]: the node's default pod network config;
 //! * [`image`]: the local image store and imports of OCI and docker archives;
 //! * [`store`]: records on disk, one dir per id, written atomically and fsynced;
+//!   [`lockfile`]: the flock both the socket and the image store are guarded by;
 //! * [`rollback`]: undoing the finished steps of a failed operation;
 //! * [`process`]: processes named by pid and start time, signalled and awaited;
 //! * [`error`]: the daemon's errors and their gRPC codes;
@@ -27,6 +28,7 @@ pub mod cri;
 pub mod cri_image;
 pub mod error;
 pub mod image;
+pub mod lockfile;
 pub mod netns;
 pub mod network;
 pub mod pause;

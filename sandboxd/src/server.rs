@@ -4,7 +4,6 @@
 //! held and refuses to start instead of stealing the socket from the first.
 
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,20 +30,15 @@ pub fn bind(path: &Path) -> anyhow::Result<Socket> {
     let dir = path.parent().context("the socket path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let lock_path = path.with_extension("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("open {}", lock_path.display()))?;
-    // SAFETY: flock(2) on a file we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
+    let lock = match crate::lockfile::lock(&lock_path, crate::lockfile::LockMode::ExclusiveNow) {
+        Ok(lock) => lock,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => bail!(
             "another sandboxd is serving {} (it holds {}); stop it first",
             path.display(),
             lock_path.display()
-        );
-    }
+        ),
+        Err(e) => return Err(e).with_context(|| format!("lock {}", lock_path.display())),
+    };
     // The lock is ours, so a socket file left here is from a daemon that died.
     match std::fs::remove_file(path) {
         Ok(()) => {}

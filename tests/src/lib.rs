@@ -155,3 +155,18 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Runs the workspace's sandboxctl against `endpoint`: (exit code, stdout, stderr).
+pub fn sandboxctl(endpoint: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(workspace_binary("sandboxctl"))
+        .arg("--runtime-endpoint")
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .expect("run sandboxctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -9,7 +9,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use sandboxd::config::Config;
 use sandboxd::runtime::Runtime;
-use sandboxd_tests::{files_under, ip_reservations, run, workspace_binary, Netns};
+use sandboxd_tests::{files_under, ip_reservations, run, sandboxctl, Netns};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -642,21 +642,8 @@ async fn a_hundred_run_remove_cycles_leak_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxctl_drives_the_daemon_like_crictl() {
     let daemon = Daemon::start().await;
-    let ctl = workspace_binary("sandboxctl");
     let endpoint = format!("unix://{}", daemon.config.socket.display());
-    let sandboxctl = |args: &[&str]| {
-        let out = std::process::Command::new(&ctl)
-            .arg("--runtime-endpoint")
-            .arg(&endpoint)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let sandboxctl = |args: &[&str]| sandboxctl(&endpoint, args);
     let pod_file = daemon.dir.path().join("pod.json");
     std::fs::write(
         &pod_file,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 use sandboxd::image::{build, import::import, ImageConfig, ImageStore};
-use sandboxd_tests::{files_under, require_root, workspace_binary};
+use sandboxd_tests::{files_under, require_root, sandboxctl};
 
 /// Writes files into a directory tree: `("etc/a", "text")`.
 fn tree(root: &Path, files: &[(&str, &str)]) -> PathBuf {
@@ -357,20 +357,7 @@ async fn the_cri_image_service_and_sandboxctl_serve_the_store() {
         let _ = stopped.await;
     }));
     let endpoint = format!("unix://{}", config.socket.display());
-    let ctl = workspace_binary("sandboxctl");
-    let sandboxctl = |args: &[&str]| {
-        let out = std::process::Command::new(&ctl)
-            .arg("-r")
-            .arg(&endpoint)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let sandboxctl = |args: &[&str]| sandboxctl(&endpoint, args);
 
     let layout = two_layer_layout(work.path(), "kubetm/app", true);
     let store_dir = config.images_dir();

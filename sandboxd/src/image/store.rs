@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -63,14 +62,7 @@ pub(crate) struct Index {
 }
 
 /// A lock on the store, held while reading (shared) or changing (exclusive) it.
-pub struct StoreLock(std::fs::File);
-
-impl Drop for StoreLock {
-    fn drop(&mut self) {
-        // SAFETY: flock(2) on a file we own.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
+pub struct StoreLock(#[allow(dead_code)] std::fs::File);
 
 #[derive(Debug, Clone)]
 pub struct ImageStore {
@@ -102,23 +94,14 @@ impl ImageStore {
     }
 
     pub(crate) fn lock(&self, exclusive: bool) -> anyhow::Result<StoreLock> {
+        use crate::lockfile::{lock, LockMode};
         let path = self.root.join("lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("open {}", path.display()))?;
         let mode = if exclusive {
-            libc::LOCK_EX
+            LockMode::Exclusive
         } else {
-            libc::LOCK_SH
+            LockMode::Shared
         };
-        // SAFETY: flock(2) on a file we own; blocks until the other holder is done.
-        if unsafe { libc::flock(file.as_raw_fd(), mode) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("lock {}", path.display()));
-        }
+        let file = lock(&path, mode).with_context(|| format!("lock {}", path.display()))?;
         Ok(StoreLock(file))
     }
 
