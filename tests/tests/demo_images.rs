@@ -39,19 +39,27 @@ fn the_demo_images_build_offline_and_serve_their_hostname() {
         .parent()
         .unwrap()
         .to_path_buf();
-    let out = Command::new("bash")
-        .arg(script())
-        .args(["--store", store_dir.to_str().unwrap(), "--no-build"])
-        .env("SANDBOXD_BIN_DIR", &bin_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build-images.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Twice: an unchanged build must give the same images, not a second, dangling set.
+    for _ in 0..2 {
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["--store", store_dir.to_str().unwrap(), "--no-build"])
+            .env("SANDBOXD_BIN_DIR", &bin_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "build-images.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     let store = ImageStore::open(&store_dir).unwrap();
+    assert_eq!(
+        store.list().unwrap().len(),
+        5,
+        "a rebuild left dangling images"
+    );
     let mut tags: Vec<String> = store
         .list()
         .unwrap()

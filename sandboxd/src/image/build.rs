@@ -19,11 +19,14 @@ fn digest(bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
-/// A tar of `dir`'s contents (paths relative to it), owners and modes kept, symlinks as links.
+/// A tar of `dir`'s contents (paths relative to it), symlinks as links, modes kept, and
+/// owners and times fixed (root, one constant mtime): the same tree gives the same bytes,
+/// so rebuilding an unchanged image gives the same layer and image ids instead of a new,
+/// dangling copy.
 pub fn tar_dir(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Complete);
+    builder.mode(tar::HeaderMode::Deterministic);
     builder
         .append_dir_all(".", dir)
         .with_context(|| format!("archive {}", dir.display()))?;

@@ -1,0 +1,46 @@
+//! The README's main command runs `examples/pod-pause-demo.sh`; this keeps it working.
+//! Needs root; uses the fixed paths the demo documents (`/run/sandboxd/nodes/node1`,
+//! `/run/sandboxd/demo.sock`) and removes everything it starts.
+
+use std::path::Path;
+use std::process::Command;
+
+use sandboxd_tests::{require_root, workspace_binary};
+
+#[test]
+fn the_pod_pause_demo_runs_and_cleans_up() {
+    require_root();
+    let bin_dir = workspace_binary("sandboxd").parent().unwrap().to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pod-pause-demo.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .env("SANDBOXD_BIN_DIR", &bin_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "docker.io/kubetm/p8080",
+        "RuntimeName:  sandboxd",
+        "\"state\": \"SANDBOX_READY\"",
+        "1 packets transmitted, 1 received",
+        "Removed sandbox",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "the demo's output lacks {expected:?}:\n{stdout}"
+        );
+    }
+    assert!(
+        !Path::new("/run/sandboxd/nodes/node1").exists(),
+        "the demo left its node"
+    );
+    assert!(
+        !Path::new("/run/sandboxd/demo.sock").exists(),
+        "the demo left its daemon"
+    );
+}
