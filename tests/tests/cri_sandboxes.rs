@@ -762,3 +762,118 @@ async fn a_python_grpcio_client_drives_the_pod_lifecycle() {
     assert_eq!(lines[3..], ["list 1", "removed", "attach UNIMPLEMENTED"]);
     daemon.assert_clean();
 }
+
+fn with_namespaces(
+    mut config: cri::PodSandboxConfig,
+    network: cri::NamespaceMode,
+    pid: cri::NamespaceMode,
+) -> cri::PodSandboxConfig {
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: network as i32,
+                pid: pid as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+/// The namespace a `/proc/<pid>/ns/*` link or a pin refers to (its nsfs inode).
+fn namespace_inode(path: impl AsRef<Path>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path.as_ref()).unwrap().ino()
+}
+
+#[tokio::test]
+async fn a_pod_can_have_its_own_pid_namespace_or_the_nodes_network() {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.client().await;
+
+    // pid: POD makes pause PID 1 of a pid namespace of the pod's own.
+    let config = with_namespaces(
+        pod_config("shared-pid", "u1"),
+        cri::NamespaceMode::Pod,
+        cri::NamespaceMode::Pod,
+    );
+    let id = run_pod(&mut client, config)
+        .await
+        .expect("run with pid POD");
+    let (st, info) = status(&mut client, &id).await.unwrap();
+    let pid = info["pid"].as_u64().unwrap();
+    let nspid = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = nspid
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        nspid.split_whitespace().last(),
+        Some("1"),
+        "pause is not PID 1 of its namespace: {nspid}"
+    );
+    assert_ne!(
+        namespace_inode(format!("/proc/{pid}/ns/pid")),
+        namespace_inode("/proc/self/ns/pid")
+    );
+    let options = st.linux.unwrap().namespaces.unwrap().options.unwrap();
+    assert_eq!(options.pid, cri::NamespaceMode::Pod as i32);
+    assert!(st.network.unwrap().ip.starts_with("10.244.1."));
+
+    // network: NODE puts pause in the node's network namespace, with no CNI attachment.
+    let config = with_namespaces(
+        pod_config("host-net", "u2"),
+        cri::NamespaceMode::Node,
+        cri::NamespaceMode::Container,
+    );
+    let host = run_pod(&mut client, config)
+        .await
+        .expect("run with network NODE");
+    let (st, info) = status(&mut client, &host).await.unwrap();
+    let host_pid = info["pid"].as_u64().unwrap();
+    assert_eq!(
+        namespace_inode(format!("/proc/{host_pid}/ns/net")),
+        namespace_inode(daemon.node.path())
+    );
+    assert_eq!(
+        namespace_inode(format!("/proc/{host_pid}/ns/pid")),
+        namespace_inode("/proc/self/ns/pid")
+    );
+    assert_eq!(
+        st.network.unwrap().ip,
+        "",
+        "a hostNetwork pod gets no pod IP"
+    );
+    assert!(info["netnsPath"].is_null());
+    assert_eq!(
+        daemon.node.veths().len(),
+        1,
+        "only the first pod has a veth"
+    );
+
+    let target = with_namespaces(
+        pod_config("target", "u3"),
+        cri::NamespaceMode::Pod,
+        cri::NamespaceMode::Target,
+    );
+    let err = run_pod(&mut client, target).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("namespace_options.pid"),
+        "{}",
+        err.message()
+    );
+
+    for pod in [id, host] {
+        client
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await
+            .unwrap();
+    }
+    daemon.assert_clean();
+}

@@ -272,15 +272,14 @@ async fn bench_pause(rounds: usize) -> Result<(u64, u64, Stats)> {
     let mut starts = Vec::new();
     for round in 0..rounds {
         let start = Instant::now();
-        let mut child = pause::spawn(
+        let pid = pause::spawn(
             &binary,
             "bench",
             &pause::PodNamespaces {
                 hostname: Some("bench".into()),
-                host_network: false,
+                ..Default::default()
             },
         )?;
-        let pid = child.id().context("pause exited at once")?;
         let pin = netns::pin(dir.path(), &format!("p{round}"), pid);
         starts.push(start.elapsed());
         if round == 0 {
@@ -288,7 +287,11 @@ async fn bench_pause(rounds: usize) -> Result<(u64, u64, Stats)> {
             std::thread::sleep(Duration::from_millis(50));
             rss = rss_kib(pid)?;
         }
-        let _ = child.kill().await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        pause::reap(pid).await?;
         netns::unpin(&pin?)?;
     }
     Ok((size, rss, Stats::new(starts)))

@@ -74,10 +74,7 @@ fn rt(created: &Created) -> RuntimeConf {
 }
 
 /// Undoes what was created, last step first; carries on past failures and reports them.
-async fn tear_down(
-    created: &Created,
-    mut pause_child: Option<tokio::process::Child>,
-) -> Result<()> {
+async fn tear_down(created: &Created, reap: bool) -> Result<()> {
     let mut failures = Vec::new();
     if created.attached {
         match default_network() {
@@ -92,8 +89,9 @@ async fn tear_down(
     if let Some(pid) = created.pause_pid {
         // pause exits 0 on SIGTERM; an already-gone pause is fine.
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        if let Some(child) = pause_child.as_mut() {
-            let _ = child.wait().await;
+        // Only the run that started pause is its parent and can reap it.
+        if reap {
+            let _ = pause::reap(pid).await;
         }
     }
     if let Some(pin) = &created.netns_pin {
@@ -116,7 +114,7 @@ async fn tear_down(
     }
 }
 
-async fn bring_up(created: &mut Created) -> Result<(tokio::process::Child, cni_host::CniResult)> {
+async fn bring_up(created: &mut Created) -> Result<cni_host::CniResult> {
     let pause_binary = pause::locate(None)?;
     let list = default_network()?;
 
@@ -124,15 +122,14 @@ async fn bring_up(created: &mut Created) -> Result<(tokio::process::Child, cni_h
     NodeNetns::create(NODE)?;
     created.node = true;
 
-    let child = pause::spawn(
+    let pid = pause::spawn(
         &pause_binary,
         POD_NAME,
         &pause::PodNamespaces {
             hostname: Some(POD_NAME.into()),
-            host_network: false,
+            ..Default::default()
         },
     )?;
-    let pid = child.id().context("pause exited at once")?;
     created.pause_pid = Some(pid);
     let netns_dir = Path::new(netns::DEFAULT_NETNS_DIR);
     netns::prepare_dir(netns_dir)?;
@@ -146,7 +143,7 @@ async fn bring_up(created: &mut Created) -> Result<(tokio::process::Child, cni_h
         &created.id[..12],
         started.elapsed().as_secs_f64() * 1e3
     );
-    Ok((child, result))
+    Ok(result)
 }
 
 #[tokio::main]
@@ -156,7 +153,7 @@ async fn main() -> Result<()> {
         let text = std::fs::read_to_string(state_file())
             .context("nothing to clean up (no state from --keep)")?;
         let created: Created = serde_json::from_str(&text)?;
-        tear_down(&created, None).await?;
+        tear_down(&created, false).await?;
         println!("removed pod sandbox {}", created.id);
         return Ok(());
     }
@@ -175,10 +172,10 @@ async fn main() -> Result<()> {
         id: new_id()?,
         ..Created::default()
     };
-    let (child, result) = match bring_up(&mut created).await {
+    let result = match bring_up(&mut created).await {
         Ok(up) => up,
         Err(e) => {
-            let undo = tear_down(&created, None).await;
+            let undo = tear_down(&created, true).await;
             return Err(match undo {
                 Ok(()) => e,
                 Err(undo) => e.context(undo.to_string()),
@@ -233,7 +230,6 @@ async fn main() -> Result<()> {
     if keep {
         std::fs::create_dir_all(STATE_DIR)?;
         std::fs::write(state_file(), serde_json::to_string(&created)?)?;
-        std::mem::forget(child);
         println!(
             "\nkept: pod netns {}, pause pid {pid}, node netns {}",
             pin.display(),
@@ -242,7 +238,7 @@ async fn main() -> Result<()> {
         println!("remove with: pod-network-demo --cleanup");
         return Ok(());
     }
-    tear_down(&created, Some(child)).await?;
+    tear_down(&created, true).await?;
     println!("\ntorn down: CNI DEL, pause stopped, netns unpinned, node removed");
     Ok(())
 }

@@ -79,6 +79,9 @@ pub struct SandboxRecord {
     pub port_mappings: Vec<PortMapping>,
     /// The pod uses the node's network namespace (no pause netns, no CNI).
     pub host_network: bool,
+    /// The pod has a pid namespace of its own, pause its PID 1.
+    #[serde(default)]
+    pub pid_namespace: bool,
     pub created_at_ns: i64,
     pub state: SandboxState,
     /// The pause process, while it runs.

@@ -24,6 +24,7 @@ struct PodSpec {
     annotations: BTreeMap<String, String>,
     port_mappings: Vec<PortMapping>,
     host_network: bool,
+    pid_namespace: bool,
 }
 
 /// Names end up in paths, CNI_ARGS and messages: no separators, no `.`/`..`, no controls.
@@ -146,6 +147,7 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
     }
 
     let mut host_network = false;
+    let mut pid_namespace = false;
     if let Some(options) = config
         .linux
         .as_ref()
@@ -153,8 +155,13 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         .and_then(|s| s.namespace_options.as_ref())
     {
         host_network = options.network == cri::NamespaceMode::Node as i32;
-        if options.pid == cri::NamespaceMode::Pod as i32 {
-            return Err(Error::invalid(&object, "linux.security_context.namespace_options.pid", "a pid namespace shared by the pod (POD) is not supported yet; use CONTAINER or NODE"));
+        pid_namespace = options.pid == cri::NamespaceMode::Pod as i32;
+        if options.pid == cri::NamespaceMode::Target as i32 {
+            return Err(Error::invalid(
+                &object,
+                "linux.security_context.namespace_options.pid",
+                "TARGET is for containers, not pods; use POD, CONTAINER or NODE",
+            ));
         }
         if options.network != cri::NamespaceMode::Pod as i32 && !host_network {
             return Err(Error::invalid(
@@ -178,6 +185,7 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         annotations: config.annotations.into_iter().collect(),
         port_mappings,
         host_network,
+        pid_namespace,
     })
 }
 
@@ -260,19 +268,16 @@ impl Runtime {
         let namespaces = crate::pause::PodNamespaces {
             hostname: Some(spec.hostname.clone()),
             host_network: spec.host_network,
+            node_netns: self.config.node_netns.clone(),
+            pid_namespace: spec.pid_namespace,
         };
-        let mut child = crate::pause::spawn(&self.pause_binary, &object, &namespaces)
+        let pid = crate::pause::spawn(&self.pause_binary, &object, &namespaces)
             .map_err(|e| Error::step("start pause", &object, e))?;
-        let pid = child.id().ok_or_else(|| {
-            Error::step("start pause", &object, anyhow::anyhow!("exited at once"))
-        })?;
+        // Reap it whenever it exits, so it never lingers as a zombie.
+        tokio::spawn(crate::pause::reap(pid));
         let pause = ProcessHandle::of(pid).ok_or_else(|| {
             Error::step("start pause", &object, anyhow::anyhow!("exited at once"))
         })?;
-        // Reap it whenever it exits, so it never lingers as a zombie.
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
         let grace = self.config.stop_grace;
         rollback.push("start pause", async move {
             pause
@@ -291,6 +296,7 @@ impl Runtime {
             annotations: spec.annotations,
             port_mappings: spec.port_mappings,
             host_network: spec.host_network,
+            pid_namespace: spec.pid_namespace,
             created_at_ns: now_ns(),
             state: SandboxState::Ready,
             pause: Some(pause),

@@ -93,7 +93,11 @@ impl Runtime {
                 namespaces: Some(cri::Namespace {
                     options: Some(cri::NamespaceOption {
                         network: network_mode as i32,
-                        pid: cri::NamespaceMode::Container as i32,
+                        pid: if record.pid_namespace {
+                            cri::NamespaceMode::Pod as i32
+                        } else {
+                            cri::NamespaceMode::Container as i32
+                        },
                         ipc: cri::NamespaceMode::Pod as i32,
                         ..Default::default()
                     }),
