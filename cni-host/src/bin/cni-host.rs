@@ -28,6 +28,10 @@ environment: NETCONFPATH, CNI_PATH, CNI_IFNAME, CNI_ARGS, CAP_ARGS, CNI_CONTAINE
              CNI_CACHE_DIR, CNI_TIMEOUT";
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`sandboxctl pods | head`), instead of panicking on a broken pipe.
+    // SAFETY: signal(2) only sets how this process takes SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -75,6 +75,10 @@ pub type ImageClient = ImageServiceClient<Channel>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`sandboxctl pods | head`), instead of panicking on a broken pipe.
+    // SAFETY: signal(2) only sets how this process takes SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let timeout = std::time::Duration::from_secs(cli.timeout);
     let outcome = async {
