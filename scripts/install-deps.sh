@@ -10,7 +10,7 @@ packages=(
   iproute2 util-linux procps iputils-ping
   iptables containernetworking-plugins
   protobuf-compiler busybox-static
-  python3 python3-grpcio python3-protobuf
+  python3 python3-grpcio python3-protobuf runc
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -13,6 +13,7 @@
 //! * [`netns`]: pin a netns at `/run/sandboxd/netns/<id>`, create and remove namespaces;
 //! * [`network`]: the node's default pod network config;
 //! * [`image`]: the local image store and imports of OCI and docker archives;
+//! * [`container`]: a container's overlayfs rootfs and its OCI bundle, joined to the pod;
 //! * [`store`]: records on disk, one dir per id, written atomically and fsynced;
 //!   [`lockfile`]: the flock both the socket and the image store are guarded by;
 //! * [`rollback`]: undoing the finished steps of a failed operation;
@@ -24,6 +25,7 @@
 
 pub mod client;
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod cri_image;
 pub mod error;

@@ -1,0 +1,216 @@
+//! The OCI runtime bundle of a container in a pod.
+//!
+//! The spec starts from the OCI defaults (oci-spec's: /proc, /dev, /dev/pts, /dev/shm,
+//! /dev/mqueue, read-only /sys, masked and read-only paths, no_new_privileges) and sets:
+//! the process (args, env, cwd, uid/gid), the capability set containerd gives containers
+//! by default, and the namespaces: net, ipc and uts joined from the pause process by path,
+//! a new mount namespace, and a new pid namespace or the pod's.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use oci_spec::runtime::{
+    Capability, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, Process, RootBuilder, Spec, UserBuilder,
+};
+
+/// containerd's default capabilities for a container (no privileged, no added caps).
+pub const DEFAULT_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// What a container runs, and the pod it joins.
+#[derive(Debug, Clone)]
+pub struct ContainerProcess {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// The pod's pause process, whose namespaces the container joins.
+    pub pause_pid: u32,
+    /// The pod has a pid namespace of its own (pause is its PID 1): join it too.
+    pub share_pod_pid: bool,
+}
+
+fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> anyhow::Result<LinuxNamespace> {
+    let mut builder = LinuxNamespaceBuilder::default().typ(typ);
+    if let Some(path) = path {
+        builder = builder.path(path);
+    }
+    builder.build().context("build a namespace entry")
+}
+
+/// The spec for `process`, with its rootfs at `<bundle>/rootfs`.
+pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
+    let mut spec = Spec::default();
+    // The pod's hostname is pause's uts namespace; the container joins it, sets nothing.
+    spec.set_hostname(None);
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()?,
+    ));
+
+    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.iter().copied().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()?;
+    let mut proc_spec = Process::default();
+    proc_spec.set_args(Some(process.args.clone()));
+    proc_spec.set_env(Some(process.env.clone()));
+    proc_spec.set_cwd(PathBuf::from(if process.cwd.is_empty() {
+        "/"
+    } else {
+        &process.cwd
+    }));
+    proc_spec.set_user(
+        UserBuilder::default()
+            .uid(process.uid)
+            .gid(process.gid)
+            .build()?,
+    );
+    proc_spec.set_capabilities(Some(capabilities));
+    proc_spec.set_no_new_privileges(Some(true));
+    spec.set_process(Some(proc_spec));
+
+    let pause_ns = |kind: &str| {
+        Some(PathBuf::from(format!(
+            "/proc/{}/ns/{kind}",
+            process.pause_pid
+        )))
+    };
+    let namespaces = vec![
+        namespace(LinuxNamespaceType::Network, pause_ns("net"))?,
+        namespace(LinuxNamespaceType::Ipc, pause_ns("ipc"))?,
+        namespace(LinuxNamespaceType::Uts, pause_ns("uts"))?,
+        namespace(LinuxNamespaceType::Mount, None)?,
+        namespace(
+            LinuxNamespaceType::Pid,
+            if process.share_pod_pid {
+                pause_ns("pid")
+            } else {
+                None
+            },
+        )?,
+    ];
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .context("the default spec has a linux section")?;
+    linux.set_namespaces(Some(namespaces));
+    Ok(spec)
+}
+
+/// Writes `<bundle>/config.json`.
+pub fn write(bundle: &Path, process: &ContainerProcess) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(bundle).with_context(|| format!("create {}", bundle.display()))?;
+    let path = bundle.join("config.json");
+    spec(process)?
+        .save(&path)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(share_pod_pid: bool) -> ContainerProcess {
+        ContainerProcess {
+            args: vec![
+                "/app/hostname-server".into(),
+                "--port".into(),
+                "8080".into(),
+            ],
+            env: vec!["PATH=/bin".into()],
+            cwd: String::new(),
+            uid: 0,
+            gid: 0,
+            pause_pid: 4242,
+            share_pod_pid,
+        }
+    }
+
+    fn namespaces(spec: &Spec) -> Vec<(String, Option<String>)> {
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n.typ().to_string(),
+                    n.path().as_ref().map(|p| p.display().to_string()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn joins_the_pause_namespaces_by_path_and_owns_mnt_and_pid() {
+        let spec = spec(&process(false)).unwrap();
+        let ns = namespaces(&spec);
+        assert!(
+            ns.contains(&("net".into(), Some("/proc/4242/ns/net".into()))),
+            "{ns:?}"
+        );
+        assert!(ns.contains(&("ipc".into(), Some("/proc/4242/ns/ipc".into()))));
+        assert!(ns.contains(&("uts".into(), Some("/proc/4242/ns/uts".into()))));
+        assert!(ns.contains(&("mnt".into(), None)));
+        assert!(ns.contains(&("pid".into(), None)));
+        assert!(!ns.iter().any(|(t, _)| t == "cgroup" || t == "user"));
+        assert!(spec.hostname().is_none());
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(
+            process
+                .capabilities()
+                .as_ref()
+                .unwrap()
+                .bounding()
+                .as_ref()
+                .unwrap()
+                .len(),
+            DEFAULT_CAPABILITIES.len()
+        );
+        assert!(!spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_pod_pid_namespace_is_joined_too() {
+        let ns = namespaces(&spec(&process(true)).unwrap());
+        assert!(
+            ns.contains(&("pid".into(), Some("/proc/4242/ns/pid".into()))),
+            "{ns:?}"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! Containers of a pod: what they run on and how they join the pod.
+//!
+//! * [`rootfs`]: the container's root filesystem, an overlayfs of the image's layers with a
+//!   writable upper dir of its own;
+//! * [`bundle`]: the OCI runtime bundle (`config.json`, built with the `oci-spec` crate): the
+//!   process, the mounts, and the namespaces, joining the pause process's net, ipc and uts
+//!   namespaces by path (`container:<pause-id>`) with a mount namespace and, unless the pod
+//!   shares one, a pid namespace of its own.
+//!
+//! Any OCI runtime runs the bundle (runc does in the tests). The CRI container verbs and the
+//! per-container monitor build on these.
+
+pub mod bundle;
+pub mod rootfs;
