@@ -244,7 +244,8 @@ impl Runtime {
             }
         }
         .map_err(|e| {
-            if matches!(e, Error::Step { .. }) {
+            // Bad requests are the client's to see; failures of the node are logged here too.
+            if matches!(e, Error::Step { .. } | Error::RollbackFailed { .. }) {
                 eprintln!("sandboxd: run {object}: {e}");
             }
             e
