@@ -21,7 +21,8 @@
 //! * [`error`]: the daemon's errors and their gRPC codes;
 //! * [`client`]: connecting to a CRI socket, for `sandboxctl` and tests.
 //!
-//! Binaries: `sandboxd` (the daemon) and `sandboxctl` (the CLI), both thin over this library.
+//! Binaries: `sandboxd` (the daemon), `sandboxctl` (the CLI) and `sandboxd-monitor` (one per
+//! container: its output and exit code), all thin over this library.
 
 pub mod client;
 pub mod config;

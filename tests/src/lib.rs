@@ -170,3 +170,19 @@ pub fn sandboxctl(endpoint: &str, args: &[&str]) -> (Option<i32>, String, String
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A minimal busybox root filesystem under `dir` (Debian's busybox-static and a few applets),
+/// for images the container tests build.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("busybox-rootfs");
+    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
+    for applet in [
+        "sh", "hostname", "readlink", "cat", "grep", "echo", "printf", "sleep",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    root
+}

@@ -9,7 +9,7 @@ use std::process::Command;
 use sandboxd::container::bundle::{self, ContainerProcess};
 use sandboxd::container::rootfs::Rootfs;
 use sandboxd::image::{build, import::import, ImageConfig, ImageStore};
-use sandboxd_tests::{require_root, unique_name};
+use sandboxd_tests::{busybox_rootfs, require_root, unique_name};
 
 /// containerd's default capability set as a CapEff mask.
 const DEFAULT_CAP_MASK: &str = "00000000a80425fb";
@@ -34,18 +34,6 @@ impl Drop for Cleanup {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-}
-
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("busybox-rootfs");
-    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
-    for applet in ["sh", "hostname", "readlink", "cat", "grep", "echo"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    root
 }
 
 fn ns_link(pid: &str, kind: &str) -> String {
