@@ -186,3 +186,112 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     }
     root
 }
+
+/// A container of a pod, ready for an OCI runtime: a pause process (with `hostname`), a
+/// busybox image imported into a store of its own, the image's overlayfs rootfs, and a bundle
+/// running `sh -c <script>` joined to pause. Removed on drop (runc state, mount, pause).
+/// Needs a tokio runtime (pause is reaped by a task).
+pub struct TestContainer {
+    pub id: String,
+    pub dir: tempfile::TempDir,
+    pub rootfs: sandboxd::container::rootfs::Rootfs,
+    pub pause: u32,
+}
+
+impl TestContainer {
+    pub fn new(script: &str, hostname: &str) -> TestContainer {
+        use sandboxd::image::{build, import::import, ImageConfig, ImageStore};
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().join("images")).unwrap();
+        let layout = dir.path().join("layout");
+        build::write_layout(
+            &layout,
+            "busybox",
+            &[&busybox_rootfs(dir.path())],
+            &ImageConfig::default(),
+            true,
+        )
+        .unwrap();
+        let image = import(&store, &layout, None).unwrap().remove(0);
+        let layers = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| store.layer_path(&l.diff_id).unwrap())
+            .collect();
+        let namespaces = sandboxd::pause::PodNamespaces {
+            hostname: Some(hostname.into()),
+            ..Default::default()
+        };
+        let pause =
+            sandboxd::pause::spawn(Path::new(pause::BUILT_BINARY), hostname, &namespaces).unwrap();
+        tokio::spawn(sandboxd::pause::reap(pause));
+        let bundle_dir = dir.path().join("bundle");
+        let rootfs = sandboxd::container::rootfs::Rootfs::in_dir(
+            layers,
+            &dir.path().join("state"),
+            &bundle_dir,
+        );
+        let container = TestContainer {
+            id: unique_name("sbt-ctr"),
+            dir,
+            rootfs,
+            pause,
+        };
+        container.rootfs.mount().unwrap();
+        let process = sandboxd::container::bundle::ContainerProcess {
+            args: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            pause_pid: pause,
+            share_pod_pid: false,
+        };
+        sandboxd::container::bundle::write(&bundle_dir, &process).unwrap();
+        container
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `runc --root <own dir> <args>`.
+    pub fn runc(&self, args: &[&str]) -> std::process::Output {
+        Command::new("runc")
+            .arg("--root")
+            .arg(self.path("runc"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// The workspace's sandboxd-monitor for this container, with runc, logging to
+    /// `container.log` and recording the exit in `exit.json`.
+    pub fn monitor(&self) -> Command {
+        let mut command = Command::new(workspace_binary("sandboxd-monitor"));
+        command
+            .args(["--id", &self.id, "--runtime", "runc"])
+            .arg("--bundle")
+            .arg(self.path("bundle"))
+            .arg("--runtime-root")
+            .arg(self.path("runc"))
+            .arg("--log")
+            .arg(self.path("container.log"))
+            .arg("--exit-file")
+            .arg(self.path("exit.json"));
+        command
+    }
+}
+
+impl Drop for TestContainer {
+    fn drop(&mut self) {
+        let _ = self.runc(&["delete", "--force", &self.id]);
+        let _ = self.rootfs.unmount();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pause as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
