@@ -56,6 +56,9 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
+    /// Its output or exit status could not be read.
+    #[error("lost track of it: {0}")]
+    Io(#[source] io::Error),
     #[error("did not finish within {0:?} and was killed")]
     TimedOut(Duration),
     /// Non-zero exit or death by signal; stdout may hold a CNI error object.
@@ -225,8 +228,8 @@ impl PluginExec for ProcessExec {
 
         match tokio::time::timeout(invocation.timeout, finished).await {
             Ok((io_result, status)) => {
-                let (stdout, stderr) = io_result.map_err(spawn_error)?;
-                let status = status.map_err(spawn_error)?;
+                let (stdout, stderr) = io_result.map_err(ExecError::Io)?;
+                let status = status.map_err(ExecError::Io)?;
                 if status.success() {
                     return Ok(stdout);
                 }

@@ -175,6 +175,8 @@ pub enum PluginError {
     NotFound { dirs: String },
     #[error("cannot start it: {0}")]
     Spawn(std::io::Error),
+    #[error("cannot read its output or exit status: {0}")]
+    Io(std::io::Error),
     #[error("did not finish within {0:?} and was killed")]
     TimedOut(Duration),
     #[error("{0}")]
@@ -796,6 +798,7 @@ impl<E: PluginExec> CniHost<E> {
             subject: subject.clone(),
             source: Box::new(match e {
                 ExecError::Spawn { source, .. } => PluginError::Spawn(source),
+                ExecError::Io(source) => PluginError::Io(source),
                 ExecError::TimedOut(after) => PluginError::TimedOut(after),
                 ExecError::Failed {
                     status,
