@@ -1,6 +1,6 @@
 //! The daemon's configuration: where things live and how the node is wired.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Paths and settings of one sandboxd. Defaults are the design's (`/run/sandboxd`,
@@ -24,7 +24,17 @@ pub struct Config {
     pub cni_timeout: Duration,
     /// How long a stopped pause gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// The OCI runtime that runs containers' bundles: `runc`-compatible command line.
+    pub oci_runtime: PathBuf,
+    /// The OCI runtime's state dir (`runc --root`); a tmpfs, gone at reboot like the
+    /// containers it describes.
+    pub oci_runtime_root: PathBuf,
+    /// The per-container monitor; by default the one beside the sandboxd executable.
+    pub monitor_binary: Option<PathBuf>,
 }
+
+/// The OCI runtime containers run with unless configured otherwise.
+pub const DEFAULT_OCI_RUNTIME: &str = "runc";
 
 impl Default for Config {
     fn default() -> Self {
@@ -41,6 +51,9 @@ impl Default for Config {
             pause_binary: None,
             cni_timeout: cni_host::DEFAULT_PLUGIN_TIMEOUT,
             stop_grace: Duration::from_secs(2),
+            oci_runtime: PathBuf::from(DEFAULT_OCI_RUNTIME),
+            oci_runtime_root: PathBuf::from("/run/sandboxd/runtime"),
+            monitor_binary: None,
         }
     }
 }
@@ -50,6 +63,10 @@ impl Config {
         self.state_dir.join("sandboxes")
     }
 
+    pub fn containers_dir(&self) -> PathBuf {
+        self.state_dir.join("containers")
+    }
+
     pub fn images_dir(&self) -> PathBuf {
         self.state_dir.join("images")
     }
@@ -57,4 +74,41 @@ impl Config {
     pub fn cni_cache_dir(&self) -> PathBuf {
         self.state_dir.join("cni")
     }
+}
+
+/// Finds a workspace binary: the configured path if given, else beside the running
+/// executable (`target/release/pause` next to `target/release/sandboxd`), or one level up
+/// for test and example binaries (in `deps/` or `examples/`). Returns the paths searched
+/// when none is there.
+pub fn locate_beside_exe(name: &str, configured: Option<&Path>) -> Result<PathBuf, Vec<String>> {
+    let mut candidates = Vec::new();
+    match configured {
+        Some(path) => candidates.push(path.to_path_buf()),
+        None => {
+            if let Some(dir) = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(Path::to_path_buf))
+            {
+                candidates.push(dir.join(name));
+                if let Some(parent) = dir.parent() {
+                    candidates.push(parent.join(name));
+                }
+            }
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| candidates.iter().map(|p| p.display().to_string()).collect())
+}
+
+/// Resolves a command name through `$PATH`, as exec would; a path is taken as it is.
+pub fn find_in_path(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }

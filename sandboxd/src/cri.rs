@@ -4,11 +4,13 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
+use crate::container::ContainerFilter;
 use crate::runtime::Runtime;
 use crate::sandbox::ListFilter;
 
@@ -146,61 +148,106 @@ impl RuntimeService for CriService {
 
     async fn create_container(
         &self,
-        _: Request<cri::CreateContainerRequest>,
+        request: Request<cri::CreateContainerRequest>,
     ) -> Reply<cri::CreateContainerResponse> {
-        unimplemented("CreateContainer")
-    }
-    async fn start_container(
-        &self,
-        _: Request<cri::StartContainerRequest>,
-    ) -> Reply<cri::StartContainerResponse> {
-        unimplemented("StartContainer")
-    }
-    async fn stop_container(
-        &self,
-        _: Request<cri::StopContainerRequest>,
-    ) -> Reply<cri::StopContainerResponse> {
-        unimplemented("StopContainer")
-    }
-    async fn remove_container(
-        &self,
-        _: Request<cri::RemoveContainerRequest>,
-    ) -> Reply<cri::RemoveContainerResponse> {
-        unimplemented("RemoveContainer")
-    }
-    async fn list_containers(
-        &self,
-        _: Request<cri::ListContainersRequest>,
-    ) -> Reply<cri::ListContainersResponse> {
-        // No containers yet: an empty list is the truthful answer, and what the kubelet polls.
-        Ok(Response::new(cri::ListContainersResponse {
-            containers: Vec::new(),
+        let request = request.into_inner();
+        let id = self
+            .runtime
+            .create_container(&request.pod_sandbox_id, request.config)
+            .await?;
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id,
         }))
     }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Reply<cri::StartContainerResponse> {
+        self.runtime
+            .start_container(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Reply<cri::StopContainerResponse> {
+        let request = request.into_inner();
+        let timeout = Duration::from_secs(request.timeout.max(0) as u64);
+        self.runtime
+            .stop_container(&request.container_id, timeout)
+            .await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Reply<cri::RemoveContainerResponse> {
+        self.runtime
+            .remove_container(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Reply<cri::ListContainersResponse> {
+        let filter = ContainerFilter::from_cri(request.into_inner().filter);
+        Ok(Response::new(cri::ListContainersResponse {
+            containers: self.runtime.list_containers(&filter).await?,
+        }))
+    }
+
     async fn container_status(
         &self,
         request: Request<cri::ContainerStatusRequest>,
     ) -> Reply<cri::ContainerStatusResponse> {
-        Err(Status::not_found(format!(
-            "container {} not found",
-            request.into_inner().container_id
-        )))
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.runtime
+                .container_status(&request.container_id, request.verbose)
+                .await?,
+        ))
     }
+
     async fn update_container_resources(
         &self,
         _: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Reply<cri::UpdateContainerResourcesResponse> {
         unimplemented("UpdateContainerResources")
     }
+
     async fn reopen_container_log(
         &self,
-        _: Request<cri::ReopenContainerLogRequest>,
+        request: Request<cri::ReopenContainerLogRequest>,
     ) -> Reply<cri::ReopenContainerLogResponse> {
-        unimplemented("ReopenContainerLog")
+        self.runtime
+            .reopen_container_log(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
-    async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
-        unimplemented("ExecSync")
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Reply<cri::ExecSyncResponse> {
+        let request = request.into_inner();
+        let timeout = (request.timeout > 0).then(|| Duration::from_secs(request.timeout as u64));
+        let output = self
+            .runtime
+            .exec_sync(&request.container_id, &request.cmd, timeout)
+            .await?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: output.stdout,
+            stderr: output.stderr,
+            exit_code: output.exit_code,
+        }))
     }
+
     async fn exec(&self, _: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
         unimplemented("Exec")
     }

@@ -60,9 +60,7 @@ fn to_cri(image: &ImageRecord) -> cri::Image {
 }
 
 fn not_found(name: &str) -> Status {
-    Status::not_found(format!(
-        "image {name} is not in the local store, and sandboxd pulls from no registry: import it with `sandboxctl image import <oci-layout-dir|archive.tar> --name {name}` (examples/build-images.sh builds the demo images)"
-    ))
+    crate::error::Error::ImageNotFound(name.to_string()).into()
 }
 
 type Reply<T> = Result<Response<T>, Status>;

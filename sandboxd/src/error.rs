@@ -14,8 +14,14 @@ pub enum Error {
     },
     #[error("{kind} {id} not found")]
     NotFound { kind: &'static str, id: String },
+    /// An image name the local store does not hold; says how to get it there.
+    #[error("image {0} is not in the local store, and sandboxd pulls from no registry: import it with `sandboxctl image import <oci-layout-dir|archive.tar> --name {0}` (examples/build-images.sh builds the demo images)")]
+    ImageNotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// An operation ran past the deadline the caller gave it.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The object exists but is in the wrong state for the verb.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -63,7 +69,8 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::NotFound { .. } => Code::NotFound,
+            Error::NotFound { .. } | Error::ImageNotFound(_) => Code::NotFound,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Step { .. } => Code::Internal,

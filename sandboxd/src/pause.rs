@@ -27,29 +27,8 @@ pub enum PauseError {
 /// Finds the pause binary: the configured path if given, else beside the running executable
 /// (`target/release/pause` next to `target/release/sandboxd`). Never pulled from anywhere.
 pub fn locate(configured: Option<&Path>) -> Result<PathBuf, PauseError> {
-    let mut candidates = Vec::new();
-    match configured {
-        Some(path) => candidates.push(path.to_path_buf()),
-        None => {
-            if let Some(dir) = std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(Path::to_path_buf))
-            {
-                candidates.push(dir.join(PAUSE_BINARY_NAME));
-                // Test and example binaries live one level down, in deps/ or examples/.
-                if let Some(parent) = dir.parent() {
-                    candidates.push(parent.join(PAUSE_BINARY_NAME));
-                }
-            }
-        }
-    }
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| PauseError::NotFound {
-            searched: candidates.iter().map(|p| p.display().to_string()).collect(),
-        })
+    crate::config::locate_beside_exe(PAUSE_BINARY_NAME, configured)
+        .map_err(|searched| PauseError::NotFound { searched })
 }
 
 /// Namespaces and identity of a new pod.

@@ -8,12 +8,30 @@ use std::sync::{Arc, RwLock};
 use cni_host::{CniHost, NetworkConfigList, ProcessExec, RuntimeConf};
 
 use crate::config::Config;
+use crate::container::ContainerRecord;
 use crate::error::{Error, Result};
 use crate::sandbox::{PodMetadata, SandboxRecord, RECORD_FILE};
 use crate::store::Store;
 
 /// One sandbox held in memory; its mutex serializes the verbs on it.
 pub type SandboxEntry = Arc<tokio::sync::Mutex<SandboxRecord>>;
+/// One container held in memory. A verb that needs both locks takes the sandbox's first.
+pub type ContainerEntry = Arc<tokio::sync::Mutex<ContainerRecord>>;
+
+/// A container in the daemon's map, with its pod (fixed for its life) beside the lock.
+#[derive(Clone)]
+pub(crate) struct ContainerSlot {
+    pub sandbox_id: String,
+    pub entry: ContainerEntry,
+}
+
+/// What makes a container unique in its pod: its name and attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ContainerName {
+    pub sandbox_id: String,
+    pub name: String,
+    pub attempt: u32,
+}
 
 pub struct Runtime {
     pub config: Config,
@@ -25,12 +43,25 @@ pub struct Runtime {
     /// Pod identity → sandbox id: a name is taken from the moment a RunPodSandbox
     /// starts, so two concurrent runs of the same pod cannot both succeed.
     pub(crate) names: std::sync::Mutex<HashMap<PodMetadata, String>>,
+    pub(crate) container_records: Store,
+    pub(crate) containers: RwLock<HashMap<String, ContainerSlot>>,
+    /// Taken from the moment a CreateContainer starts, like `names`.
+    pub(crate) container_names: std::sync::Mutex<HashMap<ContainerName, String>>,
+    pub(crate) monitor_binary: PathBuf,
+    pub(crate) oci_runtime: PathBuf,
 }
 
 impl Runtime {
     /// Builds the runtime and recovers what an earlier daemon left (see `sandbox::recover`).
     pub async fn start(config: Config) -> anyhow::Result<Arc<Runtime>> {
         let pause_binary = crate::pause::locate(config.pause_binary.as_deref())?;
+        let monitor_binary = crate::container::monitor::locate(config.monitor_binary.as_deref())?;
+        let oci_runtime = crate::config::find_in_path(&config.oci_runtime).ok_or_else(|| {
+            anyhow::anyhow!(
+                "OCI runtime {} not found; install runc (scripts/install-deps.sh) or pass --runtime",
+                config.oci_runtime.display()
+            )
+        })?;
         let exec = match &config.node_netns {
             Some(netns) => ProcessExec::in_netns(netns),
             None => ProcessExec::new(),
@@ -42,6 +73,11 @@ impl Runtime {
         let runtime = Arc::new(Runtime {
             images,
             sandboxes: Store::new(config.sandboxes_dir(), RECORD_FILE),
+            container_records: Store::new(config.containers_dir(), crate::container::RECORD_FILE),
+            containers: RwLock::new(HashMap::new()),
+            container_names: std::sync::Mutex::new(HashMap::new()),
+            monitor_binary,
+            oci_runtime,
             config,
             cni,
             pause_binary,
@@ -54,27 +90,43 @@ impl Runtime {
 
     /// Finds a sandbox by id or unique id prefix (as crictl lets users type them).
     pub fn lookup(&self, id: &str) -> Result<(String, SandboxEntry)> {
-        let not_found = || Error::NotFound {
-            kind: "pod sandbox",
-            id: id.to_string(),
-        };
-        if id.is_empty() {
-            return Err(Error::invalid("pod sandbox", "pod_sandbox_id", "is empty"));
-        }
-        let pods = self.pods.read().expect("pods lock");
-        if let Some(entry) = pods.get(id) {
-            return Ok((id.to_string(), entry.clone()));
-        }
-        let mut matches = pods.iter().filter(|(full, _)| full.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some((full, entry)), None) => Ok((full.clone(), entry.clone())),
-            (Some(_), Some(_)) => Err(Error::invalid(
-                format!("pod sandbox {id}"),
-                "pod_sandbox_id",
-                "the prefix matches more than one sandbox",
-            )),
-            _ => Err(not_found()),
-        }
+        find(
+            &self.pods.read().expect("pods lock"),
+            id,
+            "pod sandbox",
+            "pod_sandbox_id",
+        )
+    }
+
+    /// Finds a container by id or unique id prefix.
+    pub fn lookup_container(&self, id: &str) -> Result<(String, ContainerEntry)> {
+        find(
+            &self.containers.read().expect("containers lock"),
+            id,
+            "container",
+            "container_id",
+        )
+        .map(|(id, slot)| (id, slot.entry))
+    }
+
+    /// The containers of a sandbox.
+    pub fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerEntry> {
+        self.containers
+            .read()
+            .expect("containers lock")
+            .values()
+            .filter(|slot| slot.sandbox_id == sandbox_id)
+            .map(|slot| slot.entry.clone())
+            .collect()
+    }
+
+    pub fn container_entries(&self) -> Vec<ContainerEntry> {
+        self.containers
+            .read()
+            .expect("containers lock")
+            .values()
+            .map(|slot| slot.entry.clone())
+            .collect()
     }
 
     pub fn entries(&self) -> Vec<SandboxEntry> {
@@ -159,6 +211,34 @@ impl Runtime {
         self.sandboxes
             .save(&record.id, record)
             .map_err(|e| Error::step("persist the record", record.describe(), e))
+    }
+}
+
+/// Finds an entry by id or unique id prefix.
+fn find<T: Clone>(
+    map: &HashMap<String, T>,
+    id: &str,
+    kind: &'static str,
+    field: &str,
+) -> Result<(String, T)> {
+    if id.is_empty() {
+        return Err(Error::invalid(kind, field, "is empty"));
+    }
+    if let Some(entry) = map.get(id) {
+        return Ok((id.to_string(), entry.clone()));
+    }
+    let mut matches = map.iter().filter(|(full, _)| full.starts_with(id));
+    match (matches.next(), matches.next()) {
+        (Some((full, entry)), None) => Ok((full.clone(), entry.clone())),
+        (Some(_), Some(_)) => Err(Error::invalid(
+            format!("{kind} {id}"),
+            field,
+            "the prefix matches more than one",
+        )),
+        _ => Err(Error::NotFound {
+            kind,
+            id: id.to_string(),
+        }),
     }
 }
 

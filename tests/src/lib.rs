@@ -4,6 +4,8 @@
 //! Every test makes its own node netns (where bridges and host-side veths go) and pod netns,
 //! so tests never touch the host's interfaces, routes or firewall, and can run in parallel.
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -246,8 +248,10 @@ impl TestContainer {
             cwd: "/".into(),
             uid: 0,
             gid: 0,
+            hostname: hostname.into(),
             pause_pid: pause,
             share_pod_pid: false,
+            binds: Vec::new(),
         };
         sandboxd::container::bundle::write(&bundle_dir, &process).unwrap();
         container

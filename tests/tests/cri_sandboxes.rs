@@ -49,6 +49,8 @@ impl Daemon {
             pause_binary: Some(pause),
             cni_timeout: Duration::from_secs(20),
             stop_grace: Duration::from_secs(2),
+            oci_runtime_root: dir.path().join("runtime"),
+            ..Config::default()
         };
         std::fs::create_dir_all(&config.cni_conf_dir).unwrap();
         std::fs::create_dir_all(dir.path().join("bin")).unwrap();
@@ -464,10 +466,16 @@ async fn bad_input_gets_the_right_code_and_a_message_naming_the_field() {
         .message()
         .contains("pod sandbox 0123456789 not found"));
     let unimplemented = client
-        .exec_sync(cri::ExecSyncRequest::default())
+        .attach(cri::AttachRequest::default())
         .await
         .unwrap_err();
     assert_eq!(unimplemented.code(), Code::Unimplemented);
+    let empty_id = client
+        .exec_sync(cri::ExecSyncRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(empty_id.code(), Code::InvalidArgument);
+    assert!(empty_id.message().contains("container_id"), "{empty_id:?}");
 
     client
         .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })

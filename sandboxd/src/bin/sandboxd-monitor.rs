@@ -11,11 +11,15 @@
 //! subreaper, so the container process becomes its child when the runtime exits.
 //! The exit file is JSON: `{"exit_code": 3, "signal": null, "finished_at_ns": …}`, written
 //! atomically; a container killed by signal N has exit code 128 + N, as the kubelet reports.
+//! Once the container is created, the monitor's own messages go to `monitor.log` beside the
+//! exit file (whoever started it may be gone). SIGUSR1 makes it reopen the log, for
+//! ReopenContainerLog after the kubelet rotated it.
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -55,6 +59,13 @@ fn parse() -> Result<Args> {
         log: take("--log")?.into(),
         exit_file: take("--exit-file")?.into(),
     })
+}
+
+/// Set by SIGUSR1: reopen the log at its path.
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_reopen(_: libc::c_int) {
+    REOPEN.store(true, Ordering::SeqCst);
 }
 
 fn now_ns() -> i64 {
@@ -163,6 +174,13 @@ fn run(args: Args) -> Result<()> {
         .trim()
         .parse()
         .context("the pid file holds no pid")?;
+    let monitor_log = args.exit_file.with_file_name("monitor.log");
+    let own_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&monitor_log)
+        .with_context(|| format!("open {}", monitor_log.display()))?;
+    nix::unistd::dup2(own_log.as_raw_fd(), 2)?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{pid}")?;
     stdout.flush()?;
@@ -170,11 +188,25 @@ fn run(args: Args) -> Result<()> {
     let devnull = std::fs::File::options().write(true).open("/dev/null")?;
     nix::unistd::dup2(devnull.as_raw_fd(), 1)?;
 
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.log)
-        .with_context(|| format!("open {}", args.log.display()))?;
+    let open_log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args.log)
+            .with_context(|| format!("open {}", args.log.display()))
+    };
+    let mut log = open_log()?;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        nix::sys::signal::sigaction(
+            nix::sys::signal::Signal::SIGUSR1,
+            &nix::sys::signal::SigAction::new(
+                nix::sys::signal::SigHandler::Handler(on_reopen),
+                nix::sys::signal::SaFlags::empty(),
+                nix::sys::signal::SigSet::empty(),
+            ),
+        )?;
+    }
     set_nonblocking(&out_read)?;
     set_nonblocking(&err_read)?;
     let mut streams = [
@@ -182,20 +214,25 @@ fn run(args: Args) -> Result<()> {
         (Some(err_read), LineWriter::new("stderr")),
     ];
     let mut buf = vec![0u8; 32 * 1024];
+    // A pidfd polls readable when the container exits, so the exit is recorded at once.
+    // SAFETY: pidfd_open(2) returns a new descriptor we own, or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh descriptor nothing else owns.
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as i32) });
     let exit = loop {
         let mut fds: Vec<PollFd> = streams
             .iter()
-            .filter_map(|(fd, _)| {
-                fd.as_ref()
-                    .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
-            })
+            .filter_map(|(fd, _)| fd.as_ref())
+            .chain(pidfd.as_ref())
+            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
             .collect();
-        if fds.is_empty() {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        } else {
-            let _ = poll(&mut fds, PollTimeout::from(100u16));
-        }
+        // The timeout is a fallback: a signal or the pidfd ends the wait sooner.
+        let _ = poll(&mut fds, PollTimeout::from(1000u16));
         drop(fds);
+        if REOPEN.swap(false, Ordering::SeqCst) {
+            log.sync_all()?;
+            log = open_log()?;
+        }
         pump(&mut streams, &mut buf, &mut log)?;
         if let Some(status) = reap(pid) {
             // Take what the container wrote last; a descendant still holding a pipe open

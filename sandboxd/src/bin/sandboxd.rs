@@ -37,6 +37,15 @@ struct Args {
     /// The pause binary (default: beside sandboxd).
     #[arg(long)]
     pause: Option<PathBuf>,
+    /// The OCI runtime containers run with (runc's command line: runc, crun, youki).
+    #[arg(long, default_value = sandboxd::config::DEFAULT_OCI_RUNTIME)]
+    runtime: PathBuf,
+    /// The OCI runtime's state dir (its --root).
+    #[arg(long, default_value = "/run/sandboxd/runtime")]
+    runtime_root: PathBuf,
+    /// The per-container monitor (default: beside sandboxd).
+    #[arg(long)]
+    monitor: Option<PathBuf>,
     /// Deadline of each CNI plugin call, in seconds.
     #[arg(long, default_value_t = 30.0)]
     cni_timeout: f64,
@@ -58,6 +67,9 @@ async fn main() -> anyhow::Result<()> {
         node_netns: args.node_netns,
         pause_binary: args.pause,
         cni_timeout: Duration::from_secs_f64(args.cni_timeout),
+        oci_runtime: args.runtime,
+        oci_runtime_root: args.runtime_root,
+        monitor_binary: args.monitor,
         ..Config::default()
     };
     if args.default_network > 0 && cni_host::load_default_network(&config.cni_conf_dir).is_err() {

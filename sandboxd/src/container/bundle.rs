@@ -3,7 +3,9 @@
 //! The spec starts from the OCI defaults (oci-spec's: /proc, /dev, /dev/pts, /dev/shm,
 //! /dev/mqueue, read-only /sys, masked and read-only paths, no_new_privileges) and sets:
 //! the process (args, env, cwd, uid/gid), the capability set containerd gives containers
-//! by default, and the namespaces: net, ipc and uts joined from the pause process by path,
+//! by default, and the namespaces: net and ipc joined from the pause process by path, a uts
+//! namespace of its own holding the pod's hostname (as the seeds' `lsns` shows for Docker's
+//! `container:` mode, and as `hostname` answers in a Kubernetes pod),
 //! a new mount namespace, and a new pid namespace or the pod's.
 
 use std::collections::HashSet;
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, Process, RootBuilder, Spec, UserBuilder,
+    LinuxNamespaceType, MountBuilder, Process, RootBuilder, Spec, UserBuilder,
 };
 
 /// containerd's default capabilities for a container (no privileged, no added caps).
@@ -41,10 +43,24 @@ pub struct ContainerProcess {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
+    /// The pod's hostname, set in the container's own uts namespace.
+    pub hostname: String,
     /// The pod's pause process, whose namespaces the container joins.
     pub pause_pid: u32,
     /// The pod has a pid namespace of its own (pause is its PID 1): join it too.
     pub share_pod_pid: bool,
+    /// Host paths bind-mounted into the container; one at a default mount's destination
+    /// (such as the pod's `/dev/shm`) replaces it.
+    pub binds: Vec<BindMount>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub readonly: bool,
+    /// Extra options (`nosuid`, `nodev`, `noexec`).
+    pub options: Vec<String>,
 }
 
 fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> anyhow::Result<LinuxNamespace> {
@@ -58,8 +74,7 @@ fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> anyhow::Result<L
 /// The spec for `process`, with its rootfs at `<bundle>/rootfs`.
 pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
     let mut spec = Spec::default();
-    // The pod's hostname is pause's uts namespace; the container joins it, sets nothing.
-    spec.set_hostname(None);
+    spec.set_hostname(Some(process.hostname.clone()));
     spec.set_root(Some(
         RootBuilder::default()
             .path("rootfs")
@@ -102,7 +117,7 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
     let namespaces = vec![
         namespace(LinuxNamespaceType::Network, pause_ns("net"))?,
         namespace(LinuxNamespaceType::Ipc, pause_ns("ipc"))?,
-        namespace(LinuxNamespaceType::Uts, pause_ns("uts"))?,
+        namespace(LinuxNamespaceType::Uts, None)?,
         namespace(LinuxNamespaceType::Mount, None)?,
         namespace(
             LinuxNamespaceType::Pid,
@@ -113,6 +128,29 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
             },
         )?,
     ];
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.retain(|m| {
+        !process
+            .binds
+            .iter()
+            .any(|b| &b.destination == m.destination())
+    });
+    for bind in &process.binds {
+        let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+        options.push(if bind.readonly { "ro" } else { "rw" }.to_string());
+        options.extend(bind.options.iter().cloned());
+        mounts.push(
+            MountBuilder::default()
+                .destination(&bind.destination)
+                .typ("bind")
+                .source(&bind.source)
+                .options(options)
+                .build()
+                .context("build a bind mount")?,
+        );
+    }
+    spec.set_mounts(Some(mounts));
+
     let linux = spec
         .linux_mut()
         .as_mut()
@@ -146,8 +184,15 @@ mod tests {
             cwd: String::new(),
             uid: 0,
             gid: 0,
+            hostname: "web".into(),
             pause_pid: 4242,
             share_pod_pid,
+            binds: vec![BindMount {
+                source: "/var/lib/sandboxd/sandboxes/p/shm".into(),
+                destination: "/dev/shm".into(),
+                readonly: false,
+                options: vec!["nosuid".into()],
+            }],
         }
     }
 
@@ -169,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn joins_the_pause_namespaces_by_path_and_owns_mnt_and_pid() {
+    fn joins_the_pause_net_and_ipc_by_path_and_owns_mnt_uts_and_pid() {
         let spec = spec(&process(false)).unwrap();
         let ns = namespaces(&spec);
         assert!(
@@ -177,11 +222,11 @@ mod tests {
             "{ns:?}"
         );
         assert!(ns.contains(&("ipc".into(), Some("/proc/4242/ns/ipc".into()))));
-        assert!(ns.contains(&("uts".into(), Some("/proc/4242/ns/uts".into()))));
+        assert!(ns.contains(&("uts".into(), None)));
         assert!(ns.contains(&("mnt".into(), None)));
         assert!(ns.contains(&("pid".into(), None)));
         assert!(!ns.iter().any(|(t, _)| t == "cgroup" || t == "user"));
-        assert!(spec.hostname().is_none());
+        assert_eq!(spec.hostname().as_deref(), Some("web"));
         let process = spec.process().as_ref().unwrap();
         assert_eq!(process.no_new_privileges(), Some(true));
         assert_eq!(
@@ -203,6 +248,24 @@ mod tests {
             .as_ref()
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn binds_replace_the_default_mount_at_their_destination() {
+        let spec = spec(&process(false)).unwrap();
+        let shm: Vec<_> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.destination() == Path::new("/dev/shm"))
+            .collect();
+        assert_eq!(shm.len(), 1);
+        assert_eq!(shm[0].typ().as_deref(), Some("bind"));
+        assert_eq!(
+            shm[0].source().as_deref(),
+            Some(Path::new("/var/lib/sandboxd/sandboxes/p/shm"))
+        );
     }
 
     #[test]

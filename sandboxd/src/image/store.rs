@@ -41,7 +41,7 @@ pub struct LayerRecord {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// `sha256:<config digest>`, as containerd's CRI names images.
     pub id: String,

@@ -11,6 +11,7 @@
 //! may be partly gone; Stop finishes releasing what is left (idempotent), Remove deletes
 //! the record. Remove of a READY sandbox stops it first, as the CRI allows.
 
+pub mod files;
 mod recover;
 mod remove;
 mod run;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::process::ProcessHandle;
 
+pub(crate) use run::check_name;
 pub use status::ListFilter;
 
 /// Version of the on-disk record format.
@@ -94,6 +96,9 @@ pub struct SandboxRecord {
     pub additional_ips: Vec<String>,
     /// The CNI ADD result, as the network's version printed it.
     pub cni_result: Option<serde_json::Value>,
+    /// The pod's /dev/shm tmpfs, while it is mounted.
+    #[serde(default)]
+    pub shm: Option<PathBuf>,
 }
 
 impl SandboxRecord {

@@ -54,6 +54,8 @@ impl Runtime {
                 .insert(record.id.clone(), Arc::new(tokio::sync::Mutex::new(record)));
         }
 
+        self.recover_containers().await?;
+
         // Pins nobody owns.
         if let Ok(entries) = std::fs::read_dir(&self.config.netns_dir) {
             for entry in entries.flatten() {

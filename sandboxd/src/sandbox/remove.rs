@@ -1,4 +1,5 @@
-//! RemovePodSandbox: stop what still runs, then delete the record. Removing an unknown
+//! RemovePodSandbox: stop what still runs, remove the pod's containers, then delete the
+//! record. Removing an unknown
 //! sandbox succeeds, as the CRI asks (the kubelet retries removals).
 
 use crate::error::{Error, Result};
@@ -12,7 +13,20 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         let mut record = entry.lock().await;
-        let outcome = self.release(&mut record).await;
+        let mut outcome = self.release(&mut record).await;
+        if outcome.is_ok() {
+            for container in self.containers_of(&id) {
+                let mut container = container.lock().await;
+                if let Err(e) = self.remove_locked(&mut container).await {
+                    outcome = Err(e);
+                    break;
+                }
+                self.containers
+                    .write()
+                    .expect("containers lock")
+                    .remove(&container.id);
+            }
+        }
         if let Err(e) = outcome {
             self.save(&record)?;
             return Err(e);

@@ -12,7 +12,7 @@ use crate::process::ProcessHandle;
 use crate::rollback::Rollback;
 use crate::runtime::{new_id, now_ns, Runtime};
 use crate::sandbox::{
-    describe, PodMetadata, PortMapping, SandboxRecord, SandboxState, RECORD_VERSION,
+    describe, files, PodMetadata, PortMapping, SandboxRecord, SandboxState, RECORD_VERSION,
 };
 
 /// What a valid request asks for.
@@ -25,10 +25,11 @@ struct PodSpec {
     port_mappings: Vec<PortMapping>,
     host_network: bool,
     pid_namespace: bool,
+    dns: Option<cri::DnsConfig>,
 }
 
 /// Names end up in paths, CNI_ARGS and messages: no separators, no `.`/`..`, no controls.
-fn check_name(object: &str, field: &str, value: &str, max: usize) -> Result<()> {
+pub(crate) fn check_name(object: &str, field: &str, value: &str, max: usize) -> Result<()> {
     let forbidden = value
         .chars()
         .find(|c| matches!(c, '/' | ';' | '=' | ',') || c.is_whitespace() || c.is_control());
@@ -186,6 +187,7 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         port_mappings,
         host_network,
         pid_namespace,
+        dns: config.dns_config,
     })
 }
 
@@ -259,6 +261,7 @@ impl Runtime {
         rollback: &mut Rollback,
     ) -> Result<SandboxRecord> {
         let object = describe(id, &spec.metadata);
+        let dns = spec.dns.clone();
         let network = if spec.host_network {
             None
         } else {
@@ -306,6 +309,7 @@ impl Runtime {
             ip: String::new(),
             additional_ips: Vec::new(),
             cni_result: None,
+            shm: None,
         };
 
         if let Some(network) = network {
@@ -341,7 +345,29 @@ impl Runtime {
             record.cni_result = result.to_version(network.cni_version).ok();
         }
 
-        // 5. Persist.
+        // 5. The files the pod's containers share: hostname, hosts, resolv.conf, /dev/shm.
+        let dir = self.sandboxes.dir_of(id);
+        let hosts = if record.host_network {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            files::hosts(&record.hostname, &record.ip)
+        };
+        let resolv_conf = files::resolv_conf(dns.as_ref())
+            .map_err(|e| Error::step("write the pod files", &object, e))?;
+        let (runtime, shm, files_id) = (self.clone(), dir.join(files::SHM_DIR), id.to_string());
+        rollback.push("write the pod files", async move {
+            files::unmount_shm(&shm).map_err(|e| e.to_string())?;
+            runtime
+                .sandboxes
+                .remove(&files_id)
+                .map_err(|e| e.to_string())
+        });
+        record.shm = Some(
+            files::prepare(&dir, &record.hostname, &hosts, &resolv_conf)
+                .map_err(|e| Error::step("write the pod files", &object, e))?,
+        );
+
+        // 6. Persist.
         self.save(&record)?;
         let runtime = self.clone();
         let saved = id.to_string();

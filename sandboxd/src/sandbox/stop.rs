@@ -1,12 +1,12 @@
-//! StopPodSandbox: detach the network (CNI DEL, with its own deadline), stop pause, unpin
-//! the netns. Idempotent: each step runs only if its resource is still recorded, and the
+//! StopPodSandbox: stop the pod's containers, detach the network (CNI DEL, with its own
+//! deadline), stop pause, unpin the netns, unmount the pod's shm. Idempotent: each step runs only if its resource is still recorded, and the
 //! record is saved whatever happens, so a failed stop can be finished by the next one.
 
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use crate::sandbox::{SandboxRecord, SandboxState};
+use crate::sandbox::{files, SandboxRecord, SandboxState};
 
 impl Runtime {
     pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
@@ -21,6 +21,13 @@ impl Runtime {
     pub(crate) async fn release(&self, record: &mut SandboxRecord) -> Result<()> {
         let object = record.describe();
         record.state = SandboxState::NotReady;
+
+        // The containers first, while their network is still there to say goodbye on.
+        for container in self.containers_of(&record.id) {
+            let mut container = container.lock().await;
+            self.stop_locked(&mut container, self.config.stop_grace)
+                .await?;
+        }
 
         if let Some(name) = record.network.clone() {
             let rt = Runtime::cni_runtime_conf(record);
@@ -44,6 +51,11 @@ impl Runtime {
         if let Some(path) = record.netns_path.clone() {
             crate::netns::unpin(&path).map_err(|e| Error::step("unpin the netns", &object, e))?;
             record.netns_path = None;
+        }
+        if let Some(shm) = record.shm.clone() {
+            files::unmount_shm(&shm)
+                .map_err(|e| Error::step("unmount the pod's shm", &object, e))?;
+            record.shm = None;
         }
         Ok(())
     }

@@ -1,0 +1,581 @@
+//! CreateContainer: validate, resolve the image, mount the rootfs, write the bundle, have
+//! the monitor create the container with the OCI runtime, persist. Every step registers its
+//! undo first; a failure runs them in reverse.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use k8s_cri::v1 as cri;
+
+use crate::container::bundle::{BindMount, ContainerProcess};
+use crate::container::monitor::MonitorArgs;
+use crate::container::oci::OciRuntime;
+use crate::container::{
+    describe, ContainerDir, ContainerRecord, ContainerState, MountRecord, RECORD_VERSION,
+};
+use crate::error::{Error, Result};
+use crate::image::ImageRecord;
+use crate::rollback::Rollback;
+use crate::runtime::{new_id, now_ns, ContainerName, ContainerSlot, Runtime};
+use crate::sandbox::{files, SandboxRecord, SandboxState};
+
+/// What a valid request asks for.
+struct ContainerSpec {
+    name: String,
+    attempt: u32,
+    image: String,
+    command: Vec<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    working_dir: String,
+    mounts: Vec<MountRecord>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    log_path: String,
+    run_as_user: Option<u32>,
+    run_as_group: Option<u32>,
+}
+
+fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<ContainerSpec> {
+    let config = config.ok_or_else(|| Error::invalid("container", "config", "is missing"))?;
+    let meta = config
+        .metadata
+        .ok_or_else(|| Error::invalid("container", "config.metadata", "is missing"))?;
+    let object = format!("container {:?} in {pod}", meta.name);
+    crate::sandbox::check_name(&object, "metadata.name", &meta.name, 253)?;
+    let image = config.image.map(|i| i.image).unwrap_or_default();
+    if image.is_empty() {
+        return Err(Error::invalid(&object, "image.image", "is empty"));
+    }
+    if config.tty || config.stdin {
+        return Err(Error::invalid(
+            &object,
+            if config.tty { "tty" } else { "stdin" },
+            "sandboxd containers have no terminal or stdin; use exec for commands",
+        ));
+    }
+    let mut env = Vec::new();
+    for (i, kv) in config.envs.iter().enumerate() {
+        if kv.key.is_empty() || kv.key.contains('=') {
+            return Err(Error::invalid(
+                &object,
+                format!("envs[{i}].key"),
+                format!("{:?} is not a variable name", kv.key),
+            ));
+        }
+        env.push((kv.key.clone(), kv.value.clone()));
+    }
+    let mut mounts = Vec::new();
+    for (i, m) in config.mounts.iter().enumerate() {
+        for (field, path) in [
+            ("container_path", &m.container_path),
+            ("host_path", &m.host_path),
+        ] {
+            if !path.starts_with('/') {
+                return Err(Error::invalid(
+                    &object,
+                    format!("mounts[{i}].{field}"),
+                    format!("{path:?} is not an absolute path"),
+                ));
+            }
+        }
+        if !Path::new(&m.host_path).exists() {
+            return Err(Error::invalid(
+                &object,
+                format!("mounts[{i}].host_path"),
+                format!("{} does not exist", m.host_path),
+            ));
+        }
+        mounts.push(MountRecord {
+            container_path: m.container_path.clone(),
+            host_path: m.host_path.clone(),
+            readonly: m.readonly,
+        });
+    }
+    let log_path = config.log_path.clone();
+    if Path::new(&log_path)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(Error::invalid(
+            &object,
+            "log_path",
+            format!("{log_path:?} must be relative to the pod's log directory, without '..'"),
+        ));
+    }
+    let security = config.linux.and_then(|l| l.security_context);
+    let id_of = |value: Option<&cri::Int64Value>, field: &str| -> Result<Option<u32>> {
+        value
+            .map(|v| {
+                u32::try_from(v.value).map_err(|_| {
+                    Error::invalid(
+                        &object,
+                        format!("linux.security_context.{field}"),
+                        format!("{} is not a valid id", v.value),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let run_as_user = id_of(
+        security.as_ref().and_then(|s| s.run_as_user.as_ref()),
+        "run_as_user",
+    )?;
+    let run_as_group = id_of(
+        security.as_ref().and_then(|s| s.run_as_group.as_ref()),
+        "run_as_group",
+    )?;
+    if security.as_ref().is_some_and(|s| s.privileged) {
+        return Err(Error::invalid(
+            &object,
+            "linux.security_context.privileged",
+            "privileged containers are not supported",
+        ));
+    }
+    Ok(ContainerSpec {
+        name: meta.name,
+        attempt: meta.attempt,
+        image,
+        command: config.command,
+        args: config.args,
+        env,
+        working_dir: config.working_dir,
+        mounts,
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        log_path,
+        run_as_user,
+        run_as_group,
+    })
+}
+
+/// The command line, as Kubernetes combines the pod's command and args with the image's
+/// entrypoint and cmd.
+fn command_line(spec: &ContainerSpec, image: &ImageRecord) -> Vec<String> {
+    let config = &image.config;
+    match (spec.command.is_empty(), spec.args.is_empty()) {
+        (false, _) => spec.command.iter().chain(&spec.args).cloned().collect(),
+        (true, false) => config
+            .entrypoint
+            .iter()
+            .chain(&spec.args)
+            .cloned()
+            .collect(),
+        (true, true) => config
+            .entrypoint
+            .iter()
+            .chain(&config.cmd)
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The image's env, then the request's, a later value of a name replacing an earlier one.
+fn environment(spec: &ContainerSpec, image: &ImageRecord) -> Vec<String> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let image_vars = image.config.env.iter().map(|e| match e.split_once('=') {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        None => (e.clone(), String::new()),
+    });
+    for (key, value) in image_vars.chain(spec.env.iter().cloned()) {
+        match vars.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => vars.push((key, value)),
+        }
+    }
+    if !vars.iter().any(|(k, _)| k == "PATH") {
+        vars.insert(
+            0,
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+        );
+    }
+    vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// `user[:group]` of the image, by number or by name in the rootfs's passwd and group files.
+fn resolve_user(user: &str, rootfs: &Path) -> anyhow::Result<(u32, u32)> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (user, group) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
+        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        text.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&name)).then(|| {
+                let id = fields.get(2)?.parse().ok()?;
+                let gid = fields.get(3).and_then(|g| g.parse().ok()).unwrap_or(id);
+                Some((id, gid))
+            })?
+        })
+    };
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => (uid, lookup_uid_gid(rootfs, uid).unwrap_or(0)),
+        Err(_) => lookup("etc/passwd", user)
+            .ok_or_else(|| anyhow::anyhow!("user {user:?} is not in the image's /etc/passwd"))?,
+    };
+    let gid = match group {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                lookup("etc/group", g)
+                    .ok_or_else(|| anyhow::anyhow!("group {g:?} is not in the image's /etc/group"))?
+                    .0
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn lookup_uid_gid(rootfs: &Path, uid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.get(2)?.parse::<u32>().ok()? == uid).then(|| fields.get(3)?.parse().ok())?
+    })
+}
+
+impl Runtime {
+    /// Creates a container in a running pod and returns its id. On failure nothing of it
+    /// is left behind.
+    pub async fn create_container(
+        self: &Arc<Self>,
+        sandbox_id: &str,
+        config: Option<cri::ContainerConfig>,
+    ) -> Result<String> {
+        let (sandbox_id, sandbox) = self.lookup(sandbox_id)?;
+        let pod = sandbox.lock().await;
+        if pod.state != SandboxState::Ready || pod.pause.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is not ready: containers can only be created in a running pod",
+                pod.describe()
+            )));
+        }
+        let spec = validate(config, &pod.describe())?;
+        let image = self
+            .images
+            .resolve(&spec.image)
+            .map_err(|e| Error::step("look up the image", format!("image {}", spec.image), e))?
+            .ok_or_else(|| Error::ImageNotFound(spec.image.clone()))?;
+
+        let id = new_id();
+        let object = describe(&id, &spec.name, &sandbox_id);
+        let mut rollback = Rollback::new();
+        let key = ContainerName {
+            sandbox_id: sandbox_id.clone(),
+            name: spec.name.clone(),
+            attempt: spec.attempt,
+        };
+        {
+            let mut names = self.container_names.lock().expect("names lock");
+            if let Some(existing) = names.get(&key) {
+                return Err(Error::AlreadyExists(format!(
+                    "container {} (attempt {}) already exists in {} as {existing}",
+                    spec.name,
+                    spec.attempt,
+                    pod.describe()
+                )));
+            }
+            names.insert(key.clone(), id.clone());
+        }
+        let runtime = self.clone();
+        rollback.push("take the container name", async move {
+            runtime
+                .container_names
+                .lock()
+                .expect("names lock")
+                .remove(&key);
+            Ok(())
+        });
+
+        match self
+            .create_steps(&id, &pod, spec, &image, &mut rollback)
+            .await
+        {
+            Ok(record) => {
+                self.containers.write().expect("containers lock").insert(
+                    id.clone(),
+                    ContainerSlot {
+                        sandbox_id,
+                        entry: Arc::new(tokio::sync::Mutex::new(record)),
+                    },
+                );
+                rollback.commit();
+                Ok(id)
+            }
+            Err(failure) => {
+                let undo = rollback.run().await;
+                let e = if undo.is_empty() {
+                    failure
+                } else {
+                    Error::RollbackFailed {
+                        failure: Box::new(failure),
+                        undo,
+                    }
+                };
+                if matches!(e, Error::Step { .. } | Error::RollbackFailed { .. }) {
+                    eprintln!("sandboxd: create {object}: {e}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_steps(
+        self: &Arc<Self>,
+        id: &str,
+        pod: &SandboxRecord,
+        spec: ContainerSpec,
+        image: &ImageRecord,
+        rollback: &mut Rollback,
+    ) -> Result<ContainerRecord> {
+        let object = describe(id, &spec.name, &pod.id);
+        let dir = ContainerDir(self.container_records.dir_of(id));
+        let args = command_line(&spec, image);
+        if args.is_empty() {
+            return Err(Error::invalid(
+                &object,
+                "command",
+                format!(
+                    "is empty, and image {} has no entrypoint or cmd",
+                    spec.image
+                ),
+            ));
+        }
+        let layers = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.images.layer_path(&l.diff_id))
+            .collect::<anyhow::Result<Vec<PathBuf>>>()
+            .map_err(|e| Error::step("find the image layers", &object, e))?;
+
+        // 1. The rootfs. Its dir goes with the undo, whatever was made in it.
+        let rootfs = dir.rootfs(layers);
+        let (runtime, undo_rootfs, undo_id) = (self.clone(), rootfs.clone(), id.to_string());
+        rollback.push("mount the rootfs", async move {
+            undo_rootfs.unmount().map_err(|e| e.to_string())?;
+            runtime
+                .container_records
+                .remove(&undo_id)
+                .map_err(|e| e.to_string())
+        });
+        rootfs
+            .mount()
+            .map_err(|e| Error::step("mount the rootfs", &object, e))?;
+
+        // 2. The bundle.
+        let (image_uid, image_gid) = resolve_user(&image.config.user, &rootfs.target)
+            .map_err(|e| Error::step("resolve the image's user", &object, e))?;
+        let uid = spec.run_as_user.unwrap_or(image_uid);
+        let gid = spec.run_as_group.unwrap_or(if spec.run_as_user.is_some() {
+            lookup_uid_gid(&rootfs.target, uid).unwrap_or(0)
+        } else {
+            image_gid
+        });
+        let sandbox_dir = self.sandboxes.dir_of(&pod.id);
+        let mut binds: Vec<BindMount> = [
+            (files::HOSTNAME_FILE, "/etc/hostname"),
+            (files::HOSTS_FILE, "/etc/hosts"),
+            (files::RESOLV_FILE, "/etc/resolv.conf"),
+        ]
+        .into_iter()
+        .map(|(file, destination)| BindMount {
+            source: sandbox_dir.join(file),
+            destination: destination.into(),
+            readonly: false,
+            options: Vec::new(),
+        })
+        .collect();
+        if let Some(shm) = &pod.shm {
+            binds.push(BindMount {
+                source: shm.clone(),
+                destination: "/dev/shm".into(),
+                readonly: false,
+                options: vec!["nosuid".into(), "nodev".into(), "noexec".into()],
+            });
+        }
+        binds.extend(spec.mounts.iter().map(|m| BindMount {
+            source: m.host_path.clone().into(),
+            destination: m.container_path.clone().into(),
+            readonly: m.readonly,
+            options: Vec::new(),
+        }));
+        let process = ContainerProcess {
+            args: args.clone(),
+            env: environment(&spec, image),
+            cwd: if spec.working_dir.is_empty() {
+                image.config.working_dir.clone()
+            } else {
+                spec.working_dir.clone()
+            },
+            uid,
+            gid,
+            hostname: pod.hostname.clone(),
+            pause_pid: pod.pause.map(|p| p.pid).unwrap_or_default(),
+            share_pod_pid: pod.pid_namespace,
+            binds,
+        };
+        crate::container::bundle::write(&dir.bundle(), &process)
+            .map_err(|e| Error::step("write the bundle", &object, e))?;
+
+        // 3. The log, where the kubelet looks for it.
+        let log_path = if !pod.log_directory.is_empty() && !spec.log_path.is_empty() {
+            Path::new(&pod.log_directory).join(&spec.log_path)
+        } else {
+            dir.default_log()
+        };
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::step("create the log directory", &object, e))?;
+        }
+
+        // 4. The monitor creates the container with the runtime.
+        let oci = OciRuntime::new(&self.oci_runtime, &self.config.oci_runtime_root);
+        let (undo_oci, undo_id) = (oci.clone(), id.to_string());
+        rollback.push("create the container", async move {
+            undo_oci.delete(&undo_id).await.map_err(|e| e.to_string())
+        });
+        let (monitor, process_handle) = crate::container::monitor::spawn(
+            &self.monitor_binary,
+            &MonitorArgs {
+                id,
+                bundle: &dir.bundle(),
+                runtime: &oci,
+                log: &log_path,
+                exit_file: &dir.exit_file(),
+            },
+        )
+        .await
+        .map_err(|e| Error::step("create the container", &object, e))?;
+
+        // 5. Persist.
+        let record = ContainerRecord {
+            version: RECORD_VERSION,
+            id: id.to_string(),
+            sandbox_id: pod.id.clone(),
+            name: spec.name,
+            attempt: spec.attempt,
+            image: spec.image,
+            image_id: image.id.clone(),
+            labels: spec.labels,
+            annotations: spec.annotations,
+            args,
+            env: process.env,
+            cwd: process.cwd,
+            uid,
+            gid,
+            mounts: spec.mounts,
+            log_path,
+            runtime: oci.binary.clone(),
+            created_at_ns: now_ns(),
+            started_at_ns: 0,
+            finished_at_ns: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            state: ContainerState::Created,
+            monitor: Some(monitor),
+            process: Some(process_handle),
+        };
+        self.save_container(&record)?;
+        Ok(record)
+    }
+
+    pub(crate) fn save_container(&self, record: &ContainerRecord) -> Result<()> {
+        self.container_records
+            .save(&record.id, record)
+            .map_err(|e| Error::step("persist the record", record.describe(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, image: &str) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn message(config: cri::ContainerConfig) -> String {
+        validate(Some(config), "pod sandbox 1234 (default/web)")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn names_images_mounts_and_log_paths_are_checked() {
+        assert!(message(config("", "busybox")).contains("invalid metadata.name"));
+        assert!(message(config("a/b", "busybox")).contains("contains '/'"));
+        assert!(message(config("web", "")).contains("invalid image.image"));
+        let mut escape = config("web", "busybox");
+        escape.log_path = "../../etc/passwd".into();
+        assert!(message(escape).contains("invalid log_path"));
+        let mut relative = config("web", "busybox");
+        relative.mounts.push(cri::Mount {
+            container_path: "data".into(),
+            host_path: "/tmp".into(),
+            ..Default::default()
+        });
+        assert!(message(relative).contains("mounts[0].container_path"));
+        let mut tty = config("web", "busybox");
+        tty.tty = true;
+        assert!(message(tty).contains("invalid tty"));
+        assert!(validate(Some(config("web", "busybox")), "pod").is_ok());
+    }
+
+    #[test]
+    fn command_and_env_combine_as_kubernetes_does() {
+        let mut image = ImageRecord::default();
+        image.config.entrypoint = vec!["/entry".into()];
+        image.config.cmd = vec!["default".into()];
+        image.config.env = vec!["PATH=/bin".into(), "A=1".into()];
+        let mut spec = validate(Some(config("web", "busybox")), "pod").unwrap();
+        assert_eq!(command_line(&spec, &image), ["/entry", "default"]);
+        spec.args = vec!["x".into()];
+        assert_eq!(command_line(&spec, &image), ["/entry", "x"]);
+        spec.command = vec!["sh".into()];
+        assert_eq!(command_line(&spec, &image), ["sh", "x"]);
+        spec.env = vec![("A".into(), "2".into()), ("B".into(), "3".into())];
+        assert_eq!(environment(&spec, &image), ["PATH=/bin", "A=2", "B=3"]);
+    }
+
+    #[test]
+    fn users_resolve_by_number_or_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65533::/:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("etc/group"), "nogroup:x:65533:\n").unwrap();
+        assert_eq!(resolve_user("", dir.path()).unwrap(), (0, 0));
+        assert_eq!(resolve_user("nobody", dir.path()).unwrap(), (65534, 65533));
+        assert_eq!(resolve_user("65534", dir.path()).unwrap(), (65534, 65533));
+        assert_eq!(
+            resolve_user("1000:nogroup", dir.path()).unwrap(),
+            (1000, 65533)
+        );
+        assert!(resolve_user("ghost", dir.path()).is_err());
+    }
+}

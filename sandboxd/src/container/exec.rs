@@ -1,0 +1,81 @@
+//! ExecSync: run a command in a running container and return its output and exit code;
+//! ReopenContainerLog: have the monitor reopen the log after it was rotated.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::container::oci::OciRuntime;
+use crate::container::ContainerState;
+use crate::error::{Error, Result};
+use crate::runtime::{new_id, Runtime};
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+impl Runtime {
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput> {
+        let (_, entry) = self.lookup_container(id)?;
+        // The lock is not held while the command runs: execs may be long and concurrent.
+        let (runtime, object, full_id) = {
+            let mut record = entry.lock().await;
+            self.observe(&mut record)?;
+            if record.state != ContainerState::Running {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} is {}; exec needs a running container",
+                    record.describe(),
+                    record.state.as_str()
+                )));
+            }
+            (record.runtime.clone(), record.describe(), record.id.clone())
+        };
+        if cmd.is_empty() || cmd[0].is_empty() {
+            return Err(Error::invalid(&object, "cmd", "is empty"));
+        }
+        let oci = OciRuntime::new(runtime, &self.config.oci_runtime_root);
+        let pid_file = self
+            .container_dir(&full_id)
+            .path()
+            .join(format!("exec-{}.pid", &new_id()[..16]));
+        let result = oci
+            .exec(&full_id, cmd, timeout, &pid_file)
+            .await
+            .map_err(|e| Error::step("exec in the container", &object, e))?;
+        if result.timed_out {
+            return Err(Error::DeadlineExceeded(format!(
+                "exec {:?} in {object} ran past its timeout of {:?} and was killed",
+                cmd.join(" "),
+                timeout.unwrap_or_default()
+            )));
+        }
+        Ok(ExecOutput {
+            stdout: result.stdout,
+            stderr: result.stderr,
+            exit_code: result.exit_code,
+        })
+    }
+
+    pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let (_, entry) = self.lookup_container(id)?;
+        let mut record = entry.lock().await;
+        self.observe(&mut record)?;
+        match (record.state, record.monitor) {
+            (ContainerState::Running, Some(monitor)) => monitor
+                .signal(Signal::SIGUSR1)
+                .map_err(|e| Error::step("reopen the log", record.describe(), e)),
+            _ => Err(Error::FailedPrecondition(format!(
+                "{} is not running; its log is closed",
+                record.describe()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The OCI runtime, driven through runc's command line (`runc`, `crun` and youki share it):
+//! `start`, `exec` and `delete`. `create` is the monitor's, which must be the parent of
+//! what it creates (see `monitor`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::AsyncReadExt;
+
+/// The most output ExecSync keeps of each stream, as the kubelet caps it (16 MiB).
+pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct OciRuntime {
+    pub binary: PathBuf,
+    /// Its state dir (`--root`).
+    pub root: PathBuf,
+}
+
+/// What an exec ended with.
+#[derive(Debug, Clone, Default)]
+pub struct ExecResult {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+    /// The command ran past its deadline and was killed.
+    pub timed_out: bool,
+}
+
+impl OciRuntime {
+    pub fn new(binary: impl Into<PathBuf>, root: impl Into<PathBuf>) -> Self {
+        OciRuntime {
+            binary: binary.into(),
+            root: root.into(),
+        }
+    }
+
+    fn command(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn run(&self, args: &[&str]) -> anyhow::Result<()> {
+        let output = self
+            .command()
+            .args(args)
+            .output()
+            .await
+            .with_context(|| format!("run {}", self.binary.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{} {} failed ({}): {}",
+                self.binary.display(),
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Lets a created container's process run its program.
+    pub async fn start(&self, id: &str) -> anyhow::Result<()> {
+        self.run(&["start", id]).await
+    }
+
+    /// Deletes the runtime's state of a container, killing what still runs of it; one the
+    /// runtime does not know is already deleted.
+    pub async fn delete(&self, id: &str) -> anyhow::Result<()> {
+        if !self.root.join(id).exists() {
+            return Ok(());
+        }
+        self.run(&["delete", "--force", id]).await
+    }
+
+    /// Runs `args` in the running container `id` (with the container's env, cwd and user),
+    /// keeping at most [`MAX_EXEC_OUTPUT`] of each stream; kills it at `timeout`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Option<Duration>,
+        pid_file: &Path,
+    ) -> anyhow::Result<ExecResult> {
+        let _ = std::fs::remove_file(pid_file);
+        let mut child = self
+            .command()
+            .arg("exec")
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("run {}", self.binary.display()))?;
+        let stdout = read_capped(child.stdout.take().expect("piped stdout"));
+        let stderr = read_capped(child.stderr.take().expect("piped stderr"));
+        let output = async { tokio::join!(stdout, stderr, child.wait()) };
+        let (stdout, stderr, status, timed_out) = match timeout {
+            None => {
+                let (o, e, s) = output.await;
+                (o, e, s, false)
+            }
+            Some(limit) => match tokio::time::timeout(limit, output).await {
+                Ok((o, e, s)) => (o, e, s, false),
+                Err(_) => {
+                    // runc exec waits for the process it started: kill that, not runc.
+                    if let Some(pid) = std::fs::read_to_string(pid_file)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<i32>().ok())
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    let _ = std::fs::remove_file(pid_file);
+                    return Ok(ExecResult {
+                        timed_out: true,
+                        exit_code: -1,
+                        ..Default::default()
+                    });
+                }
+            },
+        };
+        let _ = std::fs::remove_file(pid_file);
+        let status = status.with_context(|| format!("wait for {}", self.binary.display()))?;
+        use std::os::unix::process::ExitStatusExt;
+        let exit_code = status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(-1);
+        Ok(ExecResult {
+            stdout: stdout?,
+            stderr: stderr?,
+            exit_code,
+            timed_out,
+        })
+    }
+}
+
+/// Reads a stream to its end, keeping its first [`MAX_EXEC_OUTPUT`] bytes (and draining the
+/// rest, so the writer never blocks on a full pipe).
+async fn read_capped(mut stream: impl tokio::io::AsyncRead + Unpin) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        let room = MAX_EXEC_OUTPUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+}

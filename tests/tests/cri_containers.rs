@@ -1,0 +1,615 @@
+//! Containers over CRI, against sandboxd running as its own process on a node of its own:
+//! the seed pod-pause pod (two containers that reach each other over localhost, sharing the
+//! pause's net and ipc namespaces), the full lifecycle with filters and exec, a third
+//! container that cannot bind a taken port, kill -9 of sandboxd while containers run, bad
+//! input, and cycles that must leak nothing. Needs root, runc, Debian's CNI plugins and
+//! busybox-static.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use sandboxd_tests::daemon::SandboxdProcess;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+type Client = RuntimeServiceClient<Channel>;
+
+fn pod_config(name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        labels: HashMap::from([("container".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(client: &mut Client, name: &str) -> String {
+    let config = pod_config(name);
+    client
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
+async fn create(
+    client: &mut Client,
+    pod: &str,
+    config: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    let sandbox_config = pod_config("unused");
+    Ok(client
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+async fn start(client: &mut Client, id: &str) {
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .expect("StartContainer");
+}
+
+async fn run_container(client: &mut Client, pod: &str, config: cri::ContainerConfig) -> String {
+    let id = create(client, pod, config).await.expect("CreateContainer");
+    start(client, &id).await;
+    id
+}
+
+async fn status(client: &mut Client, id: &str) -> (cri::ContainerStatus, Value) {
+    let response = client
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner();
+    let info = serde_json::from_str(&response.info["info"]).unwrap();
+    (response.status.unwrap(), info)
+}
+
+async fn exec(client: &mut Client, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+    client
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner()
+}
+
+/// Retries `wget` until the server in the other container listens.
+async fn fetch(client: &mut Client, id: &str, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = exec(client, id, &["wget", "-qO-", url]).await;
+        if out.exit_code == 0 {
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wget {url} from {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_exited(client: &mut Client, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = status(client, id).await;
+        if status.state == cri::ContainerState::ContainerExited as i32 {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn list(client: &mut Client, filter: cri::ContainerFilter) -> Vec<String> {
+    let mut ids: Vec<String> = client
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(filter),
+        })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn ns(pid: u64, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+async fn pause_pid(client: &mut Client, pod: &str) -> u64 {
+    let response = client
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: Value = serde_json::from_str(&response.info["info"]).unwrap();
+    info["pid"].as_u64().unwrap()
+}
+
+/// The seed pod-pause over CRI: p8000 and p8080 in one pod answer each other on localhost,
+/// share the pause's net and ipc namespaces, own their mnt, uts and pid; a third container
+/// binding 8080 exits with "address in use" in its log and a non-zero exit code.
+#[tokio::test]
+async fn the_pod_pause_containers_share_the_pod_network() {
+    let daemon = SandboxdProcess::start();
+    let mut client = daemon.client().await;
+    let pod = run_pod(&mut client, "pod-pause").await;
+    let c1 = run_container(
+        &mut client,
+        &pod,
+        container_config("container1", "kubetm/p8000", &[]),
+    )
+    .await;
+    let c2 = run_container(
+        &mut client,
+        &pod,
+        container_config("container2", "kubetm/p8080", &[]),
+    )
+    .await;
+
+    assert_eq!(
+        fetch(&mut client, &c1, "http://localhost:8080/hostname").await,
+        "pod-pause"
+    );
+    assert_eq!(
+        fetch(&mut client, &c2, "http://localhost:8000/hostname").await,
+        "pod-pause"
+    );
+
+    let pause = pause_pid(&mut client, &pod).await;
+    for id in [&c1, &c2] {
+        let (status, info) = status(&mut client, id).await;
+        assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
+        assert_eq!(info["networkMode"], format!("container:{pod}"));
+        let pid = info["pid"].as_u64().unwrap();
+        assert_eq!(ns(pid, "net"), ns(pause, "net"), "net is not the pause's");
+        assert_eq!(ns(pid, "ipc"), ns(pause, "ipc"), "ipc is not the pause's");
+        for kind in ["mnt", "uts", "pid"] {
+            assert_ne!(ns(pid, kind), ns(pause, kind), "{kind} is the pause's");
+        }
+        let hostname = exec(&mut client, id, &["hostname"]).await;
+        assert_eq!(
+            String::from_utf8_lossy(&hostname.stdout).trim(),
+            "pod-pause"
+        );
+    }
+
+    // A third server on 8080 in the same network namespace cannot bind it.
+    let c3 = run_container(
+        &mut client,
+        &pod,
+        container_config("container3", "kubetm/p8080", &[]),
+    )
+    .await;
+    let exited = wait_exited(&mut client, &c3).await;
+    assert_ne!(exited.exit_code, 0);
+    assert_eq!(exited.reason, "Error");
+    let log = std::fs::read_to_string(&exited.log_path).unwrap();
+    assert!(
+        log.contains("Address in use") || log.contains("address in use"),
+        "{log}"
+    );
+    assert!(
+        log.contains(" stderr F "),
+        "not in the CRI log format: {log}"
+    );
+
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(list(&mut client, cri::ContainerFilter::default())
+        .await
+        .is_empty());
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+    assert_eq!(
+        daemon.mounts(),
+        vec![daemon.path("run/netns")],
+        "mounts left besides the netns dir"
+    );
+}
+
+#[tokio::test]
+async fn containers_run_stop_list_exec_and_are_removed() {
+    let daemon = SandboxdProcess::start();
+    let mut client = daemon.client().await;
+    let pod = run_pod(&mut client, "lifecycle").await;
+    let other = run_pod(&mut client, "other").await;
+
+    let sleeper = create(
+        &mut client,
+        &pod,
+        container_config("sleeper", "busybox", &["sleep", "1000"]),
+    )
+    .await
+    .unwrap();
+    let (created, _) = status(&mut client, &sleeper).await;
+    assert_eq!(created.state, cri::ContainerState::ContainerCreated as i32);
+    assert_eq!(created.started_at, 0);
+    start(&mut client, &sleeper).await;
+    let mut echo_config = container_config(
+        "echo",
+        "busybox",
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+    );
+    echo_config.envs.push(cri::KeyValue {
+        key: "GREETING".into(),
+        value: "hi".into(),
+    });
+    let echo = run_container(&mut client, &other, echo_config).await;
+
+    // Exit code, reason and the CRI log.
+    let exited = wait_exited(&mut client, &echo).await;
+    assert_eq!(exited.exit_code, 3);
+    assert_eq!(exited.reason, "Error");
+    assert!(exited.finished_at >= exited.started_at && exited.started_at > 0);
+    let log = std::fs::read_to_string(&exited.log_path).unwrap();
+    assert!(
+        log.contains(" stdout F out\n") && log.contains(" stderr F err\n"),
+        "{log}"
+    );
+
+    // Filters: by pod, state, label, id prefix.
+    let by_pod = |id: &str| cri::ContainerFilter {
+        pod_sandbox_id: id.into(),
+        ..Default::default()
+    };
+    assert_eq!(list(&mut client, by_pod(&pod)).await, vec![sleeper.clone()]);
+    assert_eq!(
+        list(&mut client, by_pod(&other[..12])).await,
+        vec![echo.clone()]
+    );
+    let running = cri::ContainerFilter {
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerRunning as i32,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(list(&mut client, running).await, vec![sleeper.clone()]);
+    let labelled = cri::ContainerFilter {
+        label_selector: HashMap::from([("container".to_string(), "echo".to_string())]),
+        ..Default::default()
+    };
+    assert_eq!(list(&mut client, labelled).await, vec![echo.clone()]);
+    let prefix = cri::ContainerFilter {
+        id: sleeper[..10].into(),
+        ..Default::default()
+    };
+    assert_eq!(list(&mut client, prefix).await, vec![sleeper.clone()]);
+
+    // Exec: output, exit code, env of the container, timeout.
+    let out = exec(&mut client, &sleeper, &["sh", "-c", "echo $PATH; exit 7"]).await;
+    assert_eq!(out.exit_code, 7);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/bin"));
+    let started = Instant::now();
+    let timeout = client
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: sleeper.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(timeout.code(), tonic::Code::DeadlineExceeded, "{timeout:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let not_running = client
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: echo.clone(),
+            cmd: vec!["true".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(not_running.code(), tonic::Code::FailedPrecondition);
+
+    // Stop: sleep ignores nothing, but as PID 1 it has no SIGTERM handler, so the timeout
+    // passes and SIGKILL ends it: 137.
+    let stopping = Instant::now();
+    client
+        .stop_container(cri::StopContainerRequest {
+            container_id: sleeper.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    let (stopped, _) = status(&mut client, &sleeper).await;
+    assert_eq!(stopped.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(stopped.exit_code, 137);
+    // Idempotent.
+    client
+        .stop_container(cri::StopContainerRequest {
+            container_id: sleeper.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    let again = client
+        .start_container(cri::StartContainerRequest {
+            container_id: sleeper.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+
+    for id in [&sleeper, &echo] {
+        client
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    // Removing again is fine; status of a removed one is NotFound.
+    client
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: sleeper.clone(),
+        })
+        .await
+        .unwrap();
+    let gone = client
+        .container_status(cri::ContainerStatusRequest {
+            container_id: sleeper.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    assert!(std::fs::read_dir(daemon.path("state/containers"))
+        .unwrap()
+        .next()
+        .is_none());
+    for id in [pod, other] {
+        client
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+    }
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}
+
+#[tokio::test]
+async fn containers_survive_a_kill_9_of_sandboxd() {
+    let mut daemon = SandboxdProcess::start();
+    let mut client = daemon.client().await;
+    let pod = run_pod(&mut client, "survivor").await;
+    let server = run_container(
+        &mut client,
+        &pod,
+        container_config("server", "kubetm/p8080", &[]),
+    )
+    .await;
+    let short = run_container(
+        &mut client,
+        &pod,
+        container_config("short", "busybox", &["sh", "-c", "sleep 1; exit 42"]),
+    )
+    .await;
+    let (before, info) = status(&mut client, &server).await;
+    let pid = info["pid"].as_u64().unwrap();
+
+    daemon.kill9();
+    // The short one exits while sandboxd is down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon.spawn();
+    let mut client = daemon.client().await;
+
+    let (after, info) = status(&mut client, &server).await;
+    assert_eq!(after.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(after.started_at, before.started_at);
+    assert_eq!(info["pid"].as_u64(), Some(pid));
+    let (gone, _) = status(&mut client, &short).await;
+    assert_eq!(gone.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(gone.exit_code, 42);
+    assert_eq!(gone.reason, "Error");
+    let hostname = fetch(&mut client, &server, "http://localhost:8080/hostname").await;
+    assert_eq!(hostname, "survivor");
+    assert_eq!(
+        list(&mut client, cri::ContainerFilter::default())
+            .await
+            .len(),
+        2
+    );
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}
+
+#[tokio::test]
+async fn bad_container_requests_are_refused_and_leave_nothing() {
+    let daemon = SandboxdProcess::start();
+    let mut client = daemon.client().await;
+    let pod = run_pod(&mut client, "strict").await;
+
+    let missing_image = create(&mut client, &pod, container_config("c", "kubetm/nope", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(missing_image.code(), tonic::Code::NotFound);
+    assert!(missing_image.message().contains("kubetm/nope"));
+    assert!(missing_image.message().contains("sandboxctl image import"));
+
+    let bad_name = create(&mut client, &pod, container_config("a/b", "busybox", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_name.code(), tonic::Code::InvalidArgument);
+    assert!(bad_name.message().contains("metadata.name"), "{bad_name:?}");
+
+    let unknown_pod = create(
+        &mut client,
+        "feedface",
+        container_config("c", "busybox", &[]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unknown_pod.code(), tonic::Code::NotFound);
+    assert!(unknown_pod.message().contains("feedface"));
+
+    let no_program = create(
+        &mut client,
+        &pod,
+        container_config("c", "busybox", &["/no/such/program"]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(no_program.code(), tonic::Code::Internal);
+    assert!(
+        no_program.message().contains("create the container"),
+        "{no_program:?}"
+    );
+
+    let first = create(
+        &mut client,
+        &pod,
+        container_config("dup", "busybox", &["sleep", "100"]),
+    )
+    .await
+    .unwrap();
+    let duplicate = create(
+        &mut client,
+        &pod,
+        container_config("dup", "busybox", &["sleep", "100"]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(duplicate.code(), tonic::Code::AlreadyExists);
+    assert!(duplicate.message().contains(&first), "{duplicate:?}");
+
+    // A pod that was stopped takes no containers; a removed one is not found.
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let stopped = create(
+        &mut client,
+        &pod,
+        container_config("late", "busybox", &["true"]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(stopped.code(), tonic::Code::FailedPrecondition);
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let removed = create(
+        &mut client,
+        &pod,
+        container_config("late", "busybox", &["true"]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(removed.code(), tonic::Code::NotFound);
+
+    assert!(std::fs::read_dir(daemon.path("state/containers"))
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true));
+    assert!(std::fs::read_dir(daemon.path("runtime"))
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true));
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+    assert_eq!(daemon.mounts(), vec![daemon.path("run/netns")]);
+}
+
+/// 100 create/start/remove cycles leak no process, mount, runtime state or record.
+#[tokio::test]
+async fn container_cycles_leak_nothing() {
+    let daemon = SandboxdProcess::start();
+    let mut client = daemon.client().await;
+    let pod = run_pod(&mut client, "cycles").await;
+    for i in 0..100 {
+        let id = run_container(
+            &mut client,
+            &pod,
+            container_config(&format!("c{i}"), "busybox", &["sleep", "100"]),
+        )
+        .await;
+        client
+            .remove_container(cri::RemoveContainerRequest { container_id: id })
+            .await
+            .unwrap();
+    }
+    let pause = pause_pid(&mut client, &pod).await as u32;
+    assert_eq!(daemon.processes(), vec![pause], "processes left");
+    assert!(std::fs::read_dir(daemon.path("state/containers"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(std::fs::read_dir(daemon.path("runtime"))
+        .unwrap()
+        .next()
+        .is_none());
+    let mounts = daemon.mounts();
+    assert_eq!(mounts.len(), 3, "{mounts:?}"); // netns dir, the pod's pin and its shm
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    assert_eq!(daemon.mounts(), vec![daemon.path("run/netns")]);
+}
