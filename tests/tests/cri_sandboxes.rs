@@ -9,6 +9,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use sandboxd::config::Config;
 use sandboxd::runtime::Runtime;
+use sandboxd_tests::daemon::mounts_under;
 use sandboxd_tests::{files_under, ip_reservations, run, sandboxctl, Netns};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
@@ -163,6 +164,11 @@ impl Daemon {
             Vec::<PathBuf>::new(),
             "sandbox records left"
         );
+        assert_eq!(
+            mounts_under(self.dir.path()),
+            vec![self.config.netns_dir.clone()],
+            "mounts left besides the netns dir"
+        );
     }
 }
 
@@ -180,6 +186,10 @@ impl Drop for Daemon {
             let _ = sandboxd::netns::unpin(&pin);
         }
         let _ = sandboxd::netns::release_dir(&self.config.netns_dir);
+        // The pods' shm mounts, and anything else left mounted under the temp dir.
+        for mount in mounts_under(self.dir.path()) {
+            let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
 
