@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The seeds' pod-pause, with the parts built so far: a node (a network namespace), sandboxd
-# serving CRI on it, the demo images in its store, and the pod's sandbox run, inspected
-# and removed with sandboxctl, as crictl would. Containers join it in a later step of the
-# project; until then the pod is its pause and its network.
+# The seeds' pod-pause walk-through on one node: a node (a network namespace), sandboxd
+# serving CRI on it, the demo images built from source into its store, and the seed's
+# Pod manifest applied unchanged. Then what the seed looks at with docker and lsns: the
+# pause process owning the pod's net and ipc namespaces, both containers joined to it
+# (network mode container:<pause-id>) and answering each other on localhost, the pod's
+# eth0, and a third container that cannot bind the port the second one holds.
 #
 # Run as root after `cargo build --release --workspace` (scripts/demo.sh does both).
 # Everything it starts it stops, also on failure.
@@ -12,54 +14,107 @@ bin="$(realpath "${SANDBOXD_BIN_DIR:-target/release}")"
 export PATH="$bin:$PATH"
 node=/run/sandboxd/nodes/node1
 socket=/run/sandboxd/demo.sock
+work=$(mktemp -d /tmp/sandboxd-demo.XXXXXX)
 export CONTAINER_RUNTIME_ENDPOINT="unix://$socket"
+# Pods are pinned in /run/netns, so `ip netns` knows them by id, as it knows containerd's.
+netns_dir=/run/netns
+netns_was_mounted=no
+if mountpoint -q "$netns_dir" 2>/dev/null; then netns_was_mounted=yes; fi
 
 daemon=""
 cleanup() {
   set +e
-  if [ -S "$socket" ]; then sandboxctl rmp --all >/dev/null 2>&1; fi
+  if [ -S "$socket" ]; then
+    sandboxctl delete -f examples/pod-pause.yaml --grace-period 1 --ignore-not-found >/dev/null 2>&1
+    sandboxctl rmp --all >/dev/null 2>&1
+  fi
   if [ -n "$daemon" ]; then kill "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null; fi
   umount "$node" 2>/dev/null; rm -f "$node"
   # sandboxd keeps its netns dir mounted for the next start, as iproute2 keeps /run/netns;
   # the demo leaves the machine as it found it.
-  umount /run/sandboxd/netns 2>/dev/null
+  if [ "$netns_was_mounted" = no ] && [ -z "$(ls -A "$netns_dir" 2>/dev/null)" ]; then
+    umount "$netns_dir" 2>/dev/null
+  fi
   umount /run/sandboxd/nodes 2>/dev/null
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 show() { step "$*"; "$@"; }
+# The first "key": "text" or "key": 123 of a JSON document.
+json_string() { sed -n "s/.*\"$1\": \"\([^\"]*\)\".*/\1/p" | head -1; }
+json_number() { sed -n "s/.*\"$1\": \([0-9][0-9]*\).*/\1/p" | head -1; }
 
 mkdir -p /run/sandboxd/nodes
 touch "$node"
 unshare --net="$node" true
 nsenter --net="$node" ip link set lo up
 
-step "sandboxd --node-netns $node --socket $socket &"
-sandboxd --node-netns "$node" --socket "$socket" 2>/run/sandboxd/demo.log &
+step "sandboxd --node-name node1 --node-netns $node --netns-dir $netns_dir --state-dir $work/state --socket $socket &"
+sandboxd --node-name node1 --node-netns "$node" --netns-dir "$netns_dir" \
+  --state-dir "$work/state" --socket "$socket" 2>/run/sandboxd/demo.log &
 daemon=$!
 for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
 cat /run/sandboxd/demo.log
 
-step "examples/build-images.sh   # busybox and kubetm/* from source, offline"
-SANDBOXD_BIN_DIR="$bin" ./examples/build-images.sh --no-build
+step "examples/build-images.sh --store $work/state/images   # busybox and kubetm/* from source, offline"
+SANDBOXD_BIN_DIR="$bin" ./examples/build-images.sh --store "$work/state/images" --no-build
 show sandboxctl images
 show sandboxctl version
 
-step "sandboxctl runp examples/pods/pod-pause.json"
-id=$(sandboxctl runp examples/pods/pod-pause.json)
-echo "$id"
-show sandboxctl pods
-inspect=$(sandboxctl inspectp "$id")
-step "sandboxctl inspectp ${id:0:12}   # (excerpt)"
-echo "$inspect" | grep -E '"(state|ip|netnsPath)"|"pid": [0-9]'
-pid=$(echo "$inspect" | sed -n 's/.*"pid": \([0-9][0-9]*\).*/\1/p' | head -1)
-netns=$(echo "$inspect" | sed -n 's/.*"netnsPath": "\(.*\)".*/\1/p')
-ip=$(echo "$inspect" | sed -n 's/.*"ip": "\(.*\)".*/\1/p' | head -1)
-show lsns -p "$pid"
-show nsenter --net="$netns" ip -br addr
-show nsenter --net="$node" ip -br link show master cni0
-show nsenter --net="$node" ping -c 1 -W 1 "$ip"
-show sandboxctl stopp "$id"
-show sandboxctl rmp "$id"
-show sandboxctl pods
+show cat examples/pod-pause.yaml
+show sandboxctl apply -f examples/pod-pause.yaml
+show sandboxctl get pods -o wide
+
+# The seed: docker ps | grep pod-pause shows the pause container and the two containers.
+show sandboxctl pods --name pod-pause
+show sandboxctl ps --pod pod-pause
+pod=$(sandboxctl pods --name pod-pause -q)
+c1=$(sandboxctl ps --pod pod-pause --name container1 -q)
+c2=$(sandboxctl ps --pod pod-pause --name container2 -q)
+
+step "sandboxctl inspect ${c1:0:12} | grep networkMode   # docker inspect: NetworkMode"
+sandboxctl inspect "$c1" | grep networkMode
+
+inspectp=$(sandboxctl inspectp "$pod")
+pause_pid=$(echo "$inspectp" | json_number pid)
+netns=$(echo "$inspectp" | json_string netnsPath)
+step "sandboxctl inspectp ${pod:0:12} | grep -E 'netnsPath|\"ip\"|\"pid\"'"
+echo "$inspectp" | grep -E '"netnsPath"|"ip": "|"pid": [0-9]'
+
+# lsns: the pause owns net and ipc; each container has its own mnt, uts and pid.
+show lsns -p "$pause_pid"
+for c in "$c1" "$c2"; do
+  pid=$(sandboxctl inspect "$c" | json_number pid)
+  show lsns -p "$pid"
+done
+
+show ip netns exec "$(basename "$netns")" ip -br addr show eth0
+
+step "sandboxctl exec ${c1:0:12} wget -qO- localhost:8080/hostname   # container1 -> container2"
+sandboxctl exec "$c1" wget -qO- localhost:8080/hostname
+step "sandboxctl exec ${c2:0:12} wget -qO- localhost:8000/hostname   # container2 -> container1"
+sandboxctl exec "$c2" wget -qO- localhost:8000/hostname
+
+# A third container on 8080 in the same pod: the port is container2's.
+cat > "$work/container3.yaml" <<'YAML'
+metadata: { name: container3 }
+image: { image: kubetm/p8080 }
+YAML
+show cat "$work/container3.yaml"
+step "sandboxctl create pod-pause $work/container3.yaml && sandboxctl start …"
+c3=$(sandboxctl create pod-pause "$work/container3.yaml")
+sandboxctl start "$c3" >/dev/null
+for _ in $(seq 50); do
+  sandboxctl ps -a --id "$c3" | grep -q Exited && break
+  sleep 0.1
+done
+show sandboxctl ps -a --pod pod-pause
+step "sandboxctl logs ${c3:0:12}"
+sandboxctl logs "$c3" 2>&1
+step "sandboxctl inspect ${c3:0:12} | grep -E 'exit_code|reason'"
+sandboxctl inspect "$c3" | grep -E '"exit_code"|"reason"'
+
+show sandboxctl delete -f examples/pod-pause.yaml --grace-period 5
+show sandboxctl get pods

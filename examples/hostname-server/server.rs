@@ -5,7 +5,8 @@
 //!
 //! Built statically by `examples/build.rs` (glibc with crt-static, no other crates), so it
 //! runs in a busybox image that has no libc. A port already taken is reported on stderr as
-//! "address in use" with exit status 1, which the pod tests look for in the logs.
+//! "address in use" with exit status 1, which the pod tests look for in the logs. SIGTERM
+//! ends it with status 0, as a stopped container should.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -59,7 +60,28 @@ fn serve(stream: TcpStream, port: u16) -> std::io::Result<()> {
     stream.flush()
 }
 
+extern "C" {
+    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+    fn _exit(status: i32) -> !;
+}
+
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+/// Ends at once: the server holds nothing that needs flushing (println! writes through).
+extern "C" fn stop(_: i32) {
+    // SAFETY: _exit(2) is async-signal-safe.
+    unsafe { _exit(0) }
+}
+
 fn main() -> ExitCode {
+    // As PID 1 of its container, a signal without a handler would be ignored, and a stop
+    // would wait out its whole grace period before SIGKILL.
+    // SAFETY: installs a handler that only calls _exit.
+    unsafe {
+        signal(SIGTERM, stop);
+        signal(SIGINT, stop);
+    }
     let port = match port() {
         Ok(port) => port,
         Err(e) => {

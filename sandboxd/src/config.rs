@@ -31,6 +31,8 @@ pub struct Config {
     pub oci_runtime_root: PathBuf,
     /// The per-container monitor; by default the one beside the sandboxd executable.
     pub monitor_binary: Option<PathBuf>,
+    /// The node's name, as `get pods -o wide` shows it; by default the machine's hostname.
+    pub node_name: String,
 }
 
 /// The OCI runtime containers run with unless configured otherwise.
@@ -54,6 +56,7 @@ impl Default for Config {
             oci_runtime: PathBuf::from(DEFAULT_OCI_RUNTIME),
             oci_runtime_root: PathBuf::from("/run/sandboxd/runtime"),
             monitor_binary: None,
+            node_name: machine_hostname(),
         }
     }
 }
@@ -101,6 +104,13 @@ pub fn locate_beside_exe(name: &str, configured: Option<&Path>) -> Result<PathBu
         .find(|p| p.is_file())
         .cloned()
         .ok_or_else(|| candidates.iter().map(|p| p.display().to_string()).collect())
+}
+
+/// The hostname of the machine (of the daemon's uts namespace).
+pub fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Resolves a command name through `$PATH`, as exec would; a path is taken as it is.

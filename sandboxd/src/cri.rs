@@ -72,6 +72,8 @@ impl RuntimeService for CriService {
         if verbose {
             let config = &self.runtime.config;
             let detail = serde_json::json!({
+                "nodeName": config.node_name,
+                "ociRuntime": self.runtime.oci_runtime_path(),
                 "cniConfDir": config.cni_conf_dir,
                 "cniBinDirs": config.cni_bin_dirs,
                 "netnsDir": config.netns_dir,

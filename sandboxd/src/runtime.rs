@@ -145,6 +145,11 @@ impl Runtime {
             .map_err(|e| Error::FailedPrecondition(format!("the pod network is not ready: {e}")))
     }
 
+    /// The OCI runtime new containers run with.
+    pub fn oci_runtime_path(&self) -> &std::path::Path {
+        &self.oci_runtime
+    }
+
     /// The network a sandbox was attached to, for DEL: by name from the conf dir, else the
     /// config the CNI cache kept from the ADD (the file may have changed or gone since).
     pub(crate) fn attached_network(
@@ -248,6 +253,11 @@ pub fn new_id() -> String {
     let mut file = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
     std::io::Read::read_exact(&mut file, &mut bytes).expect("read /dev/urandom");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `name` is an id as [`new_id`] makes them.
+pub fn is_id(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 pub fn now_ns() -> i64 {

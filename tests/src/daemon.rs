@@ -22,6 +22,9 @@ pub struct SandboxdProcess {
     pub node: Netns,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Whether a shared netns dir (such as /run/netns) was a mount point before the daemon
+    /// made it one: if not, it is unmounted again once empty.
+    netns_dir_was_mounted: bool,
 }
 
 impl SandboxdProcess {
@@ -68,7 +71,10 @@ impl SandboxdProcess {
             node,
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            netns_dir_was_mounted: false,
         };
+        let netns_dir = daemon.netns_dir();
+        daemon.netns_dir_was_mounted = mounts_under(&netns_dir).contains(&netns_dir);
         daemon.spawn();
         daemon
     }
@@ -99,7 +105,7 @@ impl SandboxdProcess {
             .arg("--state-dir")
             .arg(self.path("state"))
             .arg("--netns-dir")
-            .arg(self.path("run/netns"))
+            .arg(self.netns_dir())
             .arg("--cni-conf-dir")
             .arg(self.path("net.d"))
             .arg("--cni-bin-dir")
@@ -111,7 +117,7 @@ impl SandboxdProcess {
             .arg("--runtime-root")
             .arg(self.path("runtime"))
             .args(["--default-network", "0"])
-            .args(&self.extra_args)
+            .args(self.other_args())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -176,6 +182,30 @@ impl SandboxdProcess {
             .collect()
     }
 
+    /// Where this daemon pins pod netns: its own dir, unless `--netns-dir` was passed.
+    pub fn netns_dir(&self) -> PathBuf {
+        self.extra_args
+            .iter()
+            .position(|a| a == "--netns-dir")
+            .and_then(|i| self.extra_args.get(i + 1))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.path("run/netns"))
+    }
+
+    /// The extra flags but `--netns-dir`, which [`netns_dir`](Self::netns_dir) gives.
+    fn other_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut given = self.extra_args.iter();
+        while let Some(arg) = given.next() {
+            if arg == "--netns-dir" {
+                given.next();
+            } else {
+                args.push(arg.clone());
+            }
+        }
+        args
+    }
+
     /// Mount points under the temp dir.
     pub fn mounts(&self) -> Vec<PathBuf> {
         mounts_under(self.dir.path())
@@ -216,8 +246,19 @@ impl Drop for SandboxdProcess {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        // Pins of this daemon's pods in a shared netns dir (such as /run/netns).
+        if let Ok(records) = std::fs::read_dir(self.path("state/sandboxes")) {
+            for record in records.flatten() {
+                let pin = self.netns_dir().join(record.file_name());
+                let _ = nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
         for mount in self.mounts() {
             let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if !self.netns_dir_was_mounted {
+            let _ = sandboxd::netns::release_dir(&self.netns_dir());
         }
     }
 }

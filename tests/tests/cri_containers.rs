@@ -613,3 +613,106 @@ async fn container_cycles_leak_nothing() {
         .unwrap();
     assert_eq!(daemon.mounts(), vec![daemon.path("run/netns")]);
 }
+
+/// The CLI over it all: the seed's manifest applied unchanged, kubectl-style get, the
+/// crictl verbs by pod name, `ip netns exec` on the pinned netns, logs, exit codes, and
+/// errors that name what is wrong.
+#[tokio::test]
+async fn sandboxctl_applies_the_seed_manifest_and_drives_its_containers() {
+    // Pods pinned in /run/netns, so iproute2 knows them by id.
+    let daemon =
+        SandboxdProcess::start_with(&["--netns-dir", "/run/netns", "--node-name", "sbt-node1"]);
+    let manifest =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pod-pause.yaml");
+    let manifest = manifest.to_str().unwrap();
+    let ctl = |args: &[&str]| {
+        let (code, out, err) = daemon.sandboxctl(args);
+        assert_eq!(code, Some(0), "sandboxctl {args:?}: {out}{err}");
+        out
+    };
+    assert_eq!(ctl(&["apply", "-f", manifest]), "pod/pod-pause created\n");
+    assert_eq!(ctl(&["apply", "-f", manifest]), "pod/pod-pause unchanged\n");
+    let wide = ctl(&["get", "pods", "-o", "wide"]);
+    assert!(wide.contains("pod-pause   2/2     Running   0"), "{wide}");
+    assert!(wide.contains("sbt-node1"), "{wide}");
+    let pod: Value =
+        serde_json::from_str(&ctl(&["get", "pods", "pod-pause", "-o", "json"])).unwrap();
+    assert_eq!(pod["kind"], "Pod");
+    assert_eq!(pod["status"]["phase"], "Running");
+    assert_eq!(
+        pod["spec"]["nodeSelector"]["kubernetes.io/hostname"],
+        "k8s-node1"
+    );
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    let yaml = ctl(&["get", "pods", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: List") && yaml.contains("name: container2"),
+        "{yaml}"
+    );
+
+    let c1 = ctl(&["ps", "--pod", "pod-pause", "--name", "container1", "-q"]);
+    let c1 = c1.trim();
+    assert_eq!(c1.len(), 64);
+    assert_eq!(
+        ctl(&["exec", c1, "wget", "-qO-", "localhost:8080/hostname"]),
+        "pod-pause\n"
+    );
+    let (code, _, _) = daemon.sandboxctl(&["exec", c1, "sh", "-c", "exit 9"]);
+    assert_eq!(code, Some(9), "exec's exit code is sandboxctl's");
+    let inspect: Value = serde_json::from_str(&ctl(&["inspect", c1])).unwrap();
+    let pod_id = ctl(&["pods", "--name", "pod-pause", "-q"]);
+    assert_eq!(
+        inspect["info"]["networkMode"],
+        format!("container:{}", pod_id.trim())
+    );
+
+    // The pinned netns, by the name iproute2 knows it by: eth0 has the pod IP.
+    let inspectp: Value = serde_json::from_str(&ctl(&["inspectp", "pod-pause"])).unwrap();
+    let netns = inspectp["info"]["netnsPath"].as_str().unwrap();
+    assert!(netns.starts_with("/run/netns/"), "{netns}");
+    let name = netns.trim_start_matches("/run/netns/");
+    let eth0 = sandboxd_tests::run(
+        "ip",
+        &["netns", "exec", name, "ip", "-br", "addr", "show", "eth0"],
+    );
+    assert!(eth0.contains(&format!("{ip}/24")), "{eth0}");
+
+    let logs = ctl(&["logs", c1]);
+    assert!(
+        logs.contains("listening on 0.0.0.0:8000 as pod-pause"),
+        "{logs}"
+    );
+
+    // Errors: a running container is not removed without -f; bad manifests are refused
+    // with the document and field named, and nothing is created.
+    let (code, _, err) = daemon.sandboxctl(&["rm", c1]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is running"), "{err}");
+    let bad = daemon.path("bad.yaml");
+    std::fs::write(&bad, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: other\nspec:\n  containers:\n  - name: c\n    image: kubetm/nope\n").unwrap();
+    let (code, _, err) = daemon.sandboxctl(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("pod/other: container c: image kubetm/nope is not in the local store"),
+        "{err}"
+    );
+    std::fs::write(&bad, "apiVersion: v1\nkind: Pod\nmetadata: {name: x\n").unwrap();
+    let (code, _, err) = daemon.sandboxctl(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("document 1: not valid YAML"), "{err}");
+    assert_eq!(
+        ctl(&["pods", "-q"]).lines().count(),
+        1,
+        "a failed apply left a pod"
+    );
+
+    assert_eq!(
+        ctl(&["delete", "-f", manifest, "--grace-period", "5"]),
+        "pod \"pod-pause\" deleted\n"
+    );
+    let (code, _, err) = daemon.sandboxctl(&["delete", "-f", manifest]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not found"), "{err}");
+    assert!(!std::path::Path::new(netns).exists(), "the pin is left");
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}

@@ -565,8 +565,11 @@ async fn a_restart_adopts_live_sandboxes_marks_dead_ones_and_cleans_orphans() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let orphan_pin = daemon.config.netns_dir.join("orphan");
+    let orphan_pin = daemon.config.netns_dir.join(sandboxd::runtime::new_id());
     sandboxd::netns::create(&orphan_pin).unwrap();
+    // A name sandboxd never gives is someone else's (the dir may be /run/netns).
+    let foreign_pin = daemon.config.netns_dir.join("someone-elses");
+    sandboxd::netns::create(&foreign_pin).unwrap();
     let orphan_ns = Netns::new("sbt-orphan");
     let host = cni_host::CniHost::with_exec(
         daemon.config.cni_bin_dirs.clone(),
@@ -604,6 +607,11 @@ async fn a_restart_adopts_live_sandboxes_marks_dead_ones_and_cleans_orphans() {
         !orphan_pin.exists(),
         "the orphaned pin survived the restart"
     );
+    assert!(
+        sandboxd::netns::is_pinned(&foreign_pin),
+        "a pin sandboxd did not make was removed"
+    );
+    sandboxd::netns::unpin(&foreign_pin).unwrap();
     assert!(
         !ip_reservations(&daemon.dir.path().join("ipam")).contains(&orphan_ip),
         "the orphaned lease survived"
@@ -698,7 +706,7 @@ async fn sandboxctl_drives_the_daemon_like_crictl() {
     assert_eq!(code, Some(0));
     let (code, _, err) = sandboxctl(&["inspectp", &id]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("not found (NotFound)"), "{err}");
+    assert!(err.contains("no pod sandbox has the id or name"), "{err}");
     let (code, _, err) = sandboxctl(&["runp", "/nonexistent.json"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("/nonexistent.json"), "{err}");

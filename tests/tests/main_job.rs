@@ -26,9 +26,14 @@ fn the_pod_pause_demo_runs_and_cleans_up() {
     for expected in [
         "docker.io/kubetm/p8080",
         "RuntimeName:  sandboxd",
-        "\"state\": \"SANDBOX_READY\"",
-        "1 packets transmitted, 1 received",
-        "Removed sandbox",
+        "pod/pod-pause created",
+        "2/2     Running",
+        "\"networkMode\": \"container:",
+        "eth0@",
+        "pod-pause\n\n",
+        "cannot listen on port 8080: address in use",
+        "\"exit_code\": 1,",
+        "pod \"pod-pause\" deleted",
     ] {
         assert!(
             stdout.contains(expected),
@@ -42,5 +47,14 @@ fn the_pod_pause_demo_runs_and_cleans_up() {
     assert!(
         !Path::new("/run/sandboxd/demo.sock").exists(),
         "the demo left its daemon"
+    );
+    let pins: Vec<_> = std::fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !pins
+            .iter()
+            .any(|p| sandboxd::runtime::is_id(&p.to_string_lossy())),
+        "the demo left pod pins in /run/netns: {pins:?}"
     );
 }

@@ -22,7 +22,8 @@ struct Args {
     /// Persistent state (records, CNI results, leases).
     #[arg(long, default_value = "/var/lib/sandboxd")]
     state_dir: PathBuf,
-    /// Where pod network namespaces are pinned.
+    /// Where pod network namespaces are pinned, as <dir>/<pod id>. /run/netns makes every
+    /// pod a name for `ip netns exec` (sandboxd touches only the names it gave).
     #[arg(long, default_value = sandboxd::netns::DEFAULT_NETNS_DIR)]
     netns_dir: PathBuf,
     /// CNI network configs; the first valid one is the pod network.
@@ -46,6 +47,9 @@ struct Args {
     /// The per-container monitor (default: beside sandboxd).
     #[arg(long)]
     monitor: Option<PathBuf>,
+    /// The node's name (default: the machine's hostname).
+    #[arg(long)]
+    node_name: Option<String>,
     /// Deadline of each CNI plugin call, in seconds.
     #[arg(long, default_value_t = 30.0)]
     cni_timeout: f64,
@@ -70,6 +74,9 @@ async fn main() -> anyhow::Result<()> {
         oci_runtime: args.runtime,
         oci_runtime_root: args.runtime_root,
         monitor_binary: args.monitor,
+        node_name: args
+            .node_name
+            .unwrap_or_else(sandboxd::config::machine_hostname),
         ..Config::default()
     };
     if args.default_network > 0 && cni_host::load_default_network(&config.cni_conf_dir).is_err() {

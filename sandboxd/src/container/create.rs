@@ -412,11 +412,11 @@ impl Runtime {
         let process = ContainerProcess {
             args: args.clone(),
             env: environment(&spec, image),
-            cwd: if spec.working_dir.is_empty() {
-                image.config.working_dir.clone()
-            } else {
-                spec.working_dir.clone()
-            },
+            cwd: [&spec.working_dir, &image.config.working_dir]
+                .into_iter()
+                .find(|dir| !dir.is_empty())
+                .cloned()
+                .unwrap_or_else(|| "/".into()),
             uid,
             gid,
             hostname: pod.hostname.clone(),

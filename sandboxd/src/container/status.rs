@@ -176,6 +176,7 @@ impl Runtime {
                 "pid": record.process.map(|p| p.pid),
                 "monitorPid": record.monitor.map(|p| p.pid),
                 "runtime": record.runtime,
+                "runtimeRoot": self.config.oci_runtime_root,
                 "bundle": self.container_dir(&record.id).bundle(),
                 "networkMode": format!("container:{pause_id}"),
                 "args": record.args,

@@ -56,10 +56,14 @@ impl Runtime {
 
         self.recover_containers().await?;
 
-        // Pins nobody owns.
+        // Pins nobody owns. Only names sandboxd gives are its own: the dir may be shared
+        // (`--netns-dir /run/netns` puts pods beside `ip netns add`'s names).
         if let Ok(entries) = std::fs::read_dir(&self.config.netns_dir) {
             for entry in entries.flatten() {
                 let id = entry.file_name().to_string_lossy().into_owned();
+                if !crate::runtime::is_id(&id) {
+                    continue;
+                }
                 if !self.pods.read().expect("pods lock").contains_key(&id) {
                     eprintln!(
                         "sandboxd: removing orphaned netns pin {}",

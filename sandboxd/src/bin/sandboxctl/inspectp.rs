@@ -7,13 +7,14 @@ use crate::Client;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Pod sandbox ids or unique id prefixes.
+    /// Pod sandboxes: ids, unique id prefixes or names.
     #[arg(required = true)]
     ids: Vec<String>,
 }
 
 pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
-    for id in args.ids {
+    for given in args.ids {
+        let id = crate::lookup::pod_id(client, &given).await?;
         let reply = client
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
                 pod_sandbox_id: id,

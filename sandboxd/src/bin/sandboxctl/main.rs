@@ -2,10 +2,19 @@
 //! Each command is a module; they all speak CRI v1 to `--runtime-endpoint`, so the crictl
 //! verbs work against any CRI runtime, containerd included.
 
+mod apply;
+mod containers;
+mod exec;
+mod get;
 mod images;
+mod inspect;
 mod inspectp;
+mod kube;
+mod logs;
+mod lookup;
 mod output;
 mod pods;
+mod ps;
 mod rmp;
 mod runp;
 mod stopp;
@@ -34,9 +43,10 @@ struct Cli {
         default_value = "unix:///run/sandboxd/sandboxd.sock"
     )]
     runtime_endpoint: String,
-    /// Seconds to wait for each call.
+    /// Seconds to wait for the command's calls (not for `logs -f` and `exec -it`, which
+    /// last as long as they are meant to). Verbs have their own --timeout, as in crictl.
     #[arg(long, global = true, default_value_t = 60)]
-    timeout: u64,
+    call_timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +67,28 @@ enum Command {
     Pods(pods::Args),
     /// Show a pod sandbox's status.
     Inspectp(inspectp::Args),
+    /// Create a container in a pod from a container config file (as crictl create takes).
+    Create(containers::CreateArgs),
+    /// Start created containers.
+    Start(containers::StartArgs),
+    /// Stop running containers (SIGTERM, then SIGKILL after --timeout).
+    Stop(containers::StopArgs),
+    /// Remove containers.
+    Rm(containers::RemoveArgs),
+    /// List containers (running ones unless --all).
+    Ps(ps::Args),
+    /// Show a container's status, pid and network mode.
+    Inspect(inspect::Args),
+    /// Run a command in a running container.
+    Exec(exec::Args),
+    /// Print a container's output.
+    Logs(logs::Args),
+    /// Create the Pods of a Kubernetes manifest (YAML or JSON, multi-document), as kubectl apply.
+    Apply(apply::ApplyArgs),
+    /// Delete the Pods of a manifest, as kubectl delete -f.
+    Delete(apply::DeleteArgs),
+    /// List pods as kubectl get pods does (-o wide|json|yaml).
+    Get(get::Args),
     /// List images.
     Images(images::ListArgs),
     /// Show an image's status and config.
@@ -80,7 +112,11 @@ async fn main() -> ExitCode {
     // SAFETY: signal(2) only sets how this process takes SIGPIPE.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    let timeout = std::time::Duration::from_secs(cli.timeout);
+    let timeout = match &cli.command {
+        Command::Logs(args) if args.follow => std::time::Duration::MAX,
+        Command::Exec(args) if args.is_interactive() => std::time::Duration::MAX,
+        _ => std::time::Duration::from_secs(cli.call_timeout),
+    };
     let outcome = async {
         // Import writes the node's store directly; everything else speaks CRI.
         if let Command::Image(command) = cli.command {
@@ -97,6 +133,24 @@ async fn main() -> ExitCode {
             Command::Rmp(args) => rmp::run(&mut client, args).await,
             Command::Pods(args) => pods::run(&mut client, args).await,
             Command::Inspectp(args) => inspectp::run(&mut client, args).await,
+            Command::Create(args) => containers::create(&mut client, args).await,
+            Command::Start(args) => containers::start(&mut client, args).await,
+            Command::Stop(args) => containers::stop(&mut client, args).await,
+            Command::Rm(args) => containers::remove(&mut client, args).await,
+            Command::Ps(args) => ps::run(&mut client, args).await,
+            Command::Inspect(args) => inspect::run(&mut client, args).await,
+            Command::Exec(args) => {
+                let code = exec::run(&mut client, args).await?;
+                if code != 0 {
+                    // The command's exit code is ours, as with crictl exec.
+                    std::process::exit(code);
+                }
+                Ok(())
+            }
+            Command::Logs(args) => logs::run(&mut client, args).await,
+            Command::Apply(args) => apply::apply(&mut client, args).await,
+            Command::Delete(args) => apply::delete(&mut client, args).await,
+            Command::Get(args) => get::run(&mut client, args).await,
             Command::Images(args) => images::list(&mut images, args).await,
             Command::Inspecti(args) => images::inspect(&mut images, args).await,
             Command::Pull(args) => images::pull(&mut images, args).await,
@@ -111,8 +165,21 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(_) => {
-            eprintln!("sandboxctl: no answer within {}s", cli.timeout);
+            eprintln!(
+                "sandboxctl: no answer within {}s (see --call-timeout)",
+                cli.call_timeout
+            );
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // Catches flags that clash between the global and a verb's (clap panics at parse
+        // time in that case, and only on the path that reads them).
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -7,6 +7,27 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub enum Format {
     Table,
     Json,
+    Yaml,
+}
+
+/// Prints a document as JSON or YAML (a table format prints JSON: there is no table of
+/// one object).
+pub fn print_doc(doc: &serde_json::Value, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Yaml => print!("{}", serde_norway::to_string(doc)?),
+        Format::Json | Format::Table => println!("{}", serde_json::to_string_pretty(doc)?),
+    }
+    Ok(())
+}
+
+/// Reads a config file, or stdin for `-`: JSON or YAML (YAML is a superset of JSON).
+pub fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("read stdin")
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+    }
 }
 
 /// "3 seconds ago", "5 minutes ago", as crictl prints creation times.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use anyhow::Context;
 use k8s_cri::v1 as cri;
 
-use crate::output::{age, table, Format};
+use crate::output::{age, print_doc, table, Format};
 use crate::Client;
 
 #[derive(clap::Args)]
@@ -84,10 +84,9 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     match args.output {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "items": items }))?
-        ),
+        Format::Json | Format::Yaml => {
+            print_doc(&serde_json::json!({ "items": items }), args.output)?
+        }
         Format::Table => {
             let rows: Vec<Vec<String>> = items
                 .iter()

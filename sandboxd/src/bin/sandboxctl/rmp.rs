@@ -7,7 +7,7 @@ use crate::Client;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Pod sandbox ids or unique id prefixes.
+    /// Pod sandboxes: ids, unique id prefixes or names.
     ids: Vec<String>,
     /// Remove every pod sandbox.
     #[arg(long, short)]
@@ -26,13 +26,14 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
     if ids.is_empty() {
         bail!("rmp needs pod sandbox ids, or --all");
     }
-    for id in ids {
+    for given in ids {
+        let id = crate::lookup::pod_id(client, &given).await?;
         client
             .remove_pod_sandbox(cri::RemovePodSandboxRequest {
                 pod_sandbox_id: id.clone(),
             })
             .await?;
-        println!("Removed sandbox {id}");
+        println!("Removed sandbox {given}");
     }
     Ok(())
 }

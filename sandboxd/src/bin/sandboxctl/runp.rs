@@ -1,8 +1,8 @@
 //! `runp POD-CONFIG.json`: run a pod sandbox, print its id.
 //!
-//! The file is crictl's pod config: the CRI `PodSandboxConfig` in JSON with its field names
-//! (`metadata`, `hostname`, `log_directory`, `labels`, `annotations`, `port_mappings`,
-//! `linux.security_context.namespace_options`). Protocols and namespace modes may be given
+//! The file is crictl's pod config: the CRI `PodSandboxConfig` in JSON or YAML with its
+//! field names (`metadata`, `hostname`, `log_directory`, `labels`, `annotations`,
+//! `port_mappings`, `dns_config`, `linux.security_context.namespace_options`). Protocols and namespace modes may be given
 //! as names ("TCP", "NODE") or numbers.
 
 use std::collections::HashMap;
@@ -16,7 +16,7 @@ use crate::Client;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The pod config file (`-` for stdin).
+    /// The pod config file, JSON or YAML (`-` for stdin).
     config: PathBuf,
 }
 
@@ -30,7 +30,15 @@ struct PodConfig {
     annotations: HashMap<String, String>,
     port_mappings: Vec<PortMapping>,
     linux: Linux,
-    dns_config: Option<serde_json::Value>,
+    dns_config: Option<DnsConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct DnsConfig {
+    servers: Vec<String>,
+    searches: Vec<String>,
+    options: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -129,9 +137,6 @@ fn to_cri(config: PodConfig) -> anyhow::Result<cri::PodSandboxConfig> {
         )?,
         ..Default::default()
     };
-    if config.dns_config.is_some() {
-        eprintln!("sandboxctl: dns_config is not applied by sandboxd yet; ignoring it");
-    }
     Ok(cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: config.metadata.name,
@@ -144,6 +149,11 @@ fn to_cri(config: PodConfig) -> anyhow::Result<cri::PodSandboxConfig> {
         port_mappings,
         labels: config.labels,
         annotations: config.annotations,
+        dns_config: config.dns_config.map(|d| cri::DnsConfig {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        }),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(options),
@@ -156,12 +166,8 @@ fn to_cri(config: PodConfig) -> anyhow::Result<cri::PodSandboxConfig> {
 }
 
 pub fn read_config(path: &std::path::Path) -> anyhow::Result<cri::PodSandboxConfig> {
-    let text = if path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("read the pod config from stdin")?
-    } else {
-        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?
-    };
-    let config: PodConfig = serde_json::from_str(&text)
+    let text = crate::output::read_file(path)?;
+    let config: PodConfig = serde_norway::from_str(&text)
         .with_context(|| format!("{} is not a valid pod config", path.display()))?;
     if config.metadata.name.is_empty() {
         bail!("{}: metadata.name is missing", path.display());

@@ -6,19 +6,20 @@ use crate::Client;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Pod sandbox ids or unique id prefixes.
+    /// Pod sandboxes: ids, unique id prefixes or names.
     #[arg(required = true)]
     ids: Vec<String>,
 }
 
 pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
-    for id in args.ids {
+    for given in args.ids {
+        let id = crate::lookup::pod_id(client, &given).await?;
         client
             .stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: id.clone(),
             })
             .await?;
-        println!("Stopped sandbox {id}");
+        println!("Stopped sandbox {given}");
     }
     Ok(())
 }
