@@ -24,8 +24,9 @@ pub struct Config {
     pub cni_timeout: Duration,
     /// How long a stopped pause gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
-    /// The OCI runtime that runs containers' bundles: `runc`-compatible command line.
-    pub oci_runtime: PathBuf,
+    /// The OCI runtime that runs containers' bundles (runc's command line: `runc`, `crun`,
+    /// a path); by default the embedded one, `sandboxd-runtime`, beside the executable.
+    pub oci_runtime: Option<PathBuf>,
     /// The OCI runtime's state dir (`runc --root`); a tmpfs, gone at reboot like the
     /// containers it describes.
     pub oci_runtime_root: PathBuf,
@@ -35,8 +36,9 @@ pub struct Config {
     pub node_name: String,
 }
 
-/// The OCI runtime containers run with unless configured otherwise.
-pub const DEFAULT_OCI_RUNTIME: &str = "runc";
+/// The embedded OCI runtime (youki's libcontainer), which containers run with unless
+/// configured otherwise.
+pub const EMBEDDED_RUNTIME_NAME: &str = "sandboxd-runtime";
 
 impl Default for Config {
     fn default() -> Self {
@@ -53,7 +55,7 @@ impl Default for Config {
             pause_binary: None,
             cni_timeout: cni_host::DEFAULT_PLUGIN_TIMEOUT,
             stop_grace: Duration::from_secs(2),
-            oci_runtime: PathBuf::from(DEFAULT_OCI_RUNTIME),
+            oci_runtime: None,
             oci_runtime_root: PathBuf::from("/run/sandboxd/runtime"),
             monitor_binary: None,
             node_name: machine_hostname(),

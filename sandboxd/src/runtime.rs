@@ -56,12 +56,21 @@ impl Runtime {
     pub async fn start(config: Config) -> anyhow::Result<Arc<Runtime>> {
         let pause_binary = crate::pause::locate(config.pause_binary.as_deref())?;
         let monitor_binary = crate::container::monitor::locate(config.monitor_binary.as_deref())?;
-        let oci_runtime = crate::config::find_in_path(&config.oci_runtime).ok_or_else(|| {
-            anyhow::anyhow!(
-                "OCI runtime {} not found; install runc (scripts/install-deps.sh) or pass --runtime",
-                config.oci_runtime.display()
-            )
-        })?;
+        let oci_runtime = match &config.oci_runtime {
+            None => crate::config::locate_beside_exe(crate::config::EMBEDDED_RUNTIME_NAME, None)
+                .map_err(|searched| {
+                    anyhow::anyhow!(
+                        "the embedded OCI runtime is not built (looked at {}); run `cargo build --release` or pass --runtime runc",
+                        searched.join(", ")
+                    )
+                })?,
+            Some(name) => crate::config::find_in_path(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "OCI runtime {} not found; install runc (scripts/install-deps.sh) or give its path",
+                    name.display()
+                )
+            })?,
+        };
         let exec = match &config.node_netns {
             Some(netns) => ProcessExec::in_netns(netns),
             None => ProcessExec::new(),

@@ -184,12 +184,23 @@ impl SandboxdProcess {
 
     /// Where this daemon pins pod netns: its own dir, unless `--netns-dir` was passed.
     pub fn netns_dir(&self) -> PathBuf {
-        self.extra_args
-            .iter()
-            .position(|a| a == "--netns-dir")
-            .and_then(|i| self.extra_args.get(i + 1))
+        self.flag("--netns-dir")
             .map(PathBuf::from)
             .unwrap_or_else(|| self.path("run/netns"))
+    }
+
+    /// The OCI runtime containers run with: `--runtime`, else the embedded one.
+    pub fn oci_runtime(&self) -> PathBuf {
+        self.flag("--runtime")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_binary("sandboxd-runtime"))
+    }
+
+    fn flag(&self, name: &str) -> Option<&String> {
+        self.extra_args
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| self.extra_args.get(i + 1))
     }
 
     /// The extra flags but `--netns-dir`, which [`netns_dir`](Self::netns_dir) gives.
@@ -232,7 +243,7 @@ impl Drop for SandboxdProcess {
         let runtime_root = self.path("runtime");
         if let Ok(entries) = std::fs::read_dir(&runtime_root) {
             for entry in entries.flatten() {
-                let _ = Command::new("runc")
+                let _ = Command::new(self.oci_runtime())
                     .arg("--root")
                     .arg(&runtime_root)
                     .args(["delete", "--force"])

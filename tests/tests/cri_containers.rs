@@ -2,8 +2,8 @@
 //! the seed pod-pause pod (two containers that reach each other over localhost, sharing the
 //! pause's net and ipc namespaces), the full lifecycle with filters and exec, a third
 //! container that cannot bind a taken port, kill -9 of sandboxd while containers run, bad
-//! input, and cycles that must leak nothing. Needs root, runc, Debian's CNI plugins and
-//! busybox-static.
+//! input, and cycles that must leak nothing; each with the embedded runtime and with runc.
+//! Needs root, runc, Debian's CNI plugins and busybox-static.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,6 +15,33 @@ use serde_json::Value;
 use tonic::transport::Channel;
 
 type Client = RuntimeServiceClient<Channel>;
+
+/// Each test runs with both OCI runtimes: the embedded one (youki's libcontainer, the
+/// default) and runc.
+macro_rules! with_both_runtimes {
+    ($($test:ident),* $(,)?) => {
+        mod embedded_runtime {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(&[]).await
+            })*
+        }
+        mod runc {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(&["--runtime", "runc"]).await
+            })*
+        }
+    };
+}
+
+with_both_runtimes!(
+    the_pod_pause_containers_share_the_pod_network,
+    containers_run_stop_list_exec_and_are_removed,
+    containers_survive_a_kill_9_of_sandboxd,
+    bad_container_requests_are_refused_and_leave_nothing,
+    container_cycles_leak_nothing,
+);
 
 fn pod_config(name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
@@ -184,9 +211,8 @@ async fn pause_pid(client: &mut Client, pod: &str) -> u64 {
 /// The seed pod-pause over CRI: p8000 and p8080 in one pod answer each other on localhost,
 /// share the pause's net and ipc namespaces, own their mnt, uts and pid; a third container
 /// binding 8080 exits with "address in use" in its log and a non-zero exit code.
-#[tokio::test]
-async fn the_pod_pause_containers_share_the_pod_network() {
-    let daemon = SandboxdProcess::start();
+async fn the_pod_pause_containers_share_the_pod_network(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
     let mut client = daemon.client().await;
     let pod = run_pod(&mut client, "pod-pause").await;
     let c1 = run_container(
@@ -266,9 +292,8 @@ async fn the_pod_pause_containers_share_the_pod_network() {
     );
 }
 
-#[tokio::test]
-async fn containers_run_stop_list_exec_and_are_removed() {
-    let daemon = SandboxdProcess::start();
+async fn containers_run_stop_list_exec_and_are_removed(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
     let mut client = daemon.client().await;
     let pod = run_pod(&mut client, "lifecycle").await;
     let other = run_pod(&mut client, "other").await;
@@ -425,9 +450,8 @@ async fn containers_run_stop_list_exec_and_are_removed() {
     assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
 }
 
-#[tokio::test]
-async fn containers_survive_a_kill_9_of_sandboxd() {
-    let mut daemon = SandboxdProcess::start();
+async fn containers_survive_a_kill_9_of_sandboxd(runtime: &[&str]) {
+    let mut daemon = SandboxdProcess::start_with(runtime);
     let mut client = daemon.client().await;
     let pod = run_pod(&mut client, "survivor").await;
     let server = run_container(
@@ -476,9 +500,8 @@ async fn containers_survive_a_kill_9_of_sandboxd() {
     assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
 }
 
-#[tokio::test]
-async fn bad_container_requests_are_refused_and_leave_nothing() {
-    let daemon = SandboxdProcess::start();
+async fn bad_container_requests_are_refused_and_leave_nothing(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
     let mut client = daemon.client().await;
     let pod = run_pod(&mut client, "strict").await;
 
@@ -576,9 +599,8 @@ async fn bad_container_requests_are_refused_and_leave_nothing() {
 }
 
 /// 100 create/start/remove cycles leak no process, mount, runtime state or record.
-#[tokio::test]
-async fn container_cycles_leak_nothing() {
-    let daemon = SandboxdProcess::start();
+async fn container_cycles_leak_nothing(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
     let mut client = daemon.client().await;
     let pod = run_pod(&mut client, "cycles").await;
     for i in 0..100 {

@@ -38,9 +38,11 @@ struct Args {
     /// The pause binary (default: beside sandboxd).
     #[arg(long)]
     pause: Option<PathBuf>,
-    /// The OCI runtime containers run with (runc's command line: runc, crun, youki).
-    #[arg(long, default_value = sandboxd::config::DEFAULT_OCI_RUNTIME)]
-    runtime: PathBuf,
+    /// The OCI runtime containers run with: any with runc's command line (runc, crun, a
+    /// path). Default: the embedded one, sandboxd-runtime (youki's libcontainer), beside
+    /// sandboxd.
+    #[arg(long)]
+    runtime: Option<PathBuf>,
     /// The OCI runtime's state dir (its --root).
     #[arg(long, default_value = "/run/sandboxd/runtime")]
     runtime_root: PathBuf,

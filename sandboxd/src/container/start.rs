@@ -18,6 +18,9 @@ impl Runtime {
             )));
         }
         let oci = OciRuntime::new(&record.runtime, &self.config.oci_runtime_root);
+        // Taken before the start: a program that ends at once may be recorded as finished
+        // before `start` returns, and must not look as if it finished before it started.
+        let started_at_ns = now_ns();
         if let Err(e) = oci.start(&record.id).await {
             // The process may be gone (killed while created): say so in the status too.
             record.reason = "StartError".into();
@@ -26,7 +29,7 @@ impl Runtime {
             return Err(Error::step("start the container", record.describe(), e));
         }
         record.state = ContainerState::Running;
-        record.started_at_ns = now_ns();
+        record.started_at_ns = started_at_ns;
         self.save_container(&record)
     }
 }
