@@ -11,18 +11,21 @@
 # hostname-server answers GET /hostname with the pod's hostname. All images share the
 # busybox layer, so the store keeps it once.
 #
-#   examples/build-images.sh [--store DIR] [--no-build]
+#   examples/build-images.sh [--store DIR] [--no-build] [--archives DIR]
 #
 # Run as root. --store defaults to /var/lib/sandboxd/images; --no-build uses the binaries
-# already built, in $SANDBOXD_BIN_DIR (default target/release).
+# already built, in $SANDBOXD_BIN_DIR (default target/release); --archives also writes each
+# image as an OCI archive (DIR/img-busybox.tar, …) that other runtimes import.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 store=/var/lib/sandboxd/images
 build=1
+archives=
 while [ $# -gt 0 ]; do
   case "$1" in
     --store) store="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
+    --archives) archives="$2"; shift 2 ;;
     *) echo "build-images.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -73,4 +76,9 @@ done
 
 for layout in "$work"/img-*; do
   "$bin/sandboxctl" image import "$layout" --store "$store"
+  # OCI archives too, for other runtimes (`ctr images import`).
+  if [ -n "$archives" ]; then
+    mkdir -p "$archives"
+    tar -C "$layout" -cf "$archives/$(basename "$layout").tar" .
+  fi
 done

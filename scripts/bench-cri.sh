@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# RunPodSandbox latency, sequential and 10 in parallel, for sandboxd and, in the same run
-# with the same CNI chain and the same CRI calls, for Debian's containerd (1.6) with its
-# CRI plugin. Each runtime runs inside a node network namespace of its own, so neither
-# touches the machine's network. Run as root on Debian 12. Arguments go to cri-bench
-# (default: --pods 100 --parallel 10).
+# The CRI hot paths, for sandboxd and, in the same run with the same CNI chain, the same
+# images and the same CRI calls, for Debian's containerd (1.6) with its CRI plugin:
+# RunPodSandbox and CreateContainer+StartContainer latency (sequential and 10 in parallel),
+# the container path with sandboxd's embedded runtime and with runc on the same bundles,
+# and memory with 50 pods running (one container each). Each runtime runs inside a node
+# network namespace of its own, so neither touches the machine's network. Run as root on
+# Debian 12. Arguments go to every cri-bench run (default: --pods 100 --containers 100
+# --parallel 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh >/dev/null
@@ -11,7 +14,8 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends contai
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace
 bin=target/release
-if [ $# -eq 0 ]; then set -- --pods 100 --parallel 10; fi
+if [ $# -eq 0 ]; then set -- --pods 100 --containers 100 --parallel 10; fi
+hold=50
 
 work=$(mktemp -d /tmp/bench-cri.XXXXXX)
 pids=()
@@ -47,20 +51,41 @@ wait_socket() {
   echo "bench-cri.sh: $1 did not appear" >&2; exit 1
 }
 
-# sandboxd
+# The images: built from source, into sandboxd's store and as OCI archives for containerd.
+SANDBOXD_BIN_DIR="$bin" ./examples/build-images.sh --no-build \
+  --store "$work/sandboxd/state/images" --archives "$work/archives" >/dev/null
+mkdir -p "$work/logs"
+
+# sandboxd, with the embedded runtime and then with runc
 mkdir -p "$work/sandboxd/net.d"
 conflist "$work/sandboxd/ipam" > "$work/sandboxd/net.d/10-pods.conflist"
 node "$work/sandboxd-node"
-"$bin/sandboxd" --socket "$work/sandboxd/sandboxd.sock" --state-dir "$work/sandboxd/state" \
-  --netns-dir "$work/sandboxd/netns" --cni-conf-dir "$work/sandboxd/net.d" \
-  --cni-bin-dir /usr/lib/cni --node-netns "$work/sandboxd-node" 2>"$work/sandboxd.log" &
-pids+=($!)
-wait_socket "$work/sandboxd/sandboxd.sock"
+start_sandboxd() {
+  "$bin/sandboxd" --socket "$work/sandboxd/sandboxd.sock" --state-dir "$work/sandboxd/state" \
+    --netns-dir "$work/sandboxd/netns" --cni-conf-dir "$work/sandboxd/net.d" \
+    --runtime-root "$work/sandboxd/runtime" \
+    --cni-bin-dir /usr/lib/cni --node-netns "$work/sandboxd-node" "$@" 2>>"$work/sandboxd.log" &
+  pids+=($!)
+  wait_socket "$work/sandboxd/sandboxd.sock"
+}
+stop_daemon() {
+  kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
+  rm -f "$work/sandboxd/sandboxd.sock"
+}
 echo "| operation | runtime | n | p50 ms | p90 ms | p99 ms |"
 echo "| --- | --- | --- | --- | --- | --- |"
-"$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd" "$@"
-echo "sandboxd RSS after the run: $(ps -o rss= -p "${pids[0]}") KiB" >&2
-kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
+start_sandboxd
+"$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd (embedded runtime)" \
+  --log-dir "$work/logs" "$@"
+stop_daemon
+start_sandboxd --runtime runc
+"$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd (runc)" \
+  --log-dir "$work/logs" "$@" | grep Container
+stop_daemon
+start_sandboxd
+"$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd (embedded runtime)" \
+  --log-dir "$work/logs" --hold "$hold" --rss-pid "${pids[0]}" --rss-helper sandboxd-monitor > "$work/rss.md"
+stop_daemon
 
 # containerd, with the same chain and a pause image made from this repository's pause.
 c="$work/containerd"
@@ -89,5 +114,17 @@ wait_socket "$c/containerd.sock"
 ctr --address "$c/containerd.sock" -n k8s.io images import --base-name sandboxd.local/pause --digests "$c/pause.tar" >/dev/null
 ctr --address "$c/containerd.sock" -n k8s.io images tag --force \
   "$(ctr --address "$c/containerd.sock" -n k8s.io images ls -q | grep '^sandboxd.local/pause@' | head -1)" sandboxd.local/pause:bench >/dev/null
-"$bin/cri-bench" --endpoint "unix://$c/containerd.sock" --label "containerd 1.6" "$@"
-echo "containerd RSS after the run: $(ps -o rss= -p "${pids[0]}") KiB" >&2
+ctr --address "$c/containerd.sock" -n k8s.io images import --base-name docker.io/library/busybox \
+  --digests "$work/archives/img-busybox.tar" >/dev/null
+ctr --address "$c/containerd.sock" -n k8s.io images tag --force \
+  "$(ctr --address "$c/containerd.sock" -n k8s.io images ls -q | grep '^docker.io/library/busybox@' | head -1)" \
+  docker.io/library/busybox:latest >/dev/null
+"$bin/cri-bench" --endpoint "unix://$c/containerd.sock" --label "containerd 1.6 (runc)" \
+  --log-dir "$work/logs" "$@"
+"$bin/cri-bench" --endpoint "unix://$c/containerd.sock" --label "containerd 1.6 (runc)" \
+  --log-dir "$work/logs" --hold "$hold" --rss-pid "${pids[0]}" --rss-helper containerd-shim-runc-v2 >> "$work/rss.md"
+
+echo
+echo "| runtime | pods | runtime MiB | helpers | helpers MiB | total MiB |"
+echo "| --- | --- | --- | --- | --- | --- |"
+cat "$work/rss.md"

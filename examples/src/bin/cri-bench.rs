@@ -1,13 +1,21 @@
-//! cri-bench: RunPodSandbox latency of any CRI v1 runtime, as the kubelet would see it.
+//! cri-bench: latency of any CRI v1 runtime, as the kubelet would see it.
 //!
-//!   cri-bench --endpoint unix:///run/sandboxd/sandboxd.sock [--pods 100] [--parallel 10]
-//!             [--label NAME]
+//!   cri-bench --endpoint unix:///run/sandboxd/sandboxd.sock [--label NAME]
+//!             [--pods 100] [--parallel 10]            RunPodSandbox
+//!             [--containers 100 --image busybox]      CreateContainer + StartContainer
+//!             [--hold 50 --rss-pid PID --rss-helper NAME]
+//!                                                     memory with N pods running
+//!             [--log-dir DIR]                         the pods' log directory
 //!
-//! Runs `--pods` sandboxes one after another, then `--pods` more with `--parallel` in
+//! Pods: runs `--pods` sandboxes one after another, then `--pods` more with `--parallel` in
 //! flight at once; each is stopped and removed after it is measured, outside the timing.
-//! Prints Markdown rows (p50, p90, p99 of RunPodSandbox) for BENCHMARKS.md. The same CRI
-//! calls go to whichever runtime the endpoint names, so sandboxd and containerd are
-//! measured alike (`scripts/bench-cri.sh` starts both on the same CNI chain).
+//! Containers: in `--parallel` running pods, creates and starts `--containers` containers
+//! (`sleep 3600` from `--image`), one after another and then `--parallel` at once (one per
+//! pod); each is stopped and removed outside the timing. Hold: runs `--hold` pods with one
+//! container each, then reports the resident memory of process `--rss-pid` (the runtime)
+//! and of every process named `--rss-helper` (its per-pod or per-container helpers).
+//! Prints Markdown rows for BENCHMARKS.md. The same CRI calls go to whichever runtime the
+//! endpoint names, so sandboxd and containerd are measured alike (`scripts/bench-cri.sh`).
 
 use std::time::{Duration, Instant};
 
@@ -16,8 +24,17 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
+type Client = RuntimeServiceClient<Channel>;
+
+/// The pods' log directory (`--log-dir`); containers log there, as under the kubelet.
+static LOG_DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn pod(run: &str, i: usize) -> cri::PodSandboxConfig {
     let name = format!("bench-{run}-{i}");
+    let log_directory = LOG_DIR
+        .get()
+        .map(|dir| format!("{dir}/{name}"))
+        .unwrap_or_default();
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.clone(),
@@ -26,18 +43,31 @@ fn pod(run: &str, i: usize) -> cri::PodSandboxConfig {
             attempt: 0,
         }),
         hostname: name,
-        log_directory: String::new(),
+        log_directory,
         linux: Some(cri::LinuxPodSandboxConfig::default()),
         ..Default::default()
     }
 }
 
-async fn one(
-    mut client: RuntimeServiceClient<Channel>,
-    config: cri::PodSandboxConfig,
-) -> Result<Duration> {
-    let start = Instant::now();
-    let id = client
+fn container(image: &str, i: usize) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: format!("c{i}"),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "3600".into()],
+        log_path: format!("c{i}.log"),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(client: &mut Client, config: cri::PodSandboxConfig) -> Result<String> {
+    Ok(client
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config),
             runtime_handler: String::new(),
@@ -45,8 +75,10 @@ async fn one(
         .await
         .context("RunPodSandbox")?
         .into_inner()
-        .pod_sandbox_id;
-    let took = start.elapsed();
+        .pod_sandbox_id)
+}
+
+async fn remove_pod(client: &mut Client, id: String) -> Result<()> {
     client
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: id.clone(),
@@ -57,15 +89,76 @@ async fn one(
         .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
         .await
         .context("RemovePodSandbox")?;
+    Ok(())
+}
+
+async fn one_pod(mut client: Client, config: cri::PodSandboxConfig) -> Result<Duration> {
+    let start = Instant::now();
+    let id = run_pod(&mut client, config).await?;
+    let took = start.elapsed();
+    remove_pod(&mut client, id).await?;
     Ok(took)
 }
 
-fn row(label: &str, mode: &str, mut samples: Vec<Duration>) -> String {
+/// Creates and starts a container; returns its id and how long both calls took.
+async fn start_container(
+    client: &mut Client,
+    pod_id: &str,
+    pod_config: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> Result<(String, Duration)> {
+    let start = Instant::now();
+    let id = client
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .context("CreateContainer")?
+        .into_inner()
+        .container_id;
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .context("StartContainer")?;
+    Ok((id, start.elapsed()))
+}
+
+async fn remove_container(client: &mut Client, id: String) -> Result<()> {
+    client
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .context("StopContainer")?;
+    client
+        .remove_container(cri::RemoveContainerRequest { container_id: id })
+        .await
+        .context("RemoveContainer")?;
+    Ok(())
+}
+
+async fn one_container(
+    mut client: Client,
+    pod_id: String,
+    pod_config: cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> Result<Duration> {
+    let (id, took) = start_container(&mut client, &pod_id, &pod_config, config).await?;
+    remove_container(&mut client, id).await?;
+    Ok(took)
+}
+
+fn row(what: &str, label: &str, mode: &str, mut samples: Vec<Duration>) -> String {
     samples.sort();
     let q =
         |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
     format!(
-        "| RunPodSandbox, {mode} | {label} | {} | {:.1} | {:.1} | {:.1} |",
+        "| {what}, {mode} | {label} | {} | {:.1} | {:.1} | {:.1} |",
         samples.len(),
         q(0.5),
         q(0.9),
@@ -73,50 +166,216 @@ fn row(label: &str, mode: &str, mut samples: Vec<Duration>) -> String {
     )
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let mut endpoint = "unix:///run/sandboxd/sandboxd.sock".to_string();
-    let mut pods = 100;
-    let mut parallel = 10;
-    let mut label = "sandboxd".to_string();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--endpoint" => endpoint = value()?,
-            "--pods" => pods = value()?.parse()?,
-            "--parallel" => parallel = value()?.parse()?,
-            "--label" => label = value()?,
-            other => bail!("unknown argument {other:?}"),
-        }
-    }
-    if pods == 0 || parallel == 0 {
-        bail!("--pods and --parallel must be at least 1");
-    }
-    let client = sandboxd::client::connect(&endpoint).await?;
+async fn bench_pods(client: &Client, label: &str, pods: usize, parallel: usize) -> Result<()> {
     // One warm-up pod: the first ADD creates the bridge, the first calls load plugins.
-    one(client.clone(), pod("warmup", 0)).await?;
-
+    one_pod(client.clone(), pod("warmup", 0)).await?;
     let mut sequential = Vec::with_capacity(pods);
     for i in 0..pods {
-        sequential.push(one(client.clone(), pod("seq", i)).await?);
+        sequential.push(one_pod(client.clone(), pod("seq", i)).await?);
     }
-
     let mut concurrent = Vec::with_capacity(pods);
     let mut next = 0;
     while next < pods {
         let batch: Vec<_> = (next..(next + parallel).min(pods))
-            .map(|i| tokio::spawn(one(client.clone(), pod("par", i))))
+            .map(|i| tokio::spawn(one_pod(client.clone(), pod("par", i))))
             .collect();
         next += batch.len();
         for task in batch {
             concurrent.push(task.await??);
         }
     }
-    println!("{}", row(&label, "sequential", sequential));
+    let what = "RunPodSandbox";
+    println!("{}", row(what, label, "sequential", sequential));
     println!(
         "{}",
-        row(&label, &format!("{parallel} in parallel"), concurrent)
+        row(what, label, &format!("{parallel} in parallel"), concurrent)
     );
+    Ok(())
+}
+
+async fn bench_containers(
+    client: &Client,
+    label: &str,
+    count: usize,
+    parallel: usize,
+    image: &str,
+) -> Result<()> {
+    let mut pods = Vec::new();
+    for i in 0..parallel {
+        let config = pod("ctr", i);
+        let id = run_pod(&mut client.clone(), config.clone()).await?;
+        pods.push((id, config));
+    }
+    let outcome = async {
+        // Warm-up: the first container of an image prepares its snapshot or layers.
+        let (id0, config0) = &pods[0];
+        one_container(
+            client.clone(),
+            id0.clone(),
+            config0.clone(),
+            container(image, 0),
+        )
+        .await?;
+        let mut sequential = Vec::with_capacity(count);
+        for i in 0..count {
+            let (id, config) = &pods[i % pods.len()];
+            sequential.push(
+                one_container(
+                    client.clone(),
+                    id.clone(),
+                    config.clone(),
+                    container(image, 1 + i),
+                )
+                .await?,
+            );
+        }
+        let mut concurrent = Vec::with_capacity(count);
+        let mut next = 0;
+        while next < count {
+            let batch: Vec<_> = (next..(next + parallel).min(count))
+                .enumerate()
+                .map(|(lane, i)| {
+                    let (id, config) = pods[lane].clone();
+                    tokio::spawn(one_container(
+                        client.clone(),
+                        id,
+                        config,
+                        container(image, 1 + count + i),
+                    ))
+                })
+                .collect();
+            next += batch.len();
+            for task in batch {
+                concurrent.push(task.await??);
+            }
+        }
+        let what = "CreateContainer+StartContainer";
+        println!("{}", row(what, label, "sequential", sequential));
+        println!(
+            "{}",
+            row(what, label, &format!("{parallel} in parallel"), concurrent)
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    for (id, _) in pods {
+        remove_pod(&mut client.clone(), id).await?;
+    }
+    outcome
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Pids of the processes whose name (comm, which the kernel cuts to 15 bytes) is `name`.
+fn processes_named(name: &str) -> Vec<u32> {
+    let name = &name[..name.len().min(15)];
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == name)
+        })
+        .collect()
+}
+
+async fn hold(
+    client: &Client,
+    label: &str,
+    count: usize,
+    image: &str,
+    rss_pid: Option<u32>,
+    helper: Option<&str>,
+) -> Result<()> {
+    let mut pods = Vec::new();
+    let outcome = async {
+        for i in 0..count {
+            let config = pod("hold", i);
+            let id = run_pod(&mut client.clone(), config.clone()).await?;
+            pods.push(id.clone());
+            start_container(&mut client.clone(), &id, &config, container(image, i)).await?;
+        }
+        // Let start-up allocations settle before reading.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let runtime = rss_pid.and_then(rss_kib).unwrap_or(0);
+        let helpers: Vec<u64> = helper
+            .map(processes_named)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(rss_kib)
+            .collect();
+        println!(
+            "| {label} | {count} | {:.1} | {} × {} | {:.1} | {:.1} |",
+            runtime as f64 / 1024.0,
+            helpers.len(),
+            helper.unwrap_or("-"),
+            helpers.iter().sum::<u64>() as f64 / 1024.0,
+            (runtime + helpers.iter().sum::<u64>()) as f64 / 1024.0
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    for id in pods {
+        remove_pod(&mut client.clone(), id).await?;
+    }
+    outcome
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut endpoint = "unix:///run/sandboxd/sandboxd.sock".to_string();
+    let mut pods = 0;
+    let mut containers = 0;
+    let mut held = 0;
+    let mut parallel = 10;
+    let mut label = "sandboxd".to_string();
+    let mut image = "busybox".to_string();
+    let mut rss_pid = None;
+    let mut helper = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--endpoint" => endpoint = value()?,
+            "--pods" => pods = value()?.parse()?,
+            "--containers" => containers = value()?.parse()?,
+            "--hold" => held = value()?.parse()?,
+            "--parallel" => parallel = value()?.parse()?,
+            "--label" => label = value()?,
+            "--image" => image = value()?,
+            "--rss-pid" => rss_pid = Some(value()?.parse()?),
+            "--rss-helper" => helper = Some(value()?),
+            "--log-dir" => {
+                let _ = LOG_DIR.set(value()?);
+            }
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    if pods == 0 && containers == 0 && held == 0 {
+        bail!("nothing to measure: give --pods, --containers or --hold");
+    }
+    if parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let client = sandboxd::client::connect(&endpoint).await?;
+    if pods > 0 {
+        bench_pods(&client, &label, pods, parallel).await?;
+    }
+    if containers > 0 {
+        bench_containers(&client, &label, containers, parallel, &image).await?;
+    }
+    if held > 0 {
+        hold(&client, &label, held, &image, rss_pid, helper.as_deref()).await?;
+    }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! Without `-i`/`-t` it is CRI ExecSync (any CRI runtime): the command's output is printed
 //! and its exit code becomes sandboxctl's. With `-i`/`-t` it is interactive: sandboxd's
 //! streaming server is not there yet, so sandboxctl runs the container's OCI runtime
-//! (`runc exec -t`) itself, which works on the node sandboxd runs on.
+//! (`<runtime> exec [--tty]`) itself, which works on the node sandboxd runs on. The
+//! embedded runtime keeps no terminal: `-t` needs sandboxd's `--runtime runc`.
 
 use std::io::Write;
 
