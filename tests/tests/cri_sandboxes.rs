@@ -494,6 +494,42 @@ async fn bad_input_gets_the_right_code_and_a_message_naming_the_field() {
     daemon.assert_clean();
 }
 
+/// A pod whose network config and CNI cache entry are both gone can no longer be DELeted
+/// by any plugin; it must still stop and be removed (the lease is what may stay).
+#[tokio::test]
+async fn a_pod_whose_network_is_forgotten_still_stops_and_is_removed() {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.client().await;
+    let id = run_pod(&mut client, pod_config("forgotten", "uid-forgotten"))
+        .await
+        .unwrap();
+    std::fs::remove_file(daemon.config.cni_conf_dir.join("10-pods.conflist")).unwrap();
+    std::fs::remove_dir_all(daemon.config.cni_cache_dir()).unwrap();
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("stop without a network to DEL");
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    assert_eq!(daemon.pause_processes(), Vec::<u32>::new());
+    assert_eq!(files_under(&daemon.config.netns_dir), Vec::<PathBuf>::new());
+    // The netns went with pause, and the veth pair with it (the kernel cleans up a dead
+    // netns in the background, so give it a moment).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !daemon.node.veths().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(daemon.node.veths(), Vec::<String>::new());
+    assert_eq!(
+        files_under(&daemon.config.sandboxes_dir()),
+        Vec::<PathBuf>::new()
+    );
+}
+
 #[tokio::test]
 async fn a_network_that_fails_rolls_the_whole_sandbox_back() {
     let daemon = Daemon::start_with_network(Some(vec![json!({ "type": "fake" })])).await;

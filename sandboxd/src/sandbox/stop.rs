@@ -31,13 +31,20 @@ impl Runtime {
 
         if let Some(name) = record.network.clone() {
             let rt = Runtime::cni_runtime_conf(record);
-            let list = self
-                .attached_network(&name, &rt)
-                .map_err(|e| Error::step("find the pod network for DEL", &object, e))?;
-            self.cni
-                .del(&list, &rt)
-                .await
-                .map_err(|e| Error::step("detach the pod network", &object, e))?;
+            match self.attached_network(&name, &rt) {
+                Ok(list) => self
+                    .cni
+                    .del(&list, &rt)
+                    .await
+                    .map_err(|e| Error::step("detach the pod network", &object, e))?,
+                // Neither the conf dir nor the CNI cache knows the network any more, so no
+                // plugin can be called: refusing would keep the pod forever. What the
+                // plugins hold outside the netns (an IP lease) may stay; say so.
+                Err(e) => eprintln!(
+                    "sandboxd: stop {object}: cannot detach network {name} ({e:#}); \
+                     removing the pod without a CNI DEL, so its IP lease may remain"
+                ),
+            }
             record.network = None;
             record.cni_result = None;
         }

@@ -238,13 +238,13 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
         "pods" | "pod" | "po" => {}
         other => bail!("the resource type {other:?} is not known; sandboxctl gets pods"),
     }
-    let mut label_selector = HashMap::new();
-    for pair in args.selector.iter().flat_map(|s| s.split(',')) {
-        let Some((k, v)) = pair.split_once('=') else {
-            bail!("-l {pair:?}: expected key=value");
-        };
-        label_selector.insert(k.to_string(), v.to_string());
-    }
+    let pairs: Vec<String> = args
+        .selector
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(String::from)
+        .collect();
+    let label_selector = crate::output::labels("-l", &pairs)?;
     let sandboxes = client
         .list_pod_sandbox(cri::ListPodSandboxRequest {
             filter: Some(cri::PodSandboxFilter {

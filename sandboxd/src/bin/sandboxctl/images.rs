@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use k8s_cri::v1 as cri;
 
-use crate::output::{table, Format};
+use crate::output::{print_doc, table, Format};
 use crate::ImageClient;
 
 #[derive(clap::Args)]
@@ -25,6 +25,8 @@ pub struct ListArgs {
 pub struct InspectArgs {
     #[arg(required = true)]
     images: Vec<String>,
+    #[arg(long, short, value_enum, default_value = "json")]
+    output: Format,
 }
 
 #[derive(clap::Args)]
@@ -91,12 +93,8 @@ pub async fn list(client: &mut ImageClient, args: ListArgs) -> anyhow::Result<()
         }
         return Ok(());
     }
-    if args.output == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "images": images }))?
-        );
-        return Ok(());
+    if args.output != Format::Table {
+        return print_doc(&serde_json::json!({ "images": images }), args.output);
     }
     let mut rows = Vec::new();
     for image in &images {
@@ -147,7 +145,7 @@ pub async fn inspect(client: &mut ImageClient, args: InspectArgs) -> anyhow::Res
             doc["info"] =
                 serde_json::from_str(info).unwrap_or(serde_json::Value::String(info.clone()));
         }
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        print_doc(&doc, args.output)?;
     }
     Ok(())
 }

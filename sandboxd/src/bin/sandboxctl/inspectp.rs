@@ -3,6 +3,7 @@
 
 use k8s_cri::v1 as cri;
 
+use crate::output::{print_doc, Format};
 use crate::Client;
 
 #[derive(clap::Args)]
@@ -10,6 +11,8 @@ pub struct Args {
     /// Pod sandboxes: ids, unique id prefixes or names.
     #[arg(required = true)]
     ids: Vec<String>,
+    #[arg(long, short, value_enum, default_value = "json")]
+    output: Format,
 }
 
 pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
@@ -41,7 +44,7 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
             doc["info"] =
                 serde_json::from_str(info).unwrap_or(serde_json::Value::String(info.clone()));
         }
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        print_doc(&doc, args.output)?;
     }
     Ok(())
 }

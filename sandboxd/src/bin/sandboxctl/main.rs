@@ -54,7 +54,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runtime name and versions.
-    Version,
+    Version(version::VersionArgs),
     /// Runtime status and conditions (RuntimeReady, NetworkReady).
     Info(version::InfoArgs),
     /// Run a pod sandbox from a pod config file (JSON, as crictl runp takes).
@@ -126,7 +126,7 @@ async fn main() -> ExitCode {
         let mut client = RuntimeServiceClient::new(channel.clone());
         let mut images = ImageServiceClient::new(channel);
         match cli.command {
-            Command::Version => version::version(&mut client).await,
+            Command::Version(args) => version::version(&mut client, args).await,
             Command::Info(args) => version::info(&mut client, args).await,
             Command::Runp(args) => runp::run(&mut client, args).await,
             Command::Stopp(args) => stopp::run(&mut client, args).await,

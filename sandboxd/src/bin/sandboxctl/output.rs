@@ -75,3 +75,17 @@ pub fn describe_error(e: &anyhow::Error) -> String {
         None => format!("{e:#}"),
     }
 }
+
+/// `key=value` flags as a label selector; `flag` names them in errors.
+pub fn labels(
+    flag: &str,
+    pairs: &[String],
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => anyhow::bail!("{flag} {pair:?}: expected key=value"),
+        })
+        .collect()
+}

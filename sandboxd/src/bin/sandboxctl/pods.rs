@@ -1,8 +1,5 @@
 //! `pods`: list pod sandboxes, filtered as crictl's flags filter them.
 
-use std::collections::HashMap;
-
-use anyhow::Context;
 use k8s_cri::v1 as cri;
 
 use crate::output::{age, print_doc, table, Format};
@@ -47,13 +44,7 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
         Some("notready") | Some("sandbox_notready") => Some(cri::PodSandboxState::SandboxNotready),
         Some(other) => anyhow::bail!("--state {other:?}: expected ready or notready"),
     };
-    let mut label_selector = HashMap::new();
-    for label in &args.labels {
-        let (k, v) = label
-            .split_once('=')
-            .with_context(|| format!("--label {label:?}: expected key=value"))?;
-        label_selector.insert(k.to_string(), v.to_string());
-    }
+    let label_selector = crate::output::labels("--label", &args.labels)?;
     let filter = cri::PodSandboxFilter {
         id: args.id.unwrap_or_default(),
         state: state.map(|s| cri::PodSandboxStateValue { state: s as i32 }),

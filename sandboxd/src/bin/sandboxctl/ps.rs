@@ -1,9 +1,6 @@
 //! `ps`: list containers, filtered as crictl's flags filter them (running ones unless
 //! `--all`).
 
-use std::collections::HashMap;
-
-use anyhow::Context;
 use k8s_cri::v1 as cri;
 
 use crate::output::{age, print_doc, table, Format};
@@ -65,13 +62,7 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
         Some("all") => None,
         Some(other) => anyhow::bail!("--state {other:?}: expected created, running or exited"),
     };
-    let mut label_selector = HashMap::new();
-    for label in &args.labels {
-        let (k, v) = label
-            .split_once('=')
-            .with_context(|| format!("--label {label:?}: expected key=value"))?;
-        label_selector.insert(k.to_string(), v.to_string());
-    }
+    let label_selector = crate::output::labels("--label", &args.labels)?;
     let pod_sandbox_id = match &args.pod {
         Some(pod) => crate::lookup::pod_id(client, pod).await?,
         None => String::new(),

@@ -2,15 +2,26 @@
 
 use k8s_cri::v1 as cri;
 
+use crate::output::{print_doc, Format};
 use crate::Client;
 
-pub async fn version(client: &mut Client) -> anyhow::Result<()> {
+#[derive(clap::Args)]
+pub struct VersionArgs {
+    /// json or yaml instead of crictl's lines.
+    #[arg(long, short, value_enum)]
+    output: Option<Format>,
+}
+
+pub async fn version(client: &mut Client, args: VersionArgs) -> anyhow::Result<()> {
     let v = client
         .version(cri::VersionRequest {
             version: "v1".into(),
         })
         .await?
         .into_inner();
+    if let Some(format) = args.output.filter(|f| *f != Format::Table) {
+        return print_doc(&serde_json::json!(v), format);
+    }
     println!("Version:  {}", v.version);
     println!("RuntimeName:  {}", v.runtime_name);
     println!("RuntimeVersion:  {}", v.runtime_version);
@@ -23,6 +34,8 @@ pub struct InfoArgs {
     /// Include the runtime's configuration.
     #[arg(long, short)]
     verbose: bool,
+    #[arg(long, short, value_enum, default_value = "json")]
+    output: Format,
 }
 
 pub async fn info(client: &mut Client, args: InfoArgs) -> anyhow::Result<()> {
@@ -36,6 +49,5 @@ pub async fn info(client: &mut Client, args: InfoArgs) -> anyhow::Result<()> {
     for (key, value) in &status.info {
         doc[key] = serde_json::from_str(value).unwrap_or(serde_json::Value::String(value.clone()));
     }
-    println!("{}", serde_json::to_string_pretty(&doc)?);
-    Ok(())
+    print_doc(&doc, args.output)
 }
