@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what sandboxd needs on Debian 12, as root: a C linker for Rust, iproute2 and
 # util-linux (namespaces), Debian's upstream CNI plugins (/usr/lib/cni), iptables (portmap),
-# protoc (the CRI protobuf bindings are generated at build time),
+# nftables (the Services data plane), protoc (the CRI protobuf bindings are generated at
+# build time), runc (the other OCI runtime), busybox-static (the demo images),
 # and Rust itself through rustup if cargo is missing. Safe to run again.
 set -euo pipefail
 
 packages=(
   build-essential pkg-config ca-certificates curl file
   iproute2 util-linux procps iputils-ping
-  iptables containernetworking-plugins
+  iptables nftables containernetworking-plugins
   protobuf-compiler busybox-static
   python3 python3-grpcio python3-protobuf runc
 )

@@ -40,4 +40,5 @@ pub mod rollback;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod service;
 pub mod store;
