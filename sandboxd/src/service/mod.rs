@@ -5,9 +5,11 @@
 //!   validation, every error naming the field;
 //! * [`allocate`]: ClusterIPs from the service CIDR and node ports from their range;
 //! * [`nftables`]: the data plane, kube-proxy's nftables design (KEP-3866) rendered as one
-//!   `nft -f` transaction per change.
+//!   `nft -f` transaction per change; [`iptables`]: kube-proxy's iptables shape, for
+//!   comparison.
 
 pub mod allocate;
+pub mod iptables;
 pub mod nftables;
 
 use std::collections::BTreeMap;

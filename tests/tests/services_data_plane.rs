@@ -1,14 +1,16 @@
-//! The nftables data plane against the kernel, with real connections: a node (a network
+//! The Services data plane against the kernel, with real connections: a node (a network
 //! namespace that routes) between a client namespace and server namespaces running
-//! hostname-server, the table `ip sandboxd` programmed in the node with `nft -f`. Checks
-//! what kube-proxy's nftables mode does: ClusterIP DNAT to a random endpoint, NodePort on
-//! the node's address, reject at once without endpoints, hairpin, ClientIP affinity, an
-//! update that touches one service only, and an idempotent full sync. Needs root and nft.
+//! hostname-server, the rules programmed in the node, in both modes: nftables (the table
+//! `ip sandboxd`, `nft -f`) and iptables (`iptables-restore`). Checks what kube-proxy does:
+//! ClusterIP DNAT to a random endpoint, NodePort on the node's address, reject at once
+//! without endpoints, hairpin, ClientIP affinity, an update that leaves other services'
+//! rules alone, and an idempotent full sync. Needs root, nft and iptables.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sandboxd::service::iptables;
 use sandboxd::service::nftables::{self, Cluster, ProgrammedPort, ProgrammedService};
 use sandboxd::service::Protocol;
 use sandboxd_tests::{require_root, run, unique_name, workspace_binary, Netns};
@@ -88,6 +90,23 @@ impl Lab {
         let node = Netns::new("sbt-svcnode");
         node.exec(&["ip", "link", "set", "lo", "up"]);
         node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // A default route, as a real node has: a ClusterIP with no rule must be routed (and
+        // so reach the filter hooks) rather than fail the route lookup.
+        node.exec(&[
+            "ip",
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink-peer",
+        ]);
+        node.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "uplink"]);
+        node.exec(&["ip", "link", "set", "uplink-peer", "up"]);
+        node.exec(&["ip", "link", "set", "uplink", "up"]);
+        node.exec(&["ip", "route", "add", "default", "via", "192.0.2.254"]);
         let client = Netns::new("sbt-client");
         link(&node, &client, 1);
         let mut lab = Lab {
@@ -131,10 +150,46 @@ impl Lab {
         }
     }
 
-    fn apply(&self, script: &str) {
+    /// The whole set of services, as a (re)start does.
+    fn sync(&self, mode: Mode, services: &[ProgrammedService]) {
+        match mode {
+            Mode::Nftables => self.feed(
+                &["nft", "-f", "-"],
+                &nftables::full_sync(&cluster(), services),
+            ),
+            Mode::Iptables => {
+                let saved = self.node.exec(&["iptables-save", "-t", "nat"]);
+                let jumps = saved.contains(
+                    "-A PREROUTING -m comment --comment \"sandboxd services\" -j SBX-SERVICES",
+                );
+                let stale = iptables::stale_chains(&saved, &iptables::chains(services));
+                let text = iptables::restore(&cluster(), services, jumps, &stale);
+                self.feed(&["iptables-restore", "--noflush"], &text);
+            }
+        }
+    }
+
+    /// One service changed from `old` to `new`; `all` is the whole set after the change.
+    fn update(
+        &self,
+        mode: Mode,
+        old: Option<&ProgrammedService>,
+        new: Option<&ProgrammedService>,
+        all: &[ProgrammedService],
+    ) {
+        match mode {
+            Mode::Nftables => {
+                self.feed(&["nft", "-f", "-"], &nftables::update(&cluster(), old, new))
+            }
+            // The iptables mode rewrites its chains whole, as kube-proxy's does.
+            Mode::Iptables => self.sync(mode, all),
+        }
+    }
+
+    fn feed(&self, command: &[&str], script: &str) {
         let out = Command::new("nsenter")
             .arg(format!("--net={}", self.node.path().display()))
-            .args(["nft", "-f", "-"])
+            .args(command)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -147,13 +202,56 @@ impl Lab {
             .unwrap();
         assert!(
             out.status.success(),
-            "nft -f failed: {}\n{script}",
+            "{command:?} failed: {}\n{script}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
 
-    fn table(&self) -> String {
-        self.node.exec(&["nft", "list", "table", "ip", "sandboxd"])
+    /// The rules as the mode lists them (without counters).
+    fn rules(&self, mode: Mode) -> String {
+        match mode {
+            Mode::Nftables => self.node.exec(&["nft", "list", "table", "ip", "sandboxd"]),
+            Mode::Iptables => ["nat", "filter"]
+                .iter()
+                .map(|t| self.node.exec(&["iptables-save", "-t", t]))
+                .collect::<String>()
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| {
+                    if l.starts_with(':') {
+                        l.split(' ').next().unwrap_or(l)
+                    } else {
+                        l
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    /// The rules of one service's own chain.
+    fn service_rules(&self, mode: Mode, service: &ProgrammedService) -> String {
+        let rules = self.rules(mode);
+        match mode {
+            Mode::Nftables => {
+                let name = format!("chain svc-{}/tcp/8080 {{", service.key);
+                let start = rules.find(&name).expect("the service chain");
+                rules[start..start + rules[start..].find('}').unwrap()].to_string()
+            }
+            Mode::Iptables => {
+                let ours: Vec<&str> = rules
+                    .lines()
+                    .filter(|l| l.starts_with("-A SBX-SERVICES "))
+                    .filter(|l| l.contains(&format!("{}:8080/tcp", service.key)))
+                    .collect();
+                let chain = ours[0].rsplit(' ').next().unwrap().to_string();
+                rules
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("-A {chain} ")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }
     }
 }
 
@@ -187,6 +285,35 @@ fn fetch_in(ns: &Netns, addr: &str) -> (bool, String, Duration) {
     .unwrap()
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Nftables,
+    Iptables,
+}
+
+macro_rules! in_both_modes {
+    ($($test:ident),* $(,)?) => {
+        mod nftables_mode {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Mode::Nftables)
+            })*
+        }
+        mod iptables_mode {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Mode::Iptables)
+            })*
+        }
+    };
+}
+
+in_both_modes!(
+    cluster_ips_and_node_ports_reach_the_endpoints,
+    a_service_without_endpoints_is_refused_at_once,
+    an_update_changes_one_service_and_affinity_sticks,
+);
+
 fn cluster() -> Cluster {
     Cluster {
         pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 16),
@@ -207,12 +334,11 @@ fn service(key: &str, ip: [u8; 4], node_port: Option<u16>, eps: &[Ipv4Addr]) -> 
     }
 }
 
-#[test]
-fn cluster_ips_and_node_ports_reach_the_endpoints() {
+fn cluster_ips_and_node_ports_reach_the_endpoints(mode: Mode) {
     let lab = Lab::new(2);
     let (a, b) = (lab.servers[0].ip, lab.servers[1].ip);
     let web = service("default/web", [10, 96, 0, 10], Some(31080), &[a, b]);
-    lab.apply(&nftables::full_sync(&cluster(), std::slice::from_ref(&web)));
+    lab.sync(mode, std::slice::from_ref(&web));
 
     // Both endpoints get traffic, each at least 20 % of 100 requests.
     let mut seen = std::collections::HashMap::new();
@@ -233,16 +359,15 @@ fn cluster_ips_and_node_ports_reach_the_endpoints() {
     assert!(ok, "hairpin: {body}");
 
     // A full sync again changes nothing and duplicates nothing.
-    let before = lab.table();
-    lab.apply(&nftables::full_sync(&cluster(), &[web]));
-    assert_eq!(lab.table(), before);
+    let before = lab.rules(mode);
+    lab.sync(mode, &[web]);
+    assert_eq!(lab.rules(mode), before);
 }
 
-#[test]
-fn a_service_without_endpoints_is_refused_at_once() {
+fn a_service_without_endpoints_is_refused_at_once(mode: Mode) {
     let lab = Lab::new(1);
     let empty = service("default/empty", [10, 96, 0, 20], Some(31081), &[]);
-    lab.apply(&nftables::full_sync(&cluster(), &[empty]));
+    lab.sync(mode, &[empty]);
     for addr in ["10.96.0.20:8080", "10.244.1.1:31081"] {
         let (ok, body, took) = fetch_in(&lab.client, addr);
         assert!(!ok);
@@ -257,29 +382,31 @@ fn a_service_without_endpoints_is_refused_at_once() {
     }
 }
 
-#[test]
-fn an_update_changes_one_service_and_affinity_sticks() {
+fn an_update_changes_one_service_and_affinity_sticks(mode: Mode) {
     let lab = Lab::new(2);
     let (a, b) = (lab.servers[0].ip, lab.servers[1].ip);
     let one = service("default/one", [10, 96, 0, 31], None, &[a]);
     let two = service("default/two", [10, 96, 0, 32], None, &[b]);
-    lab.apply(&nftables::full_sync(
-        &cluster(),
-        &[one.clone(), two.clone()],
-    ));
-    let chain_of = |table: &str, name: &str| {
-        let start = table.find(&format!("chain {name} {{")).expect("chain");
-        table[start..start + table[start..].find('}').unwrap()].to_string()
-    };
-    let two_before = chain_of(&lab.table(), "svc-default/two/tcp/8080");
+    lab.sync(mode, &[one.clone(), two.clone()]);
+    let two_before = lab.service_rules(mode, &two);
 
     // one: a → both, with ClientIP affinity.
     let mut sticky = service("default/one", [10, 96, 0, 31], None, &[a, b]);
     sticky.affinity_seconds = Some(60);
-    lab.apply(&nftables::update(&cluster(), Some(&one), Some(&sticky)));
-    let table = lab.table();
-    assert_eq!(chain_of(&table, "svc-default/two/tcp/8080"), two_before);
-    assert!(table.contains("numgen random mod 2"), "{table}");
+    lab.update(
+        mode,
+        Some(&one),
+        Some(&sticky),
+        &[sticky.clone(), two.clone()],
+    );
+    assert_eq!(lab.service_rules(mode, &two), two_before);
+    let sticky_rules = lab.service_rules(mode, &sticky);
+    let jumps =
+        sticky_rules.matches("goto ep-").count() + sticky_rules.matches("-j SBX-SEP-").count();
+    assert_eq!(
+        jumps, 4,
+        "two affinity checks and two choices: {sticky_rules}"
+    );
     let mut chosen = std::collections::HashSet::new();
     for _ in 0..20 {
         let (ok, body, _) = fetch_in(&lab.client, "10.96.0.31:8080");
@@ -293,10 +420,10 @@ fn an_update_changes_one_service_and_affinity_sticks() {
     );
 
     // Removing one leaves two.
-    lab.apply(&nftables::update(&cluster(), Some(&sticky), None));
-    let table = lab.table();
-    assert!(!table.contains("default/one"), "{table}");
-    assert_eq!(chain_of(&table, "svc-default/two/tcp/8080"), two_before);
+    lab.update(mode, Some(&sticky), None, std::slice::from_ref(&two));
+    let rules = lab.rules(mode);
+    assert!(!rules.contains("default/one"), "{rules}");
+    assert_eq!(lab.service_rules(mode, &two), two_before);
     let (ok, body, _) = fetch_in(&lab.client, "10.96.0.32:8080");
     assert!(ok, "{body}");
 }
