@@ -174,13 +174,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// runc's `state` fields that callers read.
 fn serde_state(container: &Container) -> String {
-    format!(
-        "{{\"ociVersion\":\"1.0.2\",\"id\":{:?},\"status\":{:?},\"pid\":{},\"bundle\":{:?}}}",
-        container.id(),
-        format!("{:?}", container.status()).to_lowercase(),
-        container.pid().map(|p| p.as_raw()).unwrap_or(0),
-        container.bundle().display().to_string()
-    )
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": container.id(),
+        "status": format!("{:?}", container.status()).to_lowercase(),
+        "pid": container.pid().map(|p| p.as_raw()).unwrap_or(0),
+        "bundle": container.bundle(),
+    })
+    .to_string()
 }
 
 fn main() -> ExitCode {
