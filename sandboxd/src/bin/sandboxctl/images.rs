@@ -142,8 +142,7 @@ pub async fn inspect(client: &mut ImageClient, args: InspectArgs) -> anyhow::Res
         };
         let mut doc = serde_json::json!({ "status": status });
         if let Some(info) = reply.info.get("info") {
-            doc["info"] =
-                serde_json::from_str(info).unwrap_or(serde_json::Value::String(info.clone()));
+            doc["info"] = crate::output::info_value(info);
         }
         print_doc(&doc, args.output)?;
     }

@@ -30,7 +30,7 @@ pub async fn document(client: &mut Client, id: &str) -> anyhow::Result<serde_jso
         doc["status"]["state"] = serde_json::json!(state.as_str_name());
     }
     if let Some(info) = reply.info.get("info") {
-        doc["info"] = serde_json::from_str(info).unwrap_or(serde_json::Value::String(info.clone()));
+        doc["info"] = crate::output::info_value(info);
     }
     Ok(doc)
 }

@@ -41,8 +41,7 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
             }
         }
         if let Some(info) = reply.info.get("info") {
-            doc["info"] =
-                serde_json::from_str(info).unwrap_or(serde_json::Value::String(info.clone()));
+            doc["info"] = crate::output::info_value(info);
         }
         print_doc(&doc, args.output)?;
     }

@@ -89,3 +89,8 @@ pub fn labels(
         })
         .collect()
 }
+
+/// A runtime's verbose `info` value: JSON when it is (sandboxd's always is), else the text.
+pub fn info_value(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}

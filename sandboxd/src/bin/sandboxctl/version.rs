@@ -47,7 +47,7 @@ pub async fn info(client: &mut Client, args: InfoArgs) -> anyhow::Result<()> {
         .into_inner();
     let mut doc = serde_json::json!({ "status": status.status });
     for (key, value) in &status.info {
-        doc[key] = serde_json::from_str(value).unwrap_or(serde_json::Value::String(value.clone()));
+        doc[key] = crate::output::info_value(value);
     }
     print_doc(&doc, args.output)
 }
