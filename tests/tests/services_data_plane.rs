@@ -1,7 +1,7 @@
 //! The Services data plane against the kernel, with real connections: a node (a network
 //! namespace that routes) between a client namespace and server namespaces running
 //! hostname-server, the rules programmed in the node, in both modes: nftables (the table
-//! `ip sandboxd`, `nft -f`) and iptables (`iptables-restore`). Checks what kube-proxy does:
+//! `ip sandboxd`, over netlink as the daemon does) and iptables (`iptables-restore`). Checks what kube-proxy does:
 //! ClusterIP DNAT to a random endpoint, NodePort on the node's address, reject at once
 //! without endpoints, hairpin, ClientIP affinity, an update that leaves other services'
 //! rules alone, and an idempotent full sync. Needs root, nft and iptables.
@@ -11,8 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sandboxd::service::iptables;
-use sandboxd::service::nftables::{self, Cluster, ProgrammedPort, ProgrammedService};
-use sandboxd::service::Protocol;
+use sandboxd::service::netlink::NftSocket;
+use sandboxd::service::plan::{self, Cluster, Plan, ProgrammedPort, ProgrammedService};
+use sandboxd::service::{nftables, Protocol};
 use sandboxd_tests::{require_root, run, unique_name, workspace_binary, Netns};
 
 struct Server {
@@ -153,10 +154,7 @@ impl Lab {
     /// The whole set of services, as a (re)start does.
     fn sync(&self, mode: Mode, services: &[ProgrammedService]) {
         match mode {
-            Mode::Nftables => self.feed(
-                &["nft", "-f", "-"],
-                &nftables::full_sync(&cluster(), services),
-            ),
+            Mode::Nftables => self.apply(&plan::full_sync(&cluster(), services)),
             Mode::Iptables => {
                 let saved = self.node.exec(&["iptables-save", "-t", "nat"]);
                 let jumps = saved.contains(
@@ -178,11 +176,17 @@ impl Lab {
         all: &[ProgrammedService],
     ) {
         match mode {
-            Mode::Nftables => {
-                self.feed(&["nft", "-f", "-"], &nftables::update(&cluster(), old, new))
-            }
+            Mode::Nftables => self.apply(&plan::update(&cluster(), old, new)),
             // The iptables mode rewrites its chains whole, as kube-proxy's does.
             Mode::Iptables => self.sync(mode, all),
+        }
+    }
+
+    /// A plan sent over netlink, in the node.
+    fn apply(&self, plan: &Plan) {
+        let mut socket = NftSocket::open_in(Some(&self.node.path())).unwrap();
+        if let Err(e) = socket.apply(plan) {
+            panic!("{e:#}\n{}", nftables::render(plan));
         }
     }
 
@@ -426,4 +430,116 @@ fn an_update_changes_one_service_and_affinity_sticks(mode: Mode) {
     assert_eq!(lab.service_rules(mode, &two), two_before);
     let (ok, body, _) = fetch_in(&lab.client, "10.96.0.32:8080");
     assert!(ok, "{body}");
+}
+
+/// The netlink backend and `nft -f` (commands, and blocks for a full sync) build the same
+/// table, byte for byte as nft lists it, for a full sync with every kind of service and
+/// for updates of one service.
+#[test]
+fn netlink_and_nft_text_program_the_same_table() {
+    require_root();
+    let by_text = Netns::new("sbt-nfttext");
+    let by_blocks = Netns::new("sbt-nftblk");
+    let by_netlink = Netns::new("sbt-nftnl");
+    let mut socket = NftSocket::open_in(Some(&by_netlink.path())).unwrap();
+    let list = |ns: &Netns| ns.exec(&["nft", "list", "table", "ip", "sandboxd"]);
+    let feed_in = |ns: &Netns, script: String| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .args(["nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(script.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let feed = |plan: &Plan| feed_in(&by_text, nftables::render(plan));
+    let eps =
+        |n: u8| -> Vec<Ipv4Addr> { (0..n).map(|i| Ipv4Addr::new(10, 244, 3, i + 2)).collect() };
+    let mut sticky = service("default/sticky", [10, 96, 0, 12], Some(30012), &eps(3));
+    sticky.affinity_seconds = Some(10800);
+    let mut udp = service("kube-system/dns", [10, 96, 0, 13], None, &eps(1));
+    udp.ports[0].protocol = Protocol::Udp;
+    udp.ports[0].port = 53;
+    let services = vec![
+        service("default/web", [10, 96, 0, 10], Some(31080), &eps(2)),
+        service("default/empty", [10, 96, 0, 11], Some(31081), &[]),
+        sticky.clone(),
+        udp,
+    ];
+    // Both a whole-byte and a masked pod CIDR prefix.
+    for cluster in [
+        cluster(),
+        Cluster {
+            pod_cidr: (Ipv4Addr::new(10, 240, 0, 0), 12),
+        },
+    ] {
+        let plan = plan::full_sync(&cluster, &services);
+        feed(&plan);
+        feed_in(&by_blocks, nftables::render_blocks(&plan).unwrap());
+        socket.apply(&plan).unwrap();
+        assert_eq!(list(&by_netlink), list(&by_text));
+        assert_eq!(list(&by_blocks), list(&by_text));
+
+        let mut moved = sticky.clone();
+        moved.ports[0].endpoints.pop();
+        moved.affinity_seconds = None;
+        for (old, new) in [
+            (Some(&sticky), Some(&moved)),
+            (Some(&moved), None),
+            (None, Some(&sticky)),
+        ] {
+            let plan = plan::update(&cluster, old, new);
+            feed(&plan);
+            socket.apply(&plan).unwrap();
+            assert_eq!(list(&by_netlink), list(&by_text));
+        }
+    }
+}
+
+/// A refused batch changes nothing and the error names the operation and the reason.
+#[test]
+fn a_refused_netlink_batch_leaves_the_table_as_it_was() {
+    require_root();
+    let ns = Netns::new("sbt-nftnl");
+    let mut socket = NftSocket::open_in(Some(&ns.path())).unwrap();
+    let web = service(
+        "default/web",
+        [10, 96, 0, 10],
+        Some(31080),
+        &[Ipv4Addr::new(10, 244, 3, 2)],
+    );
+    socket
+        .apply(&plan::full_sync(&cluster(), std::slice::from_ref(&web)))
+        .unwrap();
+    let before = ns.exec(&["nft", "list", "table", "ip", "sandboxd"]);
+
+    // Removing a service that is not there: its map element does not exist.
+    let ghost = service(
+        "default/ghost",
+        [10, 96, 0, 99],
+        None,
+        &[Ipv4Addr::new(10, 244, 3, 9)],
+    );
+    let mut plan = plan::update(&cluster(), None, Some(&ghost));
+    plan.ops
+        .extend(plan::update(&cluster(), Some(&ghost), None).ops);
+    plan.ops
+        .extend(plan::update(&cluster(), Some(&ghost), None).ops);
+    let error = socket.apply(&plan).unwrap_err().to_string();
+    assert!(
+        error.contains("delete element ip sandboxd service-ips { 10.96.0.99 . tcp . 8080 }"),
+        "{error}"
+    );
+    assert!(error.contains("No such file or directory"), "{error}");
+    assert_eq!(ns.exec(&["nft", "list", "table", "ip", "sandboxd"]), before);
 }

@@ -21,7 +21,7 @@ use std::fmt::Write;
 
 use sha2::Digest;
 
-use crate::service::nftables::{Cluster, ProgrammedPort, ProgrammedService, MASQUERADE_MARK};
+use crate::service::plan::{Cluster, ProgrammedPort, ProgrammedService, MASQUERADE_MARK};
 
 const SERVICES: &str = "SBX-SERVICES";
 const NODEPORTS: &str = "SBX-NODEPORTS";

@@ -4,13 +4,16 @@
 //! * this module: the Service as users write it (a `v1` Service manifest's fields) and its
 //!   validation, every error naming the field;
 //! * [`allocate`]: ClusterIPs from the service CIDR and node ports from their range;
-//! * [`nftables`]: the data plane, kube-proxy's nftables design (KEP-3866) rendered as one
-//!   `nft -f` transaction per change; [`iptables`]: kube-proxy's iptables shape, for
+//! * [`plan`]: the data plane, kube-proxy's nftables design (KEP-3866), as operations on
+//!   sandboxd's table; sent by [`netlink`] as one nf_tables batch per change, or rendered
+//!   by [`nftables`] as `nft -f` text; [`iptables`]: kube-proxy's iptables shape, for
 //!   comparison.
 
 pub mod allocate;
 pub mod iptables;
+pub mod netlink;
 pub mod nftables;
+pub mod plan;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

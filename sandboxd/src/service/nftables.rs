@@ -1,293 +1,205 @@
-//! The data plane as kube-proxy's nftables mode builds it (KEP-3866), in one table that
-//! sandboxd owns (`ip sandboxd`), applied with `nft -f` so every change is one atomic
-//! transaction:
-//!
-//! ```text
-//!  nat-prerouting / nat-output ─► services ─┬─ ip daddr . l4proto . dport  vmap @service-ips
-//!                                           └─ fib daddr type local:
-//!                                              l4proto . dport            vmap @service-nodeports
-//!        @service-ips / @service-nodeports ─► svc-<ns>/<name>/<proto>/<port>
-//!            (traffic from outside the pod CIDR marked for masquerade; ClientIP affinity;
-//!             numgen random mod N vmap { i : goto ep-… })
-//!        ep-<…>__<ip>/<port>: hairpin (from the endpoint itself) marked; dnat to ip:port
-//!  nat-postrouting ─► masquerading: marked packets are masqueraded
-//!  filter-input / -forward / -output: new connections to a service without endpoints
-//!     ─► @no-endpoint-services / @no-endpoint-nodeports ─► reject (port unreachable)
-//! ```
-//!
-//! Lookups are verdict maps, so the cost of a packet does not grow with the number of
-//! services (iptables' SERVICES chain is a list). A change to one service replaces only
-//! its own chains, sets and map elements.
+//! A [`Plan`] as `nft -f` text: the readable form of the data plane (what `nft list table
+//! ip sandboxd` shows back), and the baseline the netlink backend is measured against.
 
 use std::fmt::Write;
-use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::service::Protocol;
+use crate::service::plan::{
+    BaseChain, ChainType, Hook, Key, MapKey, Op, Plan, Rule, Verdict, TABLE,
+};
 
-pub const TABLE: &str = "sandboxd";
-/// The packet mark of connections to masquerade, as kube-proxy's.
-pub const MASQUERADE_MARK: u32 = 0x4000;
-
-/// One port of a service, as programmed: where it listens and where it forwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgrammedPort {
-    pub protocol: Protocol,
-    pub port: u16,
-    pub node_port: Option<u16>,
-    pub endpoints: Vec<SocketAddrV4>,
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Return => write!(f, "return"),
+            Verdict::Jump(chain) => write!(f, "jump {chain}"),
+            Verdict::Goto(chain) => write!(f, "goto {chain}"),
+        }
+    }
 }
 
-/// A service with its ClusterIP and resolved endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgrammedService {
-    /// `namespace/name`.
-    pub key: String,
-    pub cluster_ip: Ipv4Addr,
-    pub ports: Vec<ProgrammedPort>,
-    pub affinity_seconds: Option<u32>,
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Service(ip, protocol, port) => write!(f, "{ip} . {} . {port}", protocol.nft()),
+            Key::NodePort(protocol, port) => write!(f, "{} . {port}", protocol.nft()),
+        }
+    }
 }
 
-/// Where pods' addresses come from: traffic from elsewhere to a service is masqueraded so
-/// the reply comes back through this node.
-#[derive(Debug, Clone, Copy)]
-pub struct Cluster {
-    pub pod_cidr: (Ipv4Addr, u8),
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::SetMark(bits) => write!(f, "meta mark set meta mark or {bits:#x}"),
+            Rule::ReturnUnlessMarked(bits) => write!(f, "meta mark and {bits:#x} == 0 return"),
+            Rule::ToggleMark(bits) => write!(f, "meta mark set meta mark xor {bits:#x}"),
+            Rule::MasqueradeFullyRandom => write!(f, "masquerade fully-random"),
+            Rule::DestinationVmap(map) => {
+                write!(f, "ip daddr . meta l4proto . th dport vmap @{map}")
+            }
+            Rule::LocalPortVmap(map) => write!(
+                f,
+                "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @{map}"
+            ),
+            Rule::Always(verdict) => write!(f, "{verdict}"),
+            Rule::Reject => write!(f, "reject"),
+            Rule::NewConnection(verdict) => write!(f, "ct state new {verdict}"),
+            Rule::FromAddress(ip, verdict) => write!(f, "ip saddr {ip} {verdict}"),
+            Rule::FromOutside((net, prefix), verdict) => {
+                write!(f, "ip saddr != {net}/{prefix} {verdict}")
+            }
+            Rule::RememberSource(set) => write!(f, "update @{set} {{ ip saddr }}"),
+            Rule::FromRemembered(set, verdict) => write!(f, "ip saddr @{set} {verdict}"),
+            Rule::Dnat(protocol, to) => write!(f, "meta l4proto {} dnat to {to}", protocol.nft()),
+            Rule::RandomGoto(chains) => {
+                write!(f, "numgen random mod {} vmap {{ ", chains.len())?;
+                for (i, chain) in chains.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{i} : goto {chain}")?;
+                }
+                write!(f, " }}")
+            }
+        }
+    }
 }
 
-fn svc_chain(key: &str, p: &ProgrammedPort) -> String {
-    format!("svc-{key}/{}/{}", p.protocol.nft(), p.port)
+fn map_key(key: &MapKey) -> &'static str {
+    match key {
+        MapKey::AddressProtocolPort => "ipv4_addr . inet_proto . inet_service",
+        MapKey::ProtocolPort => "inet_proto . inet_service",
+    }
 }
 
-fn ep_chain(key: &str, p: &ProgrammedPort, ep: &SocketAddrV4) -> String {
+fn base_chain(base: &BaseChain) -> String {
+    let chain_type = match base.chain_type {
+        ChainType::Nat => "nat",
+        ChainType::Filter => "filter",
+    };
+    let hook = match base.hook {
+        Hook::Prerouting => "prerouting",
+        Hook::Input => "input",
+        Hook::Forward => "forward",
+        Hook::Output => "output",
+        Hook::Postrouting => "postrouting",
+    };
     format!(
-        "ep-{key}/{}/{}__{}/{}",
-        p.protocol.nft(),
-        p.port,
-        ep.ip(),
-        ep.port()
+        "{{ type {chain_type} hook {hook} priority {} ; policy accept ; }}",
+        base.priority
     )
 }
 
-fn affinity_set(ep_chain: &str) -> String {
-    format!("aff-{}", ep_chain.trim_start_matches("ep-"))
-}
-
-/// The objects every ruleset has, added idempotently.
-fn base(out: &mut String) {
-    let t = TABLE;
-    let mark = MASQUERADE_MARK;
-    let _ = write!(
-        out,
-        "add table ip {t}
-add map ip {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}
-add map ip {t} service-nodeports {{ type inet_proto . inet_service : verdict ; }}
-add map ip {t} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}
-add map ip {t} no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; }}
-add chain ip {t} mark-for-masquerade
-add rule ip {t} mark-for-masquerade meta mark set meta mark or {mark:#x}
-add chain ip {t} masquerading
-add rule ip {t} masquerading meta mark and {mark:#x} == 0 return
-add rule ip {t} masquerading meta mark set meta mark xor {mark:#x}
-add rule ip {t} masquerading masquerade fully-random
-add chain ip {t} services
-add rule ip {t} services ip daddr . meta l4proto . th dport vmap @service-ips
-add rule ip {t} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports
-add chain ip {t} nat-prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; }}
-add rule ip {t} nat-prerouting jump services
-add chain ip {t} nat-output {{ type nat hook output priority -100 ; policy accept ; }}
-add rule ip {t} nat-output jump services
-add chain ip {t} nat-postrouting {{ type nat hook postrouting priority srcnat ; policy accept ; }}
-add rule ip {t} nat-postrouting jump masquerading
-add chain ip {t} reject-chain
-add rule ip {t} reject-chain reject
-add chain ip {t} endpoints-check
-add rule ip {t} endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
-add rule ip {t} endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports
-"
-    );
-    for (chain, hook) in [
-        ("filter-input", "input"),
-        ("filter-forward", "forward"),
-        ("filter-output", "output"),
-    ] {
-        let _ = writeln!(
-            out,
-            "add chain ip {t} {chain} {{ type filter hook {hook} priority -110 ; policy accept ; }}\n\
-             add rule ip {t} {chain} ct state new jump endpoints-check"
-        );
-    }
-}
-
-/// Adds one service's chains, sets and map elements.
-fn add_service(out: &mut String, cluster: &Cluster, s: &ProgrammedService) {
-    let t = TABLE;
-    let (net, prefix) = cluster.pod_cidr;
-    for p in &s.ports {
-        let proto = p.protocol.nft();
-        if p.endpoints.is_empty() {
-            let _ = writeln!(
-                out,
-                "add element ip {t} no-endpoint-services {{ {} . {proto} . {} : goto reject-chain }}",
-                s.cluster_ip, p.port
-            );
-            if let Some(node_port) = p.node_port {
-                let _ = writeln!(
-                    out,
-                    "add element ip {t} no-endpoint-nodeports {{ {proto} . {node_port} : goto reject-chain }}"
-                );
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = TABLE;
+        match self {
+            Op::AddTable => write!(f, "add table ip {t}"),
+            Op::DeleteTable => write!(f, "delete table ip {t}"),
+            Op::AddMap { name, key } => write!(
+                f,
+                "add map ip {t} {name} {{ type {} : verdict ; }}",
+                map_key(key)
+            ),
+            Op::AddAffinitySet {
+                name,
+                timeout_seconds,
+            } => write!(
+                f,
+                "add set ip {t} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout_seconds}s ; }}"
+            ),
+            Op::DeleteSet(name) => write!(f, "delete set ip {t} {name}"),
+            Op::AddChain { name, base: None } => write!(f, "add chain ip {t} {name}"),
+            Op::AddChain {
+                name,
+                base: Some(base),
+            } => write!(f, "add chain ip {t} {name} {}", base_chain(base)),
+            Op::FlushChain(name) => write!(f, "flush chain ip {t} {name}"),
+            Op::DeleteChain(name) => write!(f, "delete chain ip {t} {name}"),
+            Op::AddRule { chain, rule } => write!(f, "add rule ip {t} {chain} {rule}"),
+            Op::AddElement { map, key, verdict } => {
+                write!(f, "add element ip {t} {map} {{ {key} : {verdict} }}")
             }
-            continue;
-        }
-        let svc = svc_chain(&s.key, p);
-        let eps: Vec<String> = p
-            .endpoints
-            .iter()
-            .map(|ep| ep_chain(&s.key, p, ep))
-            .collect();
-        for (ep, chain) in p.endpoints.iter().zip(&eps) {
-            let _ = writeln!(out, "add chain ip {t} {chain}");
-            if let Some(seconds) = s.affinity_seconds {
-                let _ = writeln!(
-                    out,
-                    "add set ip {t} {} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ; }}",
-                    affinity_set(chain)
-                );
-            }
-            let _ = writeln!(
-                out,
-                "add rule ip {t} {chain} ip saddr {} jump mark-for-masquerade",
-                ep.ip()
-            );
-            if s.affinity_seconds.is_some() {
-                let _ = writeln!(
-                    out,
-                    "add rule ip {t} {chain} update @{} {{ ip saddr }}",
-                    affinity_set(chain)
-                );
-            }
-            let _ = writeln!(
-                out,
-                "add rule ip {t} {chain} meta l4proto {proto} dnat to {ep}"
-            );
-        }
-        let _ = writeln!(out, "add chain ip {t} {svc}");
-        let _ = writeln!(
-            out,
-            "add rule ip {t} {svc} ip saddr != {net}/{prefix} jump mark-for-masquerade"
-        );
-        if s.affinity_seconds.is_some() {
-            for chain in &eps {
-                let _ = writeln!(
-                    out,
-                    "add rule ip {t} {svc} ip saddr @{} goto {chain}",
-                    affinity_set(chain)
-                );
-            }
-        }
-        let arms: Vec<String> = eps
-            .iter()
-            .enumerate()
-            .map(|(i, chain)| format!("{i} : goto {chain}"))
-            .collect();
-        let _ = writeln!(
-            out,
-            "add rule ip {t} {svc} numgen random mod {} vmap {{ {} }}",
-            eps.len(),
-            arms.join(", ")
-        );
-        let _ = writeln!(
-            out,
-            "add element ip {t} service-ips {{ {} . {proto} . {} : goto {svc} }}",
-            s.cluster_ip, p.port
-        );
-        if let Some(node_port) = p.node_port {
-            let _ = writeln!(
-                out,
-                "add element ip {t} service-nodeports {{ {proto} . {node_port} : goto {svc} }}"
-            );
+            Op::DeleteElement { map, key } => write!(f, "delete element ip {t} {map} {{ {key} }}"),
         }
     }
 }
 
-/// Removes one service's map elements, chains and sets (in the order the kernel accepts:
-/// references first).
-fn remove_service(out: &mut String, s: &ProgrammedService) {
-    let t = TABLE;
-    for p in &s.ports {
-        let proto = p.protocol.nft();
-        if p.endpoints.is_empty() {
-            let _ = writeln!(
-                out,
-                "delete element ip {t} no-endpoint-services {{ {} . {proto} . {} }}",
-                s.cluster_ip, p.port
-            );
-            if let Some(node_port) = p.node_port {
-                let _ = writeln!(
-                    out,
-                    "delete element ip {t} no-endpoint-nodeports {{ {proto} . {node_port} }}"
-                );
-            }
-            continue;
-        }
-        let svc = svc_chain(&s.key, p);
-        let _ = writeln!(
-            out,
-            "delete element ip {t} service-ips {{ {} . {proto} . {} }}",
-            s.cluster_ip, p.port
-        );
-        if let Some(node_port) = p.node_port {
-            let _ = writeln!(
-                out,
-                "delete element ip {t} service-nodeports {{ {proto} . {node_port} }}"
-            );
-        }
-        let _ = writeln!(out, "flush chain ip {t} {svc}\ndelete chain ip {t} {svc}");
-        for ep in &p.endpoints {
-            let chain = ep_chain(&s.key, p, ep);
-            let _ = writeln!(
-                out,
-                "flush chain ip {t} {chain}\ndelete chain ip {t} {chain}"
-            );
-            if s.affinity_seconds.is_some() {
-                let _ = writeln!(out, "delete set ip {t} {}", affinity_set(&chain));
-            }
-        }
-    }
-}
-
-/// The whole ruleset, replacing whatever the table held: one transaction, idempotent.
-/// Conntrack keeps established connections' translations, so they survive it.
-pub fn full_sync(cluster: &Cluster, services: &[ProgrammedService]) -> String {
+/// The plan as an `nft -f` script, one command per line.
+pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
-    // `add` first so the `delete` never fails on a fresh node.
-    let _ = writeln!(out, "add table ip {TABLE}\ndelete table ip {TABLE}");
-    base(&mut out);
-    for s in services {
-        add_service(&mut out, cluster, s);
+    for op in &plan.ops {
+        let _ = writeln!(out, "{op}");
     }
     out
 }
 
-/// The change from `old` to `new` of one service (either may be absent): only its own
-/// chains, sets and map elements.
-pub fn update(
-    cluster: &Cluster,
-    old: Option<&ProgrammedService>,
-    new: Option<&ProgrammedService>,
-) -> String {
+/// A plan of additions (a full sync) in nft's block syntax: one `table` block declaring
+/// every map with its elements, every set and every chain with its rules. nft parses this
+/// far faster than one command per object (it expands the block itself, chains before
+/// rules, so forward jumps resolve). Operations before the first addition to the table's
+/// contents (the `add table` / `delete table` that replace it) stay commands; None when
+/// the plan deletes anything after that.
+pub fn render_blocks(plan: &Plan) -> Option<String> {
     let mut out = String::new();
-    if let Some(old) = old {
-        remove_service(&mut out, old);
+    let mut ops = plan.ops.iter().peekable();
+    while let Some(op) = ops.next_if(|op| matches!(op, Op::AddTable | Op::DeleteTable)) {
+        let _ = writeln!(out, "{op}");
     }
-    if let Some(new) = new {
-        add_service(&mut out, cluster, new);
+    // Declaration order is kept: maps, then sets, then chains, as nft lists them.
+    let mut maps: Vec<(&str, &MapKey, Vec<String>)> = Vec::new();
+    let mut sets: Vec<String> = Vec::new();
+    let mut chains: Vec<(&str, Option<&BaseChain>, Vec<String>)> = Vec::new();
+    let mut chain_index = std::collections::HashMap::new();
+    for op in ops {
+        match op {
+            Op::AddMap { name, key } => maps.push((name, key, Vec::new())),
+            Op::AddAffinitySet {
+                name,
+                timeout_seconds,
+            } => sets.push(format!(
+                "\tset {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout_seconds}s ; }}\n"
+            )),
+            Op::AddChain { name, base } => {
+                chain_index.insert(name.as_str(), chains.len());
+                chains.push((name, base.as_ref(), Vec::new()));
+            }
+            Op::AddRule { chain, rule } => {
+                let index = *chain_index.get(chain.as_str())?;
+                chains[index].2.push(rule.to_string());
+            }
+            Op::AddElement { map, key, verdict } => {
+                let (_, _, elements) = maps.iter_mut().find(|(name, _, _)| name == map)?;
+                elements.push(format!("{key} : {verdict}"));
+            }
+            _ => return None,
+        }
     }
-    out
-}
-
-/// Removes the table (`sandboxd --cleanup`); absent is fine.
-pub fn cleanup() -> String {
-    format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")
+    let _ = writeln!(out, "table ip {TABLE} {{");
+    for (name, key, elements) in maps {
+        let _ = write!(out, "\tmap {name} {{ type {} : verdict ; ", map_key(key));
+        if !elements.is_empty() {
+            let _ = write!(out, "elements = {{ {} }} ; ", elements.join(", "));
+        }
+        out.push_str("}\n");
+    }
+    for set in sets {
+        out.push_str(&set);
+    }
+    for (name, base, rules) in chains {
+        let _ = writeln!(out, "\tchain {name} {{");
+        if let Some(base) = base {
+            let spec = base_chain(base);
+            let _ = writeln!(
+                out,
+                "\t\t{}",
+                spec.trim_matches(|c| c == '{' || c == '}').trim()
+            );
+        }
+        for rule in rules {
+            let _ = writeln!(out, "\t\t{rule}");
+        }
+        out.push_str("\t}\n");
+    }
+    out.push_str("}\n");
+    Some(out)
 }
 
 /// Applies a script with `nft -f -`, as one transaction.
@@ -317,7 +229,23 @@ pub fn apply(script: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+    use crate::service::plan::{self, Cluster, ProgrammedPort, ProgrammedService};
+    use crate::service::Protocol;
+
+    fn full_sync(cluster: &Cluster, services: &[ProgrammedService]) -> String {
+        render(&plan::full_sync(cluster, services))
+    }
+
+    fn update(
+        cluster: &Cluster,
+        old: Option<&ProgrammedService>,
+        new: Option<&ProgrammedService>,
+    ) -> String {
+        render(&plan::update(cluster, old, new))
+    }
 
     fn cluster() -> Cluster {
         Cluster {

@@ -1,0 +1,438 @@
+//! What the nftables data plane should hold, independent of how it gets to the kernel:
+//! a list of operations on sandboxd's table (`ip sandboxd`), in an order the kernel accepts
+//! as one transaction. [`super::nftables`] renders a plan as `nft -f` text, and
+//! [`super::netlink`] as nf_tables netlink messages; both produce the same ruleset (a test
+//! compares `nft list table` of the two).
+//!
+//! The shape is kube-proxy's nftables mode (KEP-3866):
+//!
+//! ```text
+//!  nat-prerouting / nat-output ─► services ─┬─ ip daddr . l4proto . dport  vmap @service-ips
+//!                                           └─ fib daddr type local:
+//!                                              l4proto . dport            vmap @service-nodeports
+//!        @service-ips / @service-nodeports ─► svc-<ns>/<name>/<proto>/<port>
+//!            (traffic from outside the pod CIDR marked for masquerade; ClientIP affinity;
+//!             numgen random mod N vmap { i : goto ep-… })
+//!        ep-<…>__<ip>/<port>: hairpin (from the endpoint itself) marked; dnat to ip:port
+//!  nat-postrouting ─► masquerading: marked packets are masqueraded
+//!  filter-input / -forward / -output: new connections to a service without endpoints
+//!     ─► @no-endpoint-services / @no-endpoint-nodeports ─► reject (port unreachable)
+//! ```
+//!
+//! Lookups are verdict maps, so the cost of a packet does not grow with the number of
+//! services (iptables' SERVICES chain is a list). A change to one service replaces only
+//! its own chains, sets and map elements.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::service::Protocol;
+
+pub const TABLE: &str = "sandboxd";
+/// The packet mark of connections to masquerade, as kube-proxy's.
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+pub const SERVICE_IPS: &str = "service-ips";
+pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+const MASQUERADING: &str = "masquerading";
+const SERVICES: &str = "services";
+const REJECT_CHAIN: &str = "reject-chain";
+const ENDPOINTS_CHECK: &str = "endpoints-check";
+
+/// One port of a service, as programmed: where it listens and where it forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgrammedPort {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub endpoints: Vec<SocketAddrV4>,
+}
+
+/// A service with its ClusterIP and resolved endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgrammedService {
+    /// `namespace/name`.
+    pub key: String,
+    pub cluster_ip: Ipv4Addr,
+    pub ports: Vec<ProgrammedPort>,
+    pub affinity_seconds: Option<u32>,
+}
+
+/// Where pods' addresses come from: traffic from elsewhere to a service is masqueraded so
+/// the reply comes back through this node.
+#[derive(Debug, Clone, Copy)]
+pub struct Cluster {
+    pub pod_cidr: (Ipv4Addr, u8),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainType {
+    Nat,
+    Filter,
+}
+
+/// What makes a chain a base chain: where the kernel calls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseChain {
+    pub chain_type: ChainType,
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+/// The key of a verdict map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapKey {
+    /// `ipv4_addr . inet_proto . inet_service`: a ClusterIP and port.
+    AddressProtocolPort,
+    /// `inet_proto . inet_service`: a node port.
+    ProtocolPort,
+}
+
+/// An element of a verdict map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Service(Ipv4Addr, Protocol, u16),
+    NodePort(Protocol, u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Return,
+    Jump(String),
+    Goto(String),
+}
+
+/// A rule: each variant is one fixed sequence of expressions (see the renderers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// `meta mark set meta mark or BITS`
+    SetMark(u32),
+    /// `meta mark and BITS == 0 return`
+    ReturnUnlessMarked(u32),
+    /// `meta mark set meta mark xor BITS`
+    ToggleMark(u32),
+    /// `masquerade fully-random`
+    MasqueradeFullyRandom,
+    /// `ip daddr . meta l4proto . th dport vmap @MAP`
+    DestinationVmap(&'static str),
+    /// `fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @MAP`
+    LocalPortVmap(&'static str),
+    /// `jump CHAIN` and the like.
+    Always(Verdict),
+    /// `reject` (ICMP port unreachable).
+    Reject,
+    /// `ct state new VERDICT`
+    NewConnection(Verdict),
+    /// `ip saddr ADDR VERDICT`
+    FromAddress(Ipv4Addr, Verdict),
+    /// `ip saddr != NET/PREFIX VERDICT`
+    FromOutside((Ipv4Addr, u8), Verdict),
+    /// `update @SET { ip saddr }`
+    RememberSource(String),
+    /// `ip saddr @SET VERDICT`
+    FromRemembered(String, Verdict),
+    /// `meta l4proto PROTO dnat to ADDR:PORT`
+    Dnat(Protocol, SocketAddrV4),
+    /// `numgen random mod N vmap { 0 : goto C0, 1 : goto C1, … }`
+    RandomGoto(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    AddTable,
+    DeleteTable,
+    AddMap {
+        name: &'static str,
+        key: MapKey,
+    },
+    /// A set of client addresses that forgets each one `timeout_seconds` after its last
+    /// connection (ClientIP affinity).
+    AddAffinitySet {
+        name: String,
+        timeout_seconds: u32,
+    },
+    DeleteSet(String),
+    AddChain {
+        name: String,
+        base: Option<BaseChain>,
+    },
+    FlushChain(String),
+    DeleteChain(String),
+    AddRule {
+        chain: String,
+        rule: Rule,
+    },
+    AddElement {
+        map: &'static str,
+        key: Key,
+        verdict: Verdict,
+    },
+    DeleteElement {
+        map: &'static str,
+        key: Key,
+    },
+}
+
+/// Operations applied as one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+}
+
+fn svc_chain(key: &str, p: &ProgrammedPort) -> String {
+    format!("svc-{key}/{}/{}", p.protocol.nft(), p.port)
+}
+
+fn ep_chain(key: &str, p: &ProgrammedPort, ep: &SocketAddrV4) -> String {
+    format!(
+        "ep-{key}/{}/{}__{}/{}",
+        p.protocol.nft(),
+        p.port,
+        ep.ip(),
+        ep.port()
+    )
+}
+
+fn affinity_set(ep_chain: &str) -> String {
+    format!("aff-{}", ep_chain.trim_start_matches("ep-"))
+}
+
+fn jump(chain: &str) -> Verdict {
+    Verdict::Jump(chain.to_string())
+}
+
+impl Plan {
+    fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    fn chain(&mut self, name: &str) {
+        self.push(Op::AddChain {
+            name: name.to_string(),
+            base: None,
+        });
+    }
+
+    fn base_chain(&mut self, name: &str, chain_type: ChainType, hook: Hook, priority: i32) {
+        self.push(Op::AddChain {
+            name: name.to_string(),
+            base: Some(BaseChain {
+                chain_type,
+                hook,
+                priority,
+            }),
+        });
+    }
+
+    fn rule(&mut self, chain: &str, rule: Rule) {
+        self.push(Op::AddRule {
+            chain: chain.to_string(),
+            rule,
+        });
+    }
+
+    /// The objects every ruleset has, added idempotently.
+    fn base(&mut self) {
+        let mark = MASQUERADE_MARK;
+        self.push(Op::AddTable);
+        for (name, key) in [
+            (SERVICE_IPS, MapKey::AddressProtocolPort),
+            (SERVICE_NODEPORTS, MapKey::ProtocolPort),
+            (NO_ENDPOINT_SERVICES, MapKey::AddressProtocolPort),
+            (NO_ENDPOINT_NODEPORTS, MapKey::ProtocolPort),
+        ] {
+            self.push(Op::AddMap { name, key });
+        }
+        self.chain(MARK_FOR_MASQUERADE);
+        self.rule(MARK_FOR_MASQUERADE, Rule::SetMark(mark));
+        self.chain(MASQUERADING);
+        self.rule(MASQUERADING, Rule::ReturnUnlessMarked(mark));
+        self.rule(MASQUERADING, Rule::ToggleMark(mark));
+        self.rule(MASQUERADING, Rule::MasqueradeFullyRandom);
+        self.chain(SERVICES);
+        self.rule(SERVICES, Rule::DestinationVmap(SERVICE_IPS));
+        self.rule(SERVICES, Rule::LocalPortVmap(SERVICE_NODEPORTS));
+        // dstnat is -100; nft 1.0.6 refuses the name on the output hook.
+        self.base_chain("nat-prerouting", ChainType::Nat, Hook::Prerouting, -100);
+        self.rule("nat-prerouting", Rule::Always(jump(SERVICES)));
+        self.base_chain("nat-output", ChainType::Nat, Hook::Output, -100);
+        self.rule("nat-output", Rule::Always(jump(SERVICES)));
+        self.base_chain("nat-postrouting", ChainType::Nat, Hook::Postrouting, 100);
+        self.rule("nat-postrouting", Rule::Always(jump(MASQUERADING)));
+        self.chain(REJECT_CHAIN);
+        self.rule(REJECT_CHAIN, Rule::Reject);
+        self.chain(ENDPOINTS_CHECK);
+        self.rule(ENDPOINTS_CHECK, Rule::DestinationVmap(NO_ENDPOINT_SERVICES));
+        self.rule(ENDPOINTS_CHECK, Rule::LocalPortVmap(NO_ENDPOINT_NODEPORTS));
+        // Before the NAT hooks' conntrack-based decisions (-100), as kube-proxy's filter
+        // chains run at -110.
+        for (name, hook) in [
+            ("filter-input", Hook::Input),
+            ("filter-forward", Hook::Forward),
+            ("filter-output", Hook::Output),
+        ] {
+            self.base_chain(name, ChainType::Filter, hook, -110);
+            self.rule(name, Rule::NewConnection(jump(ENDPOINTS_CHECK)));
+        }
+    }
+
+    /// Adds one service's chains, sets and map elements.
+    fn add_service(&mut self, cluster: &Cluster, s: &ProgrammedService) {
+        for p in &s.ports {
+            let service_key = Key::Service(s.cluster_ip, p.protocol, p.port);
+            let node_port_key = p.node_port.map(|n| Key::NodePort(p.protocol, n));
+            if p.endpoints.is_empty() {
+                let reject = Verdict::Goto(REJECT_CHAIN.to_string());
+                self.push(Op::AddElement {
+                    map: NO_ENDPOINT_SERVICES,
+                    key: service_key,
+                    verdict: reject.clone(),
+                });
+                if let Some(key) = node_port_key {
+                    self.push(Op::AddElement {
+                        map: NO_ENDPOINT_NODEPORTS,
+                        key,
+                        verdict: reject,
+                    });
+                }
+                continue;
+            }
+            let svc = svc_chain(&s.key, p);
+            let eps: Vec<String> = p
+                .endpoints
+                .iter()
+                .map(|ep| ep_chain(&s.key, p, ep))
+                .collect();
+            for (ep, chain) in p.endpoints.iter().zip(&eps) {
+                self.chain(chain);
+                if let Some(timeout_seconds) = s.affinity_seconds {
+                    self.push(Op::AddAffinitySet {
+                        name: affinity_set(chain),
+                        timeout_seconds,
+                    });
+                }
+                self.rule(
+                    chain,
+                    Rule::FromAddress(*ep.ip(), jump(MARK_FOR_MASQUERADE)),
+                );
+                if s.affinity_seconds.is_some() {
+                    self.rule(chain, Rule::RememberSource(affinity_set(chain)));
+                }
+                self.rule(chain, Rule::Dnat(p.protocol, *ep));
+            }
+            self.chain(&svc);
+            self.rule(
+                &svc,
+                Rule::FromOutside(cluster.pod_cidr, jump(MARK_FOR_MASQUERADE)),
+            );
+            if s.affinity_seconds.is_some() {
+                for chain in &eps {
+                    self.rule(
+                        &svc,
+                        Rule::FromRemembered(affinity_set(chain), Verdict::Goto(chain.clone())),
+                    );
+                }
+            }
+            self.rule(&svc, Rule::RandomGoto(eps));
+            self.push(Op::AddElement {
+                map: SERVICE_IPS,
+                key: service_key,
+                verdict: Verdict::Goto(svc.clone()),
+            });
+            if let Some(key) = node_port_key {
+                self.push(Op::AddElement {
+                    map: SERVICE_NODEPORTS,
+                    key,
+                    verdict: Verdict::Goto(svc),
+                });
+            }
+        }
+    }
+
+    /// Removes one service's map elements, chains and sets, references first (the order
+    /// the kernel accepts).
+    fn remove_service(&mut self, s: &ProgrammedService) {
+        for p in &s.ports {
+            let service_key = Key::Service(s.cluster_ip, p.protocol, p.port);
+            let node_port_key = p.node_port.map(|n| Key::NodePort(p.protocol, n));
+            let (services, node_ports) = if p.endpoints.is_empty() {
+                (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS)
+            } else {
+                (SERVICE_IPS, SERVICE_NODEPORTS)
+            };
+            self.push(Op::DeleteElement {
+                map: services,
+                key: service_key,
+            });
+            if let Some(key) = node_port_key {
+                self.push(Op::DeleteElement {
+                    map: node_ports,
+                    key,
+                });
+            }
+            if p.endpoints.is_empty() {
+                continue;
+            }
+            let svc = svc_chain(&s.key, p);
+            self.push(Op::FlushChain(svc.clone()));
+            self.push(Op::DeleteChain(svc));
+            for ep in &p.endpoints {
+                let chain = ep_chain(&s.key, p, ep);
+                self.push(Op::FlushChain(chain.clone()));
+                self.push(Op::DeleteChain(chain.clone()));
+                if s.affinity_seconds.is_some() {
+                    self.push(Op::DeleteSet(affinity_set(&chain)));
+                }
+            }
+        }
+    }
+}
+
+/// The whole ruleset, replacing whatever the table held: one transaction, idempotent.
+/// Conntrack keeps established connections' translations, so they survive it.
+pub fn full_sync(cluster: &Cluster, services: &[ProgrammedService]) -> Plan {
+    let mut plan = Plan::default();
+    // `add` first so the `delete` never fails on a fresh node.
+    plan.push(Op::AddTable);
+    plan.push(Op::DeleteTable);
+    plan.base();
+    for s in services {
+        plan.add_service(cluster, s);
+    }
+    plan
+}
+
+/// The change from `old` to `new` of one service (either may be absent): only its own
+/// chains, sets and map elements.
+pub fn update(
+    cluster: &Cluster,
+    old: Option<&ProgrammedService>,
+    new: Option<&ProgrammedService>,
+) -> Plan {
+    let mut plan = Plan::default();
+    if let Some(old) = old {
+        plan.remove_service(old);
+    }
+    if let Some(new) = new {
+        plan.add_service(cluster, new);
+    }
+    plan
+}
+
+/// Removes the table (`sandboxd --cleanup`); absent is fine.
+pub fn cleanup() -> Plan {
+    Plan {
+        ops: vec![Op::AddTable, Op::DeleteTable],
+    }
+}
