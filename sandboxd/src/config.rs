@@ -34,6 +34,11 @@ pub struct Config {
     pub monitor_binary: Option<PathBuf>,
     /// The node's name, as `get pods -o wide` shows it; by default the machine's hostname.
     pub node_name: String,
+    /// The service proxy's data plane; None: no service proxy (another one programs
+    /// Services on this node).
+    pub proxy_mode: Option<crate::service::proxy::ProxyMode>,
+    /// Where pod addresses come from (traffic from elsewhere to a service is masqueraded).
+    pub cluster_cidr: (std::net::Ipv4Addr, u8),
 }
 
 /// The embedded OCI runtime (youki's libcontainer), which containers run with unless
@@ -59,11 +64,17 @@ impl Default for Config {
             oci_runtime_root: PathBuf::from("/run/sandboxd/runtime"),
             monitor_binary: None,
             node_name: machine_hostname(),
+            proxy_mode: Some(crate::service::proxy::ProxyMode::Nftables),
+            cluster_cidr: (std::net::Ipv4Addr::new(10, 244, 0, 0), 16),
         }
     }
 }
 
 impl Config {
+    pub fn services_dir(&self) -> PathBuf {
+        self.state_dir.join("services")
+    }
+
     pub fn sandboxes_dir(&self) -> PathBuf {
         self.state_dir.join("sandboxes")
     }

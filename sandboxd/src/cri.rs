@@ -113,6 +113,8 @@ impl RuntimeService for CriService {
         self.runtime
             .stop_pod_sandbox(&request.into_inner().pod_sandbox_id)
             .await?;
+        // Pods and containers that stop serving are no endpoints once the call returns.
+        self.runtime.endpoints_changed().await;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -123,6 +125,7 @@ impl RuntimeService for CriService {
         self.runtime
             .remove_pod_sandbox(&request.into_inner().pod_sandbox_id)
             .await?;
+        self.runtime.endpoints_changed().await;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -169,6 +172,7 @@ impl RuntimeService for CriService {
         self.runtime
             .start_container(&request.into_inner().container_id)
             .await?;
+        self.runtime.endpoints_changed().await;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -181,6 +185,7 @@ impl RuntimeService for CriService {
         self.runtime
             .stop_container(&request.container_id, timeout)
             .await?;
+        self.runtime.endpoints_changed().await;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -191,6 +196,7 @@ impl RuntimeService for CriService {
         self.runtime
             .remove_container(&request.into_inner().container_id)
             .await?;
+        self.runtime.endpoints_changed().await;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 

@@ -6,6 +6,9 @@
 //! * [`server`]: binds the CRI socket (0660, one daemon per socket) and serves it;
 //! * [`cri`]: the `runtime.v1.RuntimeService` RPCs, each a thin call into [`runtime`];
 //!   [`cri_image`]: the `runtime.v1.ImageService` RPCs over the image store;
+//! * [`services_api`]: sandboxd's own `sandboxd.services.v1.Services` RPCs (Services and
+//!   their endpoints) over [`service`]: the Service model, its allocation, endpoints and
+//!   data plane (kube-proxy's nftables design, or its iptables one);
 //! * [`runtime`]: the daemon's core, holding the sandboxes; [`config`] says where things live;
 //! * [`sandbox`]: the pod sandbox record and its verbs, one module each: `run`, `stop`,
 //!   `remove`, `status` (status and list), `recover` (start-up);
@@ -41,4 +44,5 @@ pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod service;
+pub mod services_api;
 pub mod store;

@@ -49,6 +49,9 @@ pub struct Runtime {
     pub(crate) container_names: std::sync::Mutex<HashMap<ContainerName, String>>,
     pub(crate) monitor_binary: PathBuf,
     pub(crate) oci_runtime: PathBuf,
+    /// The service proxy, once recovery has made the pods known (None without one).
+    pub(crate) services:
+        std::sync::OnceLock<Option<std::sync::Mutex<crate::service::registry::Registry>>>,
 }
 
 impl Runtime {
@@ -92,8 +95,10 @@ impl Runtime {
             pause_binary,
             pods: RwLock::new(HashMap::new()),
             names: std::sync::Mutex::new(HashMap::new()),
+            services: std::sync::OnceLock::new(),
         });
         runtime.recover().await?;
+        runtime.start_services().await?;
         Ok(runtime)
     }
 

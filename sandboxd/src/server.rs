@@ -17,6 +17,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::cri::CriService;
 use crate::cri_image::CriImageService;
 use crate::runtime::Runtime;
+use crate::services_api::v1::services_server::ServicesServer;
+use crate::services_api::ServicesApi;
 
 /// The bound socket and the lock that makes it ours.
 pub struct Socket {
@@ -59,7 +61,8 @@ pub fn bind(path: &Path) -> anyhow::Result<Socket> {
     })
 }
 
-/// Serves the CRI API on `socket` until `shutdown` completes.
+/// Serves the CRI API, and sandboxd's Services API beside it, on `socket` until
+/// `shutdown` completes.
 pub async fn serve(
     runtime: Arc<Runtime>,
     socket: Socket,
@@ -74,8 +77,9 @@ pub async fn serve(
     let _socket_file = SocketFile(path, lock);
     let images = CriImageService::new(runtime.images.clone());
     tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(CriService::new(runtime)))
+        .add_service(RuntimeServiceServer::new(CriService::new(runtime.clone())))
         .add_service(ImageServiceServer::new(images))
+        .add_service(ServicesServer::new(ServicesApi::new(runtime)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .context("serve the CRI API")

@@ -299,3 +299,73 @@ impl Drop for TestContainer {
         );
     }
 }
+
+/// What one HTTP request from inside a namespace came to.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    pub answered: bool,
+    /// The response body, or the error.
+    pub body: String,
+    pub took: std::time::Duration,
+}
+
+/// `GET /hostname` to `addr` from inside the namespace at `netns`, by a thread that joins
+/// it (busybox wget's -T crashes on Debian 12). The thread runs on CPU 0, so that with
+/// [`process_packets_elsewhere`] the node handles its packets on another CPU.
+pub fn fetch_in(netns: &Path, addr: &str) -> Fetch {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let path = netns.to_path_buf();
+    let addr: std::net::SocketAddr = addr.parse().expect("a socket address");
+    std::thread::spawn(move || {
+        let netns = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut cpu0 = nix::sched::CpuSet::new();
+        if cpu0.set(0).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu0);
+        }
+        let start = Instant::now();
+        let attempt = || -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+            stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+            stream.write_all(b"GET /hostname HTTP/1.0\r\nHost: x\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.trim().to_string())
+                .unwrap_or(response))
+        };
+        match attempt() {
+            Ok(body) => Fetch {
+                answered: true,
+                body,
+                took: start.elapsed(),
+            },
+            Err(e) => Fetch {
+                answered: false,
+                body: e.to_string(),
+                took: start.elapsed(),
+            },
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+/// Has the namespace process the packets its interfaces receive on CPU 1 (RPS), as a
+/// machine with a real NIC would: with everything on one CPU, a veth's packet is handled
+/// while its sender is still inside connect(), and Linux holds back an ICMP error that
+/// arrives then (the socket is busy) until the first SYN retransmission, one second
+/// later. False on a single-CPU machine, where that second stays.
+pub fn process_packets_elsewhere(ns: &Netns) -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        return false;
+    }
+    let script = "mount -t sysfs sysfs /sys && for q in /sys/class/net/*/queues/rx-*; do \
+                  case $q in */lo/*) ;; *) echo 2 > $q/rps_cpus ;; esac; done";
+    let net = format!("--net={}", ns.path().display());
+    run("nsenter", &[&net, "unshare", "--mount", "sh", "-c", script]);
+    true
+}

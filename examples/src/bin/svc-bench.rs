@@ -34,9 +34,7 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 const SERVER_PORTS: [u16; 2] = [8080, 8081];
 
 fn cluster() -> Cluster {
-    Cluster {
-        pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 16),
-    }
+    Cluster::new((Ipv4Addr::new(10, 244, 0, 0), 16))
 }
 
 /// Service i: ClusterIP 10.96.x.y port 80, two endpoints on 10.244.x.y, NodePort 30000 + i

@@ -1,6 +1,7 @@
 //! sandboxd: the node daemon. Parses flags, recovers state, serves CRI on the socket until
 //! SIGINT or SIGTERM. Pods keep running when it stops; the next start adopts them.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use sandboxd::config::Config;
 use sandboxd::runtime::Runtime;
+use sandboxd::service::proxy::ProxyMode;
 
 #[derive(Parser)]
 #[command(
@@ -59,11 +61,50 @@ struct Args {
     /// index (10.244.<N>.0/24 on cni0). 0 disables.
     #[arg(long, default_value_t = 1)]
     default_network: u8,
+    /// How Services are programmed: nftables (the table `ip sandboxd`, kube-proxy's
+    /// nftables design), iptables (kube-proxy's iptables chains, for comparison), or none
+    /// (another proxy serves this node).
+    #[arg(long, default_value = "nftables")]
+    proxy_mode: ProxyModeArg,
+    /// The cluster's pod CIDR: traffic from outside it to a service is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cidr)]
+    cluster_cidr: (Ipv4Addr, u8),
+    /// Remove everything the service proxy programmed (the table `ip sandboxd`, the SBX-*
+    /// iptables chains) in the node's namespace, and exit.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProxyModeArg {
+    Nftables,
+    Iptables,
+    None,
+}
+
+fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not a CIDR (like 10.244.0.0/16)"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (1..=32).contains(p))
+        .ok_or_else(|| format!("{prefix:?} is not a prefix length (1-32)"))?;
+    Ok((ip, prefix))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.cleanup {
+        sandboxd::service::proxy::cleanup(args.node_netns.as_deref())?;
+        eprintln!("sandboxd: removed the service proxy's rules");
+        return Ok(());
+    }
     let config = Config {
         socket: args.socket,
         state_dir: args.state_dir,
@@ -79,6 +120,12 @@ async fn main() -> anyhow::Result<()> {
         node_name: args
             .node_name
             .unwrap_or_else(sandboxd::config::machine_hostname),
+        proxy_mode: match args.proxy_mode {
+            ProxyModeArg::Nftables => Some(ProxyMode::Nftables),
+            ProxyModeArg::Iptables => Some(ProxyMode::Iptables),
+            ProxyModeArg::None => None,
+        },
+        cluster_cidr: args.cluster_cidr,
         ..Config::default()
     };
     if args.default_network > 0 && cni_host::load_default_network(&config.cni_conf_dir).is_err() {
@@ -93,7 +140,10 @@ async fn main() -> anyhow::Result<()> {
     let runtime = Runtime::start(config.clone())
         .await
         .context("start the runtime")?;
-    eprintln!("sandboxd: serving CRI v1 on {}", config.socket.display());
+    eprintln!(
+        "sandboxd: serving CRI v1 and sandboxd.services.v1 on {}",
+        config.socket.display()
+    );
     sandboxd::server::serve(runtime, socket, shutdown_signal()).await
 }
 

@@ -221,6 +221,53 @@ pub fn stale_chains(saved_nat: &str, wanted: &BTreeSet<String>) -> BTreeSet<Stri
         .collect()
 }
 
+/// The input of `iptables-restore --noflush` that removes everything of sandboxd's from
+/// `saved` (iptables-save output of the nat and filter tables): the jumps from built-in
+/// chains, then the SBX-* chains (all flushed before any is deleted, as they refer to each
+/// other). Empty when nothing of ours is there.
+pub fn cleanup(saved: &str) -> String {
+    let mut out = String::new();
+    let mut table: Option<&str> = None;
+    let mut jumps = Vec::new();
+    let mut ours = Vec::new();
+    let flush = |out: &mut String, table: &str, jumps: &mut Vec<&str>, ours: &mut Vec<&str>| {
+        if jumps.is_empty() && ours.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "*{table}");
+        for rule in jumps.drain(..) {
+            let _ = writeln!(out, "-D {rule}");
+        }
+        for chain in ours.iter() {
+            let _ = writeln!(out, "-F {chain}");
+        }
+        for chain in ours.drain(..) {
+            let _ = writeln!(out, "-X {chain}");
+        }
+        out.push_str("COMMIT\n");
+    };
+    for line in saved.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = Some(name);
+        } else if line == "COMMIT" {
+            if let Some(name) = table.take() {
+                flush(&mut out, name, &mut jumps, &mut ours);
+            }
+        } else if let Some(chain) = line.strip_prefix(':') {
+            let chain = chain.split_whitespace().next().unwrap_or_default();
+            if chain.starts_with("SBX-") {
+                ours.push(chain);
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let chain = rule.split_whitespace().next().unwrap_or_default();
+            if !chain.starts_with("SBX-") && rule.contains(" -j SBX-") {
+                jumps.push(rule);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,9 +290,7 @@ mod tests {
 
     #[test]
     fn endpoints_are_chosen_with_kube_proxys_probabilities() {
-        let cluster = Cluster {
-            pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 16),
-        };
+        let cluster = Cluster::new((Ipv4Addr::new(10, 244, 0, 0), 16));
         let text = restore(
             &cluster,
             &[web(&[
@@ -277,5 +322,19 @@ mod tests {
             stale_chains(saved, &wanted),
             ["SBX-SEP-BBBB".to_string()].into()
         );
+    }
+
+    #[test]
+    fn cleanup_removes_our_jumps_and_chains_only() {
+        let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:SBX-SERVICES - [0:0]\n:SBX-SVC-AAAA - [0:0]\n:KUBE-SVC-X - [0:0]\n\
+-A PREROUTING -m comment --comment \"sandboxd services\" -j SBX-SERVICES\n\
+-A PREROUTING -j KUBE-SERVICES\n-A SBX-SERVICES -d 10.96.0.10/32 -j SBX-SVC-AAAA\nCOMMIT\n\
+*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j DOCKER\nCOMMIT\n";
+        assert_eq!(
+            cleanup(saved),
+            "*nat\n-D PREROUTING -m comment --comment \"sandboxd services\" -j SBX-SERVICES\n\
+-F SBX-SERVICES\n-F SBX-SVC-AAAA\n-X SBX-SERVICES\n-X SBX-SVC-AAAA\nCOMMIT\n"
+        );
+        assert_eq!(cleanup("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"), "");
     }
 }

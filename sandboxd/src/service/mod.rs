@@ -4,16 +4,25 @@
 //! * this module: the Service as users write it (a `v1` Service manifest's fields) and its
 //!   validation, every error naming the field;
 //! * [`allocate`]: ClusterIPs from the service CIDR and node ports from their range;
+//! * [`registry`]: the daemon's services: records, allocations, endpoints, and the verbs
+//!   (create, update, delete, get, list) that keep them and the kernel in step; [`verbs`]:
+//!   the runtime's side (ready pods, resync); [`endpoints`]: which pods serve a service;
+//!   [`node_port`]: node ports held open; [`proxy`]: the data plane of either mode;
 //! * [`plan`]: the data plane, kube-proxy's nftables design (KEP-3866), as operations on
 //!   sandboxd's table; sent by [`netlink`] as one nf_tables batch per change, or rendered
 //!   by [`nftables`] as `nft -f` text; [`iptables`]: kube-proxy's iptables shape, for
 //!   comparison.
 
 pub mod allocate;
+pub mod endpoints;
 pub mod iptables;
 pub mod netlink;
 pub mod nftables;
+pub mod node_port;
 pub mod plan;
+pub mod proxy;
+pub mod registry;
+pub mod verbs;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -810,6 +810,16 @@ impl Batch {
         self.meta_set(META_MARK, REG_1);
     }
 
+    /// `numgen random mod N` into register 1.
+    fn random(&mut self, modulus: u32) {
+        self.expr("numgen", |b| {
+            b.be32(1, REG_1); // NFTA_NG_DREG
+            b.be32(2, modulus); // NFTA_NG_MODULUS
+            b.be32(3, NUMGEN_RANDOM); // NFTA_NG_TYPE
+            b.be32(4, 0); // NFTA_NG_OFFSET
+        });
+    }
+
     fn expressions(&mut self, rule: &Rule, anonymous_map: Option<(u32, String)>) {
         match rule {
             Rule::SetMark(bits) => self.mark_update(!bits, *bits),
@@ -903,13 +913,13 @@ impl Batch {
                     b.be32(7, NF_NAT_RANGE_PROTO_SPECIFIED); // NFTA_NAT_FLAGS
                 });
             }
+            Rule::OneIn(n, verdict) => {
+                self.random(*n);
+                self.cmp(REG_1, CMP_EQ, &0u32.to_ne_bytes());
+                self.immediate_verdict(verdict);
+            }
             Rule::RandomGoto(chains) => {
-                self.expr("numgen", |b| {
-                    b.be32(1, REG_1); // NFTA_NG_DREG
-                    b.be32(2, chains.len() as u32); // NFTA_NG_MODULUS
-                    b.be32(3, NUMGEN_RANDOM); // NFTA_NG_TYPE
-                    b.be32(4, 0); // NFTA_NG_OFFSET
-                });
+                self.random(chains.len() as u32);
                 let (id, name) = anonymous_map.expect("numgen rules come with their map");
                 self.lookup(REG_1, &name, Some(id), true);
             }

@@ -50,6 +50,7 @@ impl std::fmt::Display for Rule {
             Rule::RememberSource(set) => write!(f, "update @{set} {{ ip saddr }}"),
             Rule::FromRemembered(set, verdict) => write!(f, "ip saddr @{set} {verdict}"),
             Rule::Dnat(protocol, to) => write!(f, "meta l4proto {} dnat to {to}", protocol.nft()),
+            Rule::OneIn(n, verdict) => write!(f, "numgen random mod {n} == 0 {verdict}"),
             Rule::RandomGoto(chains) => {
                 write!(f, "numgen random mod {} vmap {{ ", chains.len())?;
                 for (i, chain) in chains.iter().enumerate() {
@@ -248,9 +249,7 @@ mod tests {
     }
 
     fn cluster() -> Cluster {
-        Cluster {
-            pod_cidr: (Ipv4Addr::new(10, 244, 0, 0), 16),
-        }
+        Cluster::new((Ipv4Addr::new(10, 244, 0, 0), 16))
     }
 
     fn web(endpoints: &[&str], affinity: Option<u32>) -> ProgrammedService {
@@ -275,6 +274,13 @@ mod tests {
         );
         assert!(script.contains("add element ip sandboxd service-ips { 10.96.0.10 . tcp . 8080 : goto svc-default/web/tcp/8080 }"));
         assert!(script.contains("add element ip sandboxd service-nodeports { tcp . 31080 : goto svc-default/web/tcp/8080 }"));
+        assert!(script.contains("add rule ip sandboxd svc-default/web/tcp/8080 numgen random mod 2 == 0 goto ep-default/web/tcp/8080__10.244.1.5/8080\nadd rule ip sandboxd svc-default/web/tcp/8080 goto ep-default/web/tcp/8080__10.244.2.7/8080\n"));
+        let mut by_map = cluster();
+        by_map.endpoint_map_min = 2;
+        let script = full_sync(
+            &by_map,
+            &[web(&["10.244.1.5:8080", "10.244.2.7:8080"], None)],
+        );
         assert!(script.contains("numgen random mod 2 vmap { 0 : goto ep-default/web/tcp/8080__10.244.1.5/8080, 1 : goto ep-default/web/tcp/8080__10.244.2.7/8080 }"));
         assert!(script.contains("add rule ip sandboxd ep-default/web/tcp/8080__10.244.2.7/8080 ip saddr 10.244.2.7 jump mark-for-masquerade"));
         assert!(script.contains("ip saddr != 10.244.0.0/16 jump mark-for-masquerade"));

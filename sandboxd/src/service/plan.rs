@@ -12,7 +12,7 @@
 //!                                              l4proto . dport            vmap @service-nodeports
 //!        @service-ips / @service-nodeports ─► svc-<ns>/<name>/<proto>/<port>
 //!            (traffic from outside the pod CIDR marked for masquerade; ClientIP affinity;
-//!             numgen random mod N vmap { i : goto ep-… })
+//!             then an endpoint at random, see below)
 //!        ep-<…>__<ip>/<port>: hairpin (from the endpoint itself) marked; dnat to ip:port
 //!  nat-postrouting ─► masquerading: marked packets are masqueraded
 //!  filter-input / -forward / -output: new connections to a service without endpoints
@@ -22,6 +22,17 @@
 //! Lookups are verdict maps, so the cost of a packet does not grow with the number of
 //! services (iptables' SERVICES chain is a list). A change to one service replaces only
 //! its own chains, sets and map elements.
+//!
+//! Choosing the endpoint: KEP-3866 gives every service an anonymous verdict map
+//! (`numgen random mod N vmap { 0 : goto ep-a, 1 : goto ep-b }`). Every set of a table
+//! costs the kernel a walk of the table's set list when a set is created or looked up,
+//! and a walk of the whole transaction when a rule binds it, so a full sync of 10,000
+//! such services takes over a minute (measured; kubernetes#139513 found the same, and
+//! kube-proxy now skips the map for one endpoint). So the map is kept for services with
+//! many endpoints ([`Cluster::endpoint_map_min`]), where it bounds a packet's cost; below
+//! that a service chooses with a cascade as iptables' statistic does, with no set:
+//! `numgen random mod 2 == 0 goto ep-a`, then `goto ep-b` (each endpoint 1/N); a single
+//! endpoint is a plain `goto`.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -60,11 +71,28 @@ pub struct ProgrammedService {
     pub affinity_seconds: Option<u32>,
 }
 
-/// Where pods' addresses come from: traffic from elsewhere to a service is masqueraded so
-/// the reply comes back through this node.
+/// How many endpoints make a service choose through a numgen verdict map (see the module
+/// documentation).
+pub const ENDPOINT_MAP_MIN: usize = 16;
+
+/// What the ruleset depends on besides the services.
 #[derive(Debug, Clone, Copy)]
 pub struct Cluster {
+    /// Where pods' addresses come from: traffic from elsewhere to a service is masqueraded
+    /// so the reply comes back through this node.
     pub pod_cidr: (Ipv4Addr, u8),
+    /// Services with at least this many endpoints choose one through a numgen verdict
+    /// map, the others through a cascade of rules.
+    pub endpoint_map_min: usize,
+}
+
+impl Cluster {
+    pub fn new(pod_cidr: (Ipv4Addr, u8)) -> Cluster {
+        Cluster {
+            pod_cidr,
+            endpoint_map_min: ENDPOINT_MAP_MIN,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +174,8 @@ pub enum Rule {
     Dnat(Protocol, SocketAddrV4),
     /// `numgen random mod N vmap { 0 : goto C0, 1 : goto C1, … }`
     RandomGoto(Vec<String>),
+    /// `numgen random mod N == 0 VERDICT`: taken one time in N.
+    OneIn(u32, Verdict),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,7 +374,7 @@ impl Plan {
                     );
                 }
             }
-            self.rule(&svc, Rule::RandomGoto(eps));
+            self.choose_endpoint(cluster, &svc, eps);
             self.push(Op::AddElement {
                 map: SERVICE_IPS,
                 key: service_key,
@@ -358,6 +388,21 @@ impl Plan {
                 });
             }
         }
+    }
+
+    /// Sends a connection on to one of `eps` at random, each equally likely.
+    fn choose_endpoint(&mut self, cluster: &Cluster, svc: &str, mut eps: Vec<String>) {
+        if eps.len() >= cluster.endpoint_map_min.max(2) {
+            self.rule(svc, Rule::RandomGoto(eps));
+            return;
+        }
+        // Endpoint i of n is taken with 1/(n-i) of what the ones before left: 1/n each.
+        let last = eps.pop().expect("a service with endpoints");
+        let n = eps.len() + 1;
+        for (i, chain) in eps.into_iter().enumerate() {
+            self.rule(svc, Rule::OneIn((n - i) as u32, Verdict::Goto(chain)));
+        }
+        self.rule(svc, Rule::Always(Verdict::Goto(last)));
     }
 
     /// Removes one service's map elements, chains and sets, references first (the order

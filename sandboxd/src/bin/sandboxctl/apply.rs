@@ -1,6 +1,7 @@
-//! `apply -f FILE|-` and `delete -f FILE|-` of Pod manifests, doing on this node what the
-//! API server and the kubelet do together: each Pod becomes a pod sandbox with its init
-//! containers run to completion in order, then its containers started.
+//! `apply -f FILE|-` and `delete -f FILE|-` of manifests, doing on this node what the API
+//! server and the kubelet do together: each Pod becomes a pod sandbox with its init
+//! containers run to completion in order, then its containers started; each Service goes
+//! to sandboxd's Services API (created, or updated when it differs).
 //!
 //! Pods are immutable, as in Kubernetes: applying a pod that runs with the same manifest
 //! says "unchanged"; with a different one it is refused (delete it first). A pod that
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use k8s_cri::v1 as cri;
 
-use crate::kube::{self, Pod, LAST_APPLIED};
-use crate::Client;
+use crate::kube::{self, Object, Pod, LAST_APPLIED};
+use crate::{Client, ServicesClient};
 
 /// How long an init container may run.
 const INIT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -30,7 +31,7 @@ pub struct DeleteArgs {
     /// The manifest: a file, or `-` for stdin.
     #[arg(long, short = 'f', required = true)]
     filename: PathBuf,
-    /// Pods that are not there are not an error.
+    /// Objects that are not there are not an error.
     #[arg(long)]
     ignore_not_found: bool,
     /// Seconds containers get between SIGTERM and SIGKILL.
@@ -38,7 +39,7 @@ pub struct DeleteArgs {
     grace_period: i64,
 }
 
-pub fn read(path: &std::path::Path) -> anyhow::Result<Vec<Pod>> {
+pub fn read(path: &std::path::Path) -> anyhow::Result<Vec<Object>> {
     let text = crate::output::read_file(path)?;
     let source = if path.as_os_str() == "-" {
         "<stdin>".to_string()
@@ -85,11 +86,17 @@ async fn remove_sandbox(client: &mut Client, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn apply(client: &mut Client, args: ApplyArgs) -> anyhow::Result<()> {
-    let pods = read(&args.filename)?;
-    for pod in pods {
-        let outcome = apply_pod(client, &pod).await?;
-        println!("{} {outcome}", pod.describe());
+pub async fn apply(
+    client: &mut Client,
+    services: &mut ServicesClient,
+    args: ApplyArgs,
+) -> anyhow::Result<()> {
+    for object in read(&args.filename)? {
+        let outcome = match &object {
+            Object::Pod(pod) => apply_pod(client, pod).await?,
+            Object::Service(service) => crate::services::apply(services, service).await?,
+        };
+        println!("{} {outcome}", object.describe());
     }
     Ok(())
 }
@@ -213,13 +220,27 @@ async fn wait_for_success(client: &mut Client, id: &str) -> anyhow::Result<()> {
     }
 }
 
-pub async fn delete(client: &mut Client, args: DeleteArgs) -> anyhow::Result<()> {
-    let pods = read(&args.filename)?;
+pub async fn delete(
+    client: &mut Client,
+    services: &mut ServicesClient,
+    args: DeleteArgs,
+) -> anyhow::Result<()> {
     let mut missing = Vec::new();
-    for pod in pods {
+    for object in read(&args.filename)? {
+        let pod = match object {
+            Object::Pod(pod) => pod,
+            Object::Service(service) => {
+                if crate::services::delete(services, &service).await? {
+                    println!("service \"{}\" deleted", service.spec.name);
+                } else {
+                    missing.push(service.describe());
+                }
+                continue;
+            }
+        };
         let sandboxes = sandboxes_of(client, pod.namespace(), &pod.metadata.name).await?;
         if sandboxes.is_empty() {
-            missing.push(pod.metadata.name.clone());
+            missing.push(pod.describe());
             continue;
         }
         for sandbox in sandboxes {
@@ -248,7 +269,7 @@ pub async fn delete(client: &mut Client, args: DeleteArgs) -> anyhow::Result<()>
     }
     if !missing.is_empty() && !args.ignore_not_found {
         bail!(
-            "pods not found: {} (--ignore-not-found to accept that)",
+            "not found: {} (--ignore-not-found to accept that)",
             missing.join(", ")
         );
     }

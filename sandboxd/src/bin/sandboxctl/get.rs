@@ -1,4 +1,4 @@
-//! `get pods [NAME...]`: pods as kubectl shows them (READY, STATUS, RESTARTS, AGE, and with
+//! `get pods|svc|endpoints [NAME...]`. Pods as kubectl shows them (READY, STATUS, RESTARTS, AGE, and with
 //! `-o wide` IP and NODE), or as `v1` Pod objects with `-o json|yaml`, built from the pod
 //! sandboxes and containers the runtime reports.
 
@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::kube::{INIT_LABEL, LAST_APPLIED};
 use crate::output::{print_doc, table, Format};
-use crate::Client;
+use crate::{Client, ServicesClient};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GetFormat {
@@ -21,9 +21,9 @@ pub enum GetFormat {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to list: pods (po).
+    /// What to list: pods (po), services (svc), endpoints (ep).
     resource: String,
-    /// Only these pods.
+    /// Only these objects.
     names: Vec<String>,
     /// The namespace.
     #[arg(long, short, default_value = "default")]
@@ -125,7 +125,7 @@ impl PodView {
 }
 
 /// kubectl's AGE: 45s, 2m6s, 3h4m, 5d.
-fn age(created_at_ns: i64) -> String {
+pub fn age(created_at_ns: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -140,7 +140,7 @@ fn age(created_at_ns: i64) -> String {
     }
 }
 
-fn rfc3339(ns: i64) -> serde_json::Value {
+pub fn rfc3339(ns: i64) -> serde_json::Value {
     if ns == 0 {
         serde_json::Value::Null
     } else {
@@ -233,10 +233,28 @@ fn object(view: &PodView, node: &str) -> serde_json::Value {
     })
 }
 
-pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
+pub async fn run(
+    client: &mut Client,
+    services: &mut ServicesClient,
+    args: Args,
+) -> anyhow::Result<()> {
+    let service_args = || crate::services::GetArgs {
+        names: &args.names,
+        namespace: &args.namespace,
+        all_namespaces: args.all_namespaces,
+        output: args.output,
+    };
     match args.resource.as_str() {
         "pods" | "pod" | "po" => {}
-        other => bail!("the resource type {other:?} is not known; sandboxctl gets pods"),
+        "services" | "service" | "svc" => {
+            return crate::services::get_services(services, service_args()).await
+        }
+        "endpoints" | "ep" => {
+            return crate::services::get_endpoints(services, service_args()).await
+        }
+        other => bail!(
+            "the resource type {other:?} is not known; sandboxctl gets pods, services and endpoints"
+        ),
     }
     let pairs: Vec<String> = args
         .selector

@@ -1,7 +1,9 @@
 //! Kubernetes `v1` manifests, as `apply -f` and `delete -f` read them: multi-document YAML
-//! (or JSON), each document a `Pod`. A Pod becomes what the kubelet would make of it: a
-//! pod sandbox config and one container config per container, labelled the kubelet's way
-//! (`io.kubernetes.pod.name`, …) so CRI tools see the same labels as on a real node.
+//! (or JSON), each document a `Pod` or a `Service`. A Pod becomes what the kubelet would
+//! make of it: a pod sandbox config and one container config per container, labelled the
+//! kubelet's way (`io.kubernetes.pod.name`, …, and the container ports as the
+//! `io.kubernetes.container.ports` annotation) so CRI tools see the same as on a real
+//! node. A Service becomes a spec of sandboxd's Services API, validated by the daemon.
 //!
 //! Fields Kubernetes has that a single node without an API server has no use for
 //! (`restartPolicy`, `resources`, probes, …) are accepted and kept in the manifest; a
@@ -12,6 +14,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
 use k8s_cri::v1 as cri;
+use sandboxd::service::endpoints::CONTAINER_PORTS_ANNOTATION;
+use sandboxd::services_api::v1::service_port::TargetPort;
+use sandboxd::services_api::v1::{ServicePort, ServiceSpec};
 use serde::Deserialize;
 
 /// Labels the kubelet puts on sandboxes and containers.
@@ -20,7 +25,7 @@ pub const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 pub const CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
 /// Marks init containers (the kubelet tells them apart by its own records).
-pub const INIT_LABEL: &str = "sandboxd.io/init-container";
+pub use sandboxd::service::verbs::INIT_CONTAINER_LABEL as INIT_LABEL;
 /// The manifest a pod was applied from, as kubectl keeps it.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -96,9 +101,114 @@ impl Pod {
     }
 }
 
+/// One object of a manifest.
+#[derive(Debug, Clone)]
+pub enum Object {
+    Pod(Pod),
+    Service(ServiceObject),
+}
+
+impl Object {
+    pub fn describe(&self) -> String {
+        match self {
+            Object::Pod(pod) => pod.describe(),
+            Object::Service(service) => service.describe(),
+        }
+    }
+}
+
+/// One Service of a manifest, as the Services API takes it.
+#[derive(Debug, Clone)]
+pub struct ServiceObject {
+    pub spec: ServiceSpec,
+}
+
+impl ServiceObject {
+    /// `service/name`, as kubectl names objects.
+    pub fn describe(&self) -> String {
+        format!("service/{}", self.spec.name)
+    }
+}
+
+/// A Service's `spec` as a manifest has it; values are checked by the daemon, which names
+/// the field of a bad one.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ServiceManifestSpec {
+    selector: BTreeMap<String, String>,
+    #[serde(rename = "type")]
+    service_type: Option<String>,
+    ports: Vec<ServiceManifestPort>,
+    #[serde(rename = "clusterIP")]
+    cluster_ip: Option<String>,
+    session_affinity: Option<String>,
+    session_affinity_config: Option<AffinityConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ServiceManifestPort {
+    name: Option<String>,
+    protocol: Option<String>,
+    port: i64,
+    target_port: Option<IntOrString>,
+    node_port: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum IntOrString {
+    Int(i64),
+    String(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+struct AffinityConfig {
+    #[serde(rename = "clientIP")]
+    client_ip: Option<ClientIpConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ClientIpConfig {
+    timeout_seconds: Option<i64>,
+}
+
+fn service_spec(metadata: ObjectMeta, spec: ServiceManifestSpec) -> ServiceSpec {
+    ServiceSpec {
+        name: metadata.name,
+        namespace: metadata.namespace.unwrap_or_default(),
+        labels: metadata.labels.into_iter().collect(),
+        selector: spec.selector.into_iter().collect(),
+        r#type: spec.service_type.unwrap_or_default(),
+        ports: spec
+            .ports
+            .into_iter()
+            .map(|p| ServicePort {
+                name: p.name.unwrap_or_default(),
+                protocol: p.protocol.unwrap_or_default(),
+                port: p.port,
+                target_port: p.target_port.map(|t| match t {
+                    IntOrString::Int(n) => TargetPort::TargetPortNumber(n),
+                    IntOrString::String(s) => TargetPort::TargetPortName(s),
+                }),
+                node_port: p.node_port.unwrap_or(0),
+            })
+            .collect(),
+        cluster_ip: spec.cluster_ip.unwrap_or_default(),
+        session_affinity: spec.session_affinity.unwrap_or_default(),
+        session_affinity_timeout_seconds: spec
+            .session_affinity_config
+            .and_then(|c| c.client_ip)
+            .and_then(|c| c.timeout_seconds)
+            .unwrap_or(0),
+    }
+}
+
 /// Reads every document of a manifest; `source` names it in errors.
-pub fn parse(text: &str, source: &str) -> anyhow::Result<Vec<Pod>> {
-    let mut pods = Vec::new();
+pub fn parse(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
+    let mut objects = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let at = format!("{source}, document {}", index + 1);
         let value = serde_json::Value::deserialize(document)
@@ -109,13 +219,24 @@ pub fn parse(text: &str, source: &str) -> anyhow::Result<Vec<Pod>> {
         let api_version = value["apiVersion"].as_str().unwrap_or_default();
         let kind = value["kind"].as_str().unwrap_or_default();
         match (api_version, kind) {
-            ("v1", "Pod") => {}
+            ("v1", "Pod" | "Service") => {}
             (_, "") => bail!("{at}: kind is missing"),
-            ("v1", other) => bail!("{at}: kind {other} is not supported (Pod is)"),
+            ("v1", other) => bail!("{at}: kind {other} is not supported (Pod and Service are)"),
             (other, kind) => bail!("{at}: apiVersion {other:?} of {kind} is not supported (v1 is)"),
         }
         let metadata: ObjectMeta = serde_json::from_value(value["metadata"].clone())
             .with_context(|| format!("{at}: invalid metadata"))?;
+        if kind == "Service" {
+            if metadata.name.is_empty() {
+                bail!("{at}: metadata.name is missing");
+            }
+            let spec: ServiceManifestSpec = serde_json::from_value(value["spec"].clone())
+                .with_context(|| format!("{at} (service/{}): invalid spec", metadata.name))?;
+            objects.push(Object::Service(ServiceObject {
+                spec: service_spec(metadata, spec),
+            }));
+            continue;
+        }
         let spec: PodSpec = serde_json::from_value(value["spec"].clone())
             .with_context(|| format!("{at}: invalid spec"))?;
         let pod = Pod {
@@ -124,12 +245,12 @@ pub fn parse(text: &str, source: &str) -> anyhow::Result<Vec<Pod>> {
             document: value,
         };
         check(&pod).with_context(|| format!("{at} ({})", pod.describe()))?;
-        pods.push(pod);
+        objects.push(Object::Pod(pod));
     }
-    if pods.is_empty() {
+    if objects.is_empty() {
         bail!("{source} holds no objects");
     }
-    Ok(pods)
+    Ok(objects)
 }
 
 fn check(pod: &Pod) -> anyhow::Result<()> {
@@ -297,9 +418,37 @@ impl Pod {
                 })
                 .collect(),
             labels,
+            annotations: container_ports_annotation(&container.ports),
             ..Default::default()
         }
     }
+}
+
+/// The container's ports as kubelet annotates them, so services find named ports.
+fn container_ports_annotation(
+    ports: &[ContainerPort],
+) -> std::collections::HashMap<String, String> {
+    if ports.is_empty() {
+        return Default::default();
+    }
+    let list: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|p| {
+            let mut port = serde_json::json!({
+                "containerPort": p.container_port,
+                "protocol": p.protocol.as_deref().unwrap_or("TCP"),
+            });
+            if let Some(name) = &p.name {
+                port["name"] = name.clone().into();
+            }
+            port
+        })
+        .collect();
+    [(
+        CONTAINER_PORTS_ANNOTATION.to_string(),
+        serde_json::Value::from(list).to_string(),
+    )]
+    .into()
 }
 
 #[cfg(test)]
@@ -326,9 +475,11 @@ spec:
 
     #[test]
     fn the_seed_pod_pause_manifest_reads_as_the_kubelet_would_send_it() {
-        let pods = parse(POD_PAUSE, "pod-pause.yaml").unwrap();
-        assert_eq!(pods.len(), 1);
-        let pod = &pods[0];
+        let objects = parse(POD_PAUSE, "pod-pause.yaml").unwrap();
+        assert_eq!(objects.len(), 1);
+        let Object::Pod(pod) = &objects[0] else {
+            panic!("not a pod: {objects:?}")
+        };
         assert_eq!(pod.namespace(), "default");
         assert_eq!(
             pod.spec.node_selector["kubernetes.io/hostname"],
@@ -340,8 +491,74 @@ spec:
         assert!(sandbox.annotations[LAST_APPLIED].contains("kubetm/p8000"));
         assert!(sandbox.port_mappings.is_empty());
         let c = pod.container_config(&pod.spec.containers[1], "u-1", false);
+        assert_eq!(
+            c.annotations[CONTAINER_PORTS_ANNOTATION],
+            r#"[{"containerPort":8080,"protocol":"TCP"}]"#
+        );
         assert_eq!(c.image.unwrap().image, "kubetm/p8080");
         assert_eq!(c.labels[CONTAINER_NAME_LABEL], "container2");
+    }
+
+    /// The seeds' two services, as the Services API takes them.
+    #[test]
+    fn the_seed_services_read_as_api_specs() {
+        let text = "apiVersion: v1
+kind: Service
+metadata:
+  name: svc-nodeport
+spec:
+  selector:
+    type: dest
+  ports:
+    - port: 8080
+      targetPort: 8080
+      nodePort: 31080
+  type: NodePort
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: team, labels: {app: web}}
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  ports: [{name: http, port: 80, targetPort: http, protocol: TCP}]
+";
+        let objects = parse(text, "svc.yaml").unwrap();
+        let [Object::Service(nodeport), Object::Service(web)] = &objects[..] else {
+            panic!("not two services: {objects:?}")
+        };
+        assert_eq!(nodeport.describe(), "service/svc-nodeport");
+        let spec = &nodeport.spec;
+        assert_eq!(
+            (spec.r#type.as_str(), spec.namespace.as_str()),
+            ("NodePort", "")
+        );
+        assert_eq!(spec.selector["type"], "dest");
+        assert_eq!((spec.ports[0].port, spec.ports[0].node_port), (8080, 31080));
+        assert_eq!(
+            spec.ports[0].target_port,
+            Some(TargetPort::TargetPortNumber(8080))
+        );
+        let spec = &web.spec;
+        assert_eq!(spec.namespace, "team");
+        assert_eq!(spec.session_affinity_timeout_seconds, 60);
+        assert_eq!(
+            spec.ports[0].target_port,
+            Some(TargetPort::TargetPortName("http".into()))
+        );
+        let message = format!(
+            "{:#}",
+            parse(
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: 80}",
+                "f"
+            )
+            .unwrap_err()
+        );
+        assert!(
+            message.contains("document 1 (service/s): invalid spec"),
+            "{message}"
+        );
     }
 
     #[test]

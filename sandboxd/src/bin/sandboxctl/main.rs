@@ -17,6 +17,7 @@ mod pods;
 mod ps;
 mod rmp;
 mod runp;
+mod services;
 mod stopp;
 mod version;
 
@@ -83,11 +84,12 @@ enum Command {
     Exec(exec::Args),
     /// Print a container's output.
     Logs(logs::Args),
-    /// Create the Pods of a Kubernetes manifest (YAML or JSON, multi-document), as kubectl apply.
+    /// Create the Pods and Services of a Kubernetes manifest (YAML or JSON, multi-document),
+    /// as kubectl apply.
     Apply(apply::ApplyArgs),
-    /// Delete the Pods of a manifest, as kubectl delete -f.
+    /// Delete the Pods and Services of a manifest, as kubectl delete -f.
     Delete(apply::DeleteArgs),
-    /// List pods as kubectl get pods does (-o wide|json|yaml).
+    /// List pods, services or endpoints as kubectl get does (-o wide|json|yaml).
     Get(get::Args),
     /// List images.
     Images(images::ListArgs),
@@ -103,6 +105,7 @@ enum Command {
 }
 
 pub type Client = RuntimeServiceClient<Channel>;
+pub type ServicesClient = sandboxd::services_api::v1::services_client::ServicesClient<Channel>;
 pub type ImageClient = ImageServiceClient<Channel>;
 
 #[tokio::main]
@@ -124,7 +127,8 @@ async fn main() -> ExitCode {
         }
         let channel = sandboxd::client::channel(&cli.runtime_endpoint).await?;
         let mut client = RuntimeServiceClient::new(channel.clone());
-        let mut images = ImageServiceClient::new(channel);
+        let mut images = ImageServiceClient::new(channel.clone());
+        let mut services = ServicesClient::new(channel);
         match cli.command {
             Command::Version(args) => version::version(&mut client, args).await,
             Command::Info(args) => version::info(&mut client, args).await,
@@ -148,9 +152,9 @@ async fn main() -> ExitCode {
                 Ok(())
             }
             Command::Logs(args) => logs::run(&mut client, args).await,
-            Command::Apply(args) => apply::apply(&mut client, args).await,
-            Command::Delete(args) => apply::delete(&mut client, args).await,
-            Command::Get(args) => get::run(&mut client, args).await,
+            Command::Apply(args) => apply::apply(&mut client, &mut services, args).await,
+            Command::Delete(args) => apply::delete(&mut client, &mut services, args).await,
+            Command::Get(args) => get::run(&mut client, &mut services, args).await,
             Command::Images(args) => images::list(&mut images, args).await,
             Command::Inspecti(args) => images::inspect(&mut images, args).await,
             Command::Pull(args) => images::pull(&mut images, args).await,

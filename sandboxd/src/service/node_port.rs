@@ -1,0 +1,77 @@
+//! Node ports held open: a listening socket on 0.0.0.0:<nodePort> in the node's network
+//! namespace for as long as a service has the port, as kube-proxy holds them (the seeds'
+//! `netstat -anp | grep 31080` shows it). Nothing is ever accepted on it (traffic to the
+//! port is translated before it could arrive); the socket is there so that no process on
+//! the node can take the port and then silently lose its traffic to the service.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use crate::service::Protocol;
+
+enum Held {
+    // Kept for their descriptors: dropping one closes the socket.
+    Tcp(#[allow(dead_code)] TcpListener),
+    Udp(#[allow(dead_code)] UdpSocket),
+}
+
+pub struct NodePorts {
+    netns: Option<PathBuf>,
+    held: BTreeMap<(Protocol, u16), Held>,
+}
+
+impl NodePorts {
+    pub fn new(netns: Option<&Path>) -> NodePorts {
+        NodePorts {
+            netns: netns.map(Path::to_path_buf),
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Opens the port unless it is held already.
+    pub fn hold(&mut self, protocol: Protocol, port: u16) -> anyhow::Result<()> {
+        if self.held.contains_key(&(protocol, port)) {
+            return Ok(());
+        }
+        let open = move || -> std::io::Result<Held> {
+            let address = (Ipv4Addr::UNSPECIFIED, port);
+            Ok(match protocol {
+                Protocol::Tcp => Held::Tcp(TcpListener::bind(address)?),
+                Protocol::Udp => Held::Udp(UdpSocket::bind(address)?),
+            })
+        };
+        let held = match &self.netns {
+            None => open(),
+            Some(netns) => {
+                let netns = std::fs::File::open(netns)?;
+                std::thread::spawn(move || {
+                    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                    open()
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread opening node port {port} panicked"))?
+            }
+        };
+        let held = held.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                anyhow::anyhow!(
+                    "node port {port}/{} is in use by another process on this node",
+                    protocol.nft()
+                )
+            } else {
+                anyhow::anyhow!("open node port {port}/{}: {e}", protocol.nft())
+            }
+        })?;
+        self.held.insert((protocol, port), held);
+        Ok(())
+    }
+
+    pub fn release(&mut self, protocol: Protocol, port: u16) {
+        self.held.remove(&(protocol, port));
+    }
+
+    pub fn is_held(&self, protocol: Protocol, port: u16) -> bool {
+        self.held.contains_key(&(protocol, port))
+    }
+}
