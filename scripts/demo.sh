@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The main job: install, build, and run the seeds' pod-pause on a node of the lab: sandboxd
-# serving CRI in a node network namespace, the demo images built and imported, the pod's
-# sandbox run, inspected and removed with sandboxctl. Run as root on Debian 12.
+# The main job: install, build, and run the seeds' walk-throughs on nodes of the lab
+# (sandboxd in a node network namespace, the demo images built and imported): pod-pause
+# (the pause container and its namespaces), then the service network (svc-clusterip and
+# svc-nodeport in front of pod-dest). Run as root on Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace
-exec ./examples/pod-pause-demo.sh
+./examples/pod-pause-demo.sh
+exec ./examples/service-demo.sh

@@ -28,8 +28,10 @@ pub struct SandboxdProcess {
 }
 
 impl SandboxdProcess {
-    /// A node with the pod network 10.244.1.0/24 on cni0 (bridge, portmap, loopback), the
-    /// demo images imported, and sandboxd serving on it with runc.
+    /// A node with the pod network 10.244.1.0/24 on cni0 (bridge in hairpin mode, as
+    /// sandboxd's default network and kubelet's hairpin-veth have it, so a pod reaches
+    /// itself through a service; portmap; loopback), the demo images imported, and
+    /// sandboxd serving on it.
     pub fn start() -> SandboxdProcess {
         Self::start_with(&[])
     }
@@ -43,6 +45,7 @@ impl SandboxdProcess {
         std::fs::create_dir_all(dir.path().join("net.d")).unwrap();
         let doc = json!({ "cniVersion": "1.0.0", "name": "pods", "plugins": [
             { "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+              "hairpinMode": true,
               "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.244.1.0/24" }]],
                         "routes": [{ "dst": "0.0.0.0/0" }],
                         "dataDir": dir.path().join("ipam") } },

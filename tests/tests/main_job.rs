@@ -1,4 +1,5 @@
-//! The README's main command runs `examples/pod-pause-demo.sh`; this keeps it working.
+//! The README's main command runs `examples/pod-pause-demo.sh` and
+//! `examples/service-demo.sh`; this keeps them working.
 //! Needs root; uses the fixed paths the demo documents (`/run/sandboxd/nodes/node1`,
 //! `/run/sandboxd/demo.sock`) and removes everything it starts.
 
@@ -57,4 +58,50 @@ fn the_pod_pause_demo_runs_and_cleans_up() {
             .any(|p| sandboxd::runtime::is_id(&p.to_string_lossy())),
         "the demo left pod pins in /run/netns: {pins:?}"
     );
+}
+
+#[test]
+fn the_service_demo_runs_and_cleans_up() {
+    require_root();
+    let bin_dir = workspace_binary("sandboxd").parent().unwrap().to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/service-demo.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .env("SANDBOXD_BIN_DIR", &bin_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "service/svc-clusterip created",
+        "svc-clusterip   ClusterIP   10.96.",
+        // The line after the command (which ends in an escape resetting bold).
+        "# pod-src → svc-clusterip\u{1b}[0m\npod-dest\n",
+        "elements = { 10.96.",
+        "meta l4proto tcp dnat to 10.244.1.",
+        "8080:31080/TCP",
+        "0.0.0.0:31080",
+        "users:((\"sandboxd\"",
+        "# master → node1's NodePort\u{1b}[0m\npod-dest\n",
+        "svc-clusterip   <none>",
+        "Connection refused",
+        "service \"svc-clusterip\" deleted",
+        "pod \"pod-src\" deleted",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "the demo's output lacks {expected:?}:\n{stdout}"
+        );
+    }
+    for left in [
+        "/run/sandboxd/nodes/svc-node1",
+        "/run/sandboxd/nodes/svc-master",
+        "/run/sandboxd/service-demo.sock",
+    ] {
+        assert!(!Path::new(left).exists(), "the demo left {left}");
+    }
 }
