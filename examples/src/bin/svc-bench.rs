@@ -15,7 +15,8 @@
 //! Full sync: from an empty namespace. Update: the median of `--updates` changes of one
 //! service's endpoints. First packet: `--connections` new TCP connections from the node to
 //! the last service's ClusterIP (a real server behind it in a namespace of its own),
-//! connect() time p50/p99; the last service is the worst case for iptables' list.
+//! connect() time p50/p99 (`--connections 0` skips it; `nft -f` builds the same rules as
+//! netlink, so it is measured once); the last service is the worst case for iptables' list.
 //! Prints Markdown rows for BENCHMARKS.md. Needs root, nft, iptables.
 
 use std::io::Write;
@@ -228,8 +229,16 @@ fn start_server(netns: &Path) -> Result<()> {
     Ok(())
 }
 
-/// connect() times of new connections from the node to `target`: (p50, p99) in ms.
-fn first_packet(netns: &Path, target: SocketAddrV4, connections: u32) -> Result<(f64, f64)> {
+/// connect() times of new connections from the node to `target`: (p50, p99) in ms; None
+/// for no connections.
+fn first_packet(
+    netns: &Path,
+    target: SocketAddrV4,
+    connections: u32,
+) -> Result<Option<(f64, f64)>> {
+    if connections == 0 {
+        return Ok(None);
+    }
     let mut samples = in_netns(netns, move || {
         let mut samples = Vec::with_capacity(connections as usize);
         for _ in 0..connections {
@@ -243,7 +252,7 @@ fn first_packet(netns: &Path, target: SocketAddrV4, connections: u32) -> Result<
     })?;
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
-    Ok((at(0.5), at(0.99)))
+    Ok(Some((at(0.5), at(0.99))))
 }
 
 struct Row {
@@ -257,7 +266,7 @@ fn print(count: u32, row: &Row) {
     let latency = row
         .latency
         .map(|(p50, p99)| format!("{p50:.3} | {p99:.3}"))
-        .unwrap_or_else(|| "(same rules as netlink) | ".to_string());
+        .unwrap_or_else(|| " | ".to_string());
     println!(
         "| {} | {count} | {:.1} | {:.2} | {latency} |",
         row.mode,
@@ -289,7 +298,7 @@ fn bench_netlink(count: u32, updates: u32, connections: u32) -> Result<Row> {
         mode: "nftables (netlink, sandboxd)",
         full_sync,
         update_ms: median(update_times),
-        latency: Some(latency),
+        latency,
     })
 }
 
@@ -346,7 +355,7 @@ fn bench_iptables(count: u32, updates: u32, connections: u32) -> Result<Row> {
         mode: "iptables (`iptables-restore`)",
         full_sync,
         update_ms: median(update_times),
-        latency: Some(latency),
+        latency,
     })
 }
 
