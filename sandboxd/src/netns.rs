@@ -131,6 +131,29 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
     made
 }
 
+/// Runs `f` in the network namespace at `netns` (None: the caller's, directly), on a
+/// short-lived thread so the caller's own namespace never changes. What `f` opens there
+/// (sockets, /proc/sys/net files) stays bound to that namespace.
+pub fn run_in<T: Send + 'static>(
+    netns: Option<&Path>,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let Some(netns) = netns else {
+        return f();
+    };
+    let file = std::fs::File::open(netns)?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(io::Error::other(
+            "the thread in the network namespace panicked",
+        ))
+    })
+}
+
 /// Unmounts the netns dir itself (see [`prepare_dir`]) if no pin is left in it.
 pub fn release_dir(dir: &Path) -> Result<(), NetnsError> {
     let empty = std::fs::read_dir(dir)

@@ -34,7 +34,7 @@ fn non_empty(s: String) -> Option<String> {
 }
 
 /// A spec as the validation takes it: empty strings and zeros are "not given".
-pub fn input_of(spec: v1::ServiceSpec) -> ServiceInput {
+fn input_of(spec: v1::ServiceSpec) -> ServiceInput {
     ServiceInput {
         name: spec.name,
         namespace: non_empty(spec.namespace),
@@ -82,7 +82,7 @@ fn protocol_name(p: crate::service::Protocol) -> &'static str {
 }
 
 /// A stored service as the API shows it: its spec with everything allocated filled in.
-pub fn service_of(view: &ServiceView) -> v1::Service {
+fn service_of(view: &ServiceView) -> v1::Service {
     let s = &view.record.service;
     v1::Service {
         spec: Some(v1::ServiceSpec {

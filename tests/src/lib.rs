@@ -97,6 +97,30 @@ impl Netns {
             .collect()
     }
 
+    /// A default route out of a veth of its own ("uplink", 192.0.2.1/24, via .254), as a
+    /// real node has: a ClusterIP without rules must be routed, so that it reaches the
+    /// filter hooks, rather than fail the route lookup.
+    pub fn add_default_route(&self) {
+        for args in [
+            &[
+                "link",
+                "add",
+                "uplink",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "uplink-peer",
+            ][..],
+            &["addr", "add", "192.0.2.1/24", "dev", "uplink"],
+            &["link", "set", "uplink-peer", "up"],
+            &["link", "set", "uplink", "up"],
+            &["route", "add", "default", "via", "192.0.2.254"],
+        ] {
+            self.exec(&[&["ip"][..], args].concat());
+        }
+    }
+
     /// veth interfaces in the namespace.
     pub fn veths(&self) -> Vec<String> {
         self.exec(&["ip", "-o", "link", "show", "type", "veth"])

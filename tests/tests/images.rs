@@ -346,6 +346,8 @@ async fn the_cri_image_service_and_sandboxctl_serve_the_store() {
         netns_dir: work.path().join("netns"),
         cni_conf_dir: work.path().join("net.d"),
         pause_binary: Some(PathBuf::from(pause::BUILT_BINARY)),
+        // It runs in the machine's own network namespace: no service rules there.
+        proxy_mode: None,
         ..Default::default()
     };
     let socket = sandboxd::server::bind(&config.socket).unwrap();

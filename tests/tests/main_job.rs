@@ -8,22 +8,30 @@ use std::process::Command;
 
 use sandboxd_tests::{require_root, workspace_binary};
 
-#[test]
-fn the_pod_pause_demo_runs_and_cleans_up() {
+/// Runs `examples/<script>` with the built binaries; it must succeed. Its output.
+fn run_demo(script: &str) -> String {
     require_root();
     let bin_dir = workspace_binary("sandboxd").parent().unwrap().to_path_buf();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pod-pause-demo.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(script);
     let out = Command::new("bash")
         .arg(script)
         .env("SANDBOXD_BIN_DIR", &bin_dir)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "the demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn the_pod_pause_demo_runs_and_cleans_up() {
+    let stdout = run_demo("pod-pause-demo.sh");
     for expected in [
         "docker.io/kubetm/p8080",
         "RuntimeName:  sandboxd",
@@ -62,20 +70,7 @@ fn the_pod_pause_demo_runs_and_cleans_up() {
 
 #[test]
 fn the_service_demo_runs_and_cleans_up() {
-    require_root();
-    let bin_dir = workspace_binary("sandboxd").parent().unwrap().to_path_buf();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/service-demo.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .env("SANDBOXD_BIN_DIR", &bin_dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_demo("service-demo.sh");
     for expected in [
         "service/svc-clusterip created",
         "svc-clusterip   ClusterIP   10.96.",

@@ -36,24 +36,7 @@ impl Node {
     fn start(mode: &'static str) -> Node {
         let daemon = SandboxdProcess::start_with(&["--proxy-mode", mode]);
         let node = &daemon.node;
-        for args in [
-            &[
-                "link",
-                "add",
-                "uplink",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "uplink-peer",
-            ][..],
-            &["addr", "add", "192.0.2.1/24", "dev", "uplink"],
-            &["link", "set", "uplink", "up"],
-            &["link", "set", "uplink-peer", "up"],
-            &["route", "add", "default", "via", "192.0.2.254"],
-        ] {
-            node.exec(&[&["ip"][..], args].concat());
-        }
+        node.add_default_route();
         let client = Netns::new("sbt-extclient");
         node.exec(&[
             "ip",
@@ -188,6 +171,7 @@ macro_rules! in_both_modes {
 
 in_both_modes!(
     the_seed_services_reach_the_pods,
+    an_update_keeps_the_address_and_moves_the_node_port,
     a_restart_rebuilds_the_same_rules_and_keeps_connections,
     bad_services_name_the_field_and_leave_nothing,
     cleanup_removes_every_rule,
@@ -306,6 +290,45 @@ fn the_seed_services_reach_the_pods(mode: &'static str) {
     ]);
     assert!(!node.listening().contains(":31080"), "{}", node.listening());
     assert!(!node.rules().contains("31080"), "{}", node.rules());
+}
+
+fn an_update_keeps_the_address_and_moves_the_node_port(mode: &'static str) {
+    let node = Node::start(mode);
+    node.apply(&example("pod-dest.yaml"));
+    node.apply(&example("svc-nodeport.yaml"));
+    let ip = node.cluster_ip("svc-nodeport");
+    let moved = std::fs::read_to_string(example("svc-nodeport.yaml"))
+        .unwrap()
+        .replace("nodePort: 31080", "nodePort: 31081");
+    assert_eq!(node.apply_text(&moved), "service/svc-nodeport configured\n");
+    assert_eq!(node.apply_text(&moved), "service/svc-nodeport unchanged\n");
+    assert_eq!(node.cluster_ip("svc-nodeport"), ip, "the ClusterIP changed");
+    let listening = node.listening();
+    assert!(
+        listening.contains("0.0.0.0:31081") && !listening.contains(":31080"),
+        "{listening}"
+    );
+    let rules = node.rules();
+    assert!(
+        rules.contains("31081") && !rules.contains("31080"),
+        "{rules}"
+    );
+    let fetch = fetch_in(&node.client.path(), &format!("{NODE_IP}:31081"));
+    assert!(fetch.answered && fetch.body == "pod-dest", "{fetch:?}");
+    // The freed port is anyone's again; the address cannot change.
+    node.apply_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: other}\nspec:\n  type: NodePort\n  selector: {type: dest}\n  ports: [{port: 80, targetPort: 8080, nodePort: 31080}]\n",
+    );
+    let error = node.apply_text_fails(&moved.replace(
+        "type: NodePort",
+        "type: NodePort\n  clusterIP: 10.96.100.100",
+    ));
+    assert!(
+        error.contains(&format!(
+            "spec.clusterIP of service default/svc-nodeport: is immutable: the service has {ip}"
+        )),
+        "{error}"
+    );
 }
 
 fn a_restart_rebuilds_the_same_rules_and_keeps_connections(mode: &'static str) {

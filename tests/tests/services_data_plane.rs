@@ -93,23 +93,7 @@ impl Lab {
         let node = Netns::new("sbt-svcnode");
         node.exec(&["ip", "link", "set", "lo", "up"]);
         node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        // A default route, as a real node has: a ClusterIP with no rule must be routed (and
-        // so reach the filter hooks) rather than fail the route lookup.
-        node.exec(&[
-            "ip",
-            "link",
-            "add",
-            "uplink",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "uplink-peer",
-        ]);
-        node.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "uplink"]);
-        node.exec(&["ip", "link", "set", "uplink-peer", "up"]);
-        node.exec(&["ip", "link", "set", "uplink", "up"]);
-        node.exec(&["ip", "route", "add", "default", "via", "192.0.2.254"]);
+        node.add_default_route();
         let client = Netns::new("sbt-client");
         link(&node, &client, 1);
         let mut lab = Lab {
@@ -197,24 +181,7 @@ impl Lab {
     }
 
     fn feed(&self, command: &[&str], script: &str) {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.node.path().display()))
-            .args(command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child.stdin.take().unwrap().write_all(script.as_bytes())?;
-                child.wait_with_output()
-            })
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{command:?} failed: {}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        feed_in(&self.node, command, script);
     }
 
     /// The rules as the mode lists them (without counters).
@@ -265,6 +232,28 @@ impl Lab {
             }
         }
     }
+}
+
+/// Runs `command` in `ns` with `script` on its stdin; it must succeed.
+fn feed_in(ns: &Netns, command: &[&str], script: &str) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `GET /hostname` from inside `ns`: (answered, body or error, how long it took).
@@ -441,26 +430,7 @@ fn netlink_and_nft_text_program_the_same_table() {
     let by_netlink = Netns::new("sbt-nftnl");
     let mut socket = NftSocket::open_in(Some(&by_netlink.path())).unwrap();
     let list = |ns: &Netns| ns.exec(&["nft", "list", "table", "ip", "sandboxd"]);
-    let feed_in = |ns: &Netns, script: String| {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .args(["nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child.stdin.take().unwrap().write_all(script.as_bytes())?;
-                child.wait_with_output()
-            })
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let feed = |plan: &Plan| feed_in(&by_text, nftables::render(plan));
+    let feed = |plan: &Plan| feed_in(&by_text, &["nft", "-f", "-"], &nftables::render(plan));
     let eps =
         |n: u8| -> Vec<Ipv4Addr> { (0..n).map(|i| Ipv4Addr::new(10, 244, 3, i + 2)).collect() };
     let mut sticky = service("default/sticky", [10, 96, 0, 12], Some(30012), &eps(3));
@@ -485,7 +455,11 @@ fn netlink_and_nft_text_program_the_same_table() {
     ] {
         let plan = plan::full_sync(&cluster, &services);
         feed(&plan);
-        feed_in(&by_blocks, nftables::render_blocks(&plan).unwrap());
+        feed_in(
+            &by_blocks,
+            &["nft", "-f", "-"],
+            &nftables::render_blocks(&plan).unwrap(),
+        );
         socket.apply(&plan).unwrap();
         assert_eq!(list(&by_netlink), list(&by_text));
         assert_eq!(list(&by_blocks), list(&by_text));

@@ -192,21 +192,10 @@ impl NftSocket {
         Ok(NftSocket { fd, next_seq: 1 })
     }
 
-    /// Opens a socket in the network namespace at `netns` (None: the caller's), from a
-    /// short-lived thread so the caller's namespace never changes; the socket stays bound
-    /// to that namespace.
+    /// Opens a socket in the network namespace at `netns` (None: the caller's); the
+    /// socket stays bound to that namespace.
     pub fn open_in(netns: Option<&Path>) -> io::Result<NftSocket> {
-        let Some(netns) = netns else {
-            return NftSocket::open();
-        };
-        let netns = std::fs::File::open(netns)?;
-        std::thread::spawn(move || {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(io::Error::from)?;
-            NftSocket::open()
-        })
-        .join()
-        .map_err(|_| io::Error::other("the thread opening the nf_tables socket panicked"))?
+        crate::netns::run_in(netns, NftSocket::open)
     }
 
     /// Applies the plan as one transaction: all of it, or (on an error) none of it.

@@ -41,18 +41,7 @@ impl NodePorts {
                 Protocol::Udp => Held::Udp(UdpSocket::bind(address)?),
             })
         };
-        let held = match &self.netns {
-            None => open(),
-            Some(netns) => {
-                let netns = std::fs::File::open(netns)?;
-                std::thread::spawn(move || {
-                    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                    open()
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the thread opening node port {port} panicked"))?
-            }
-        };
+        let held = crate::netns::run_in(self.netns.as_deref(), open);
         let held = held.map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 anyhow::anyhow!(

@@ -178,7 +178,7 @@ impl Registry {
         let mut taken = Taken::default();
         let outcome = self.commit(service, None, pods, &mut taken);
         if outcome.is_err() {
-            self.give_back(&key, taken);
+            self.give_back(taken);
         }
         outcome
     }
@@ -194,24 +194,24 @@ impl Registry {
         let outcome = self.commit(service, Some(&old), pods, &mut taken);
         match outcome {
             Ok(view) => {
-                // The old service's node ports that the new one does not use.
-                let kept: BTreeSet<(Protocol, u16)> = node_ports(&view.record.service).collect();
-                for (protocol, port) in node_ports(&old.service) {
-                    if !kept.contains(&(protocol, port)) {
-                        self.node_ports.release(protocol, port);
-                    }
-                }
-                let kept_numbers: BTreeSet<u16> = kept.iter().map(|(_, p)| *p).collect();
-                for (_, port) in node_ports(&old.service) {
-                    if !kept_numbers.contains(&port) {
-                        self.allocator.release_node_port(port);
-                    }
-                }
+                self.release_node_ports(&old.service, Some(&view.record.service));
                 Ok(view)
             }
             Err(e) => {
-                self.give_back(&key, taken);
+                self.give_back(taken);
                 Err(e)
+            }
+        }
+    }
+
+    /// Gives back the node ports of `old` (sockets and numbers) that `new` does not use.
+    fn release_node_ports(&mut self, old: &Service, new: Option<&Service>) {
+        let kept: BTreeSet<(Protocol, u16)> = new.map(node_ports).into_iter().flatten().collect();
+        for (protocol, port) in node_ports(old).filter(|p| !kept.contains(p)) {
+            self.node_ports.release(protocol, port);
+            // A number is per node, whatever the protocol: free only if no port keeps it.
+            if !kept.iter().any(|(_, number)| *number == port) {
+                self.allocator.release_node_port(port);
             }
         }
     }
@@ -320,7 +320,7 @@ impl Registry {
         Ok(self.view(&key).expect("just inserted"))
     }
 
-    fn give_back(&mut self, _key: &str, taken: Taken) {
+    fn give_back(&mut self, taken: Taken) {
         for (protocol, port) in taken.sockets {
             self.node_ports.release(protocol, port);
         }
@@ -347,10 +347,7 @@ impl Registry {
             .map_err(|e| Error::step("remove the record", object(&key), e))?;
         self.records.remove(&key);
         self.endpoints.remove(&key);
-        for (protocol, port) in node_ports(&record.service) {
-            self.node_ports.release(protocol, port);
-            self.allocator.release_node_port(port);
-        }
+        self.release_node_ports(&record.service, None);
         if let Some(ip) = record.service.cluster_ip {
             self.allocator.release_cluster_ip(ip);
         }

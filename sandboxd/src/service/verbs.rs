@@ -199,17 +199,7 @@ fn ensure_bridge_netfilter(netns: Option<&std::path::Path>) {
         }
         Ok(())
     };
-    let outcome = match netns {
-        None => set(),
-        Some(netns) => std::fs::File::open(netns).and_then(|netns| {
-            std::thread::spawn(move || {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                set()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("thread panicked")))
-        }),
-    };
+    let outcome = crate::netns::run_in(netns, set);
     if let Err(e) = outcome {
         eprintln!(
             "sandboxd: could not set {SYSCTL}=1 ({e}): a pod calling a service whose endpoint is on its own bridge will not get replies"

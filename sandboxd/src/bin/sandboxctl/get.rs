@@ -359,14 +359,7 @@ pub async fn run(
         }
         wide => {
             if views.is_empty() {
-                eprintln!(
-                    "No resources found{}.",
-                    if args.all_namespaces {
-                        String::new()
-                    } else {
-                        format!(" in {} namespace", args.namespace)
-                    }
-                );
+                crate::output::no_resources(&args.namespace, args.all_namespaces);
                 return Ok(());
             }
             let wide = wide == Some(GetFormat::Wide);

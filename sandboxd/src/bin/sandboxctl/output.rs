@@ -68,6 +68,15 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// kubectl's note for an empty listing, on stderr.
+pub fn no_resources(namespace: &str, all_namespaces: bool) {
+    if all_namespaces {
+        eprintln!("No resources found.");
+    } else {
+        eprintln!("No resources found in {namespace} namespace.");
+    }
+}
+
 /// A gRPC error as a person reads it: the runtime's message, and the code.
 pub fn describe_error(e: &anyhow::Error) -> String {
     match e.downcast_ref::<tonic::Status>() {

@@ -250,15 +250,34 @@ pub struct GetArgs<'a> {
     pub output: Option<GetFormat>,
 }
 
-fn no_resources(args: &GetArgs) {
-    eprintln!(
-        "No resources found{}.",
-        if args.all_namespaces {
-            String::new()
-        } else {
-            format!(" in {} namespace", args.namespace)
-        }
-    );
+/// Rows under headers, each row after its namespace, which is a column only with -A.
+fn print_rows(args: &GetArgs, mut headers: Vec<&str>, rows: Vec<(String, Vec<String>)>) {
+    if rows.is_empty() {
+        crate::output::no_resources(args.namespace, args.all_namespaces);
+        return;
+    }
+    if args.all_namespaces {
+        headers.insert(0, "NAMESPACE");
+    }
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(namespace, mut row)| {
+            if args.all_namespaces {
+                row.insert(0, namespace);
+            }
+            row
+        })
+        .collect();
+    table(&headers, &rows);
+}
+
+/// The document format `-o` asks for; None for a table.
+fn document_format(output: Option<GetFormat>) -> Option<Format> {
+    match output {
+        Some(GetFormat::Json) => Some(Format::Json),
+        Some(GetFormat::Yaml) => Some(Format::Yaml),
+        _ => None,
+    }
 }
 
 fn list_document(items: Vec<serde_json::Value>, single: bool) -> serde_json::Value {
@@ -307,60 +326,42 @@ pub async fn get_services(services: &mut ServicesClient, args: GetArgs<'_>) -> a
         .filter_map(|s| s.spec.as_ref().map(|s| s.name.as_str()))
         .collect();
     check_names_found(&args, "service", &found)?;
-    match args.output {
-        Some(GetFormat::Json | GetFormat::Yaml) => {
-            let format = if args.output == Some(GetFormat::Json) {
-                Format::Json
-            } else {
-                Format::Yaml
-            };
-            let items = list.iter().map(service_object).collect();
-            print_doc(&list_document(items, args.names.len() == 1), format)
-        }
-        wide => {
-            if list.is_empty() {
-                no_resources(&args);
-                return Ok(());
-            }
-            let mut headers = vec![
-                "NAME",
-                "TYPE",
-                "CLUSTER-IP",
-                "EXTERNAL-IP",
-                "PORT(S)",
-                "AGE",
-            ];
-            if args.all_namespaces {
-                headers.insert(0, "NAMESPACE");
-            }
-            if wide == Some(GetFormat::Wide) {
-                headers.push("SELECTOR");
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|s| {
-                    let spec = s.spec.clone().unwrap_or_default();
-                    let mut row = vec![
-                        spec.name.clone(),
-                        spec.r#type.clone(),
-                        spec.cluster_ip.clone(),
-                        "<none>".into(),
-                        ports_text(&spec),
-                        age(s.created_at_ns),
-                    ];
-                    if args.all_namespaces {
-                        row.insert(0, spec.namespace.clone());
-                    }
-                    if wide == Some(GetFormat::Wide) {
-                        row.push(selector_text(&spec));
-                    }
-                    row
-                })
-                .collect();
-            table(&headers, &rows);
-            Ok(())
-        }
+    if let Some(format) = document_format(args.output) {
+        let items = list.iter().map(service_object).collect();
+        return print_doc(&list_document(items, args.names.len() == 1), format);
     }
+    let wide = args.output == Some(GetFormat::Wide);
+    let mut headers = vec![
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+        "AGE",
+    ];
+    if wide {
+        headers.push("SELECTOR");
+    }
+    let rows = list
+        .iter()
+        .map(|s| {
+            let spec = s.spec.clone().unwrap_or_default();
+            let mut row = vec![
+                spec.name.clone(),
+                spec.r#type.clone(),
+                spec.cluster_ip.clone(),
+                "<none>".into(),
+                ports_text(&spec),
+                age(s.created_at_ns),
+            ];
+            if wide {
+                row.push(selector_text(&spec));
+            }
+            (spec.namespace, row)
+        })
+        .collect();
+    print_rows(&args, headers, rows);
+    Ok(())
 }
 
 /// `get endpoints [NAME...]`.
@@ -380,39 +381,16 @@ pub async fn get_endpoints(services: &mut ServicesClient, args: GetArgs<'_>) -> 
     list.retain(|s| args.names.is_empty() || args.names.contains(&s.name));
     let found: Vec<&str> = list.iter().map(|s| s.name.as_str()).collect();
     check_names_found(&args, "endpoints", &found)?;
-    match args.output {
-        Some(GetFormat::Json | GetFormat::Yaml) => {
-            let format = if args.output == Some(GetFormat::Json) {
-                Format::Json
-            } else {
-                Format::Yaml
-            };
-            let items = list.iter().map(endpoints_object).collect();
-            print_doc(&list_document(items, args.names.len() == 1), format)
-        }
-        _ => {
-            if list.is_empty() {
-                no_resources(&args);
-                return Ok(());
-            }
-            let mut headers = vec!["NAME", "ENDPOINTS"];
-            if args.all_namespaces {
-                headers.insert(0, "NAMESPACE");
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|s| {
-                    let mut row = vec![s.name.clone(), endpoints_text(s)];
-                    if args.all_namespaces {
-                        row.insert(0, s.namespace.clone());
-                    }
-                    row
-                })
-                .collect();
-            table(&headers, &rows);
-            Ok(())
-        }
+    if let Some(format) = document_format(args.output) {
+        let items = list.iter().map(endpoints_object).collect();
+        return print_doc(&list_document(items, args.names.len() == 1), format);
     }
+    let rows = list
+        .iter()
+        .map(|s| (s.namespace.clone(), vec![s.name.clone(), endpoints_text(s)]))
+        .collect();
+    print_rows(&args, vec!["NAME", "ENDPOINTS"], rows);
+    Ok(())
 }
 
 #[cfg(test)]
