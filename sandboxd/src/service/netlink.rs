@@ -176,8 +176,7 @@ impl NftSocket {
         for option in [NETLINK_CAP_ACK, NETLINK_EXT_ACK] {
             set_option(&fd, SOL_NETLINK, option, 1)?;
         }
-        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        address.nl_family = libc::AF_NETLINK as u16;
+        let address = kernel_address();
         // SAFETY: address is a valid sockaddr_nl of the given size.
         let bound = unsafe {
             libc::bind(
@@ -237,11 +236,10 @@ impl NftSocket {
         // The kernel refuses a message larger than the send buffer; a full sync of 10,000
         // services is ~10 MB.
         let wanted = (buf.len() + 4096).min(i32::MAX as usize / 2) as i32;
-        if wanted > 212_992 {
+        if wanted > DEFAULT_SNDBUF {
             set_option(&self.fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, wanted)?;
         }
-        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        address.nl_family = libc::AF_NETLINK as u16;
+        let address = kernel_address();
         // SAFETY: buf and address outlive the call; lengths match.
         let sent = unsafe {
             libc::sendto(
@@ -288,6 +286,17 @@ impl NftSocket {
             parse_replies(&buf[..n as usize], &mut replies);
         }
     }
+}
+
+/// Linux's default socket buffer (net.core.wmem_default).
+const DEFAULT_SNDBUF: i32 = 212_992;
+
+/// The kernel's netlink address (port 0, no groups); also ours, bound to any free port.
+fn kernel_address() -> libc::sockaddr_nl {
+    // SAFETY: sockaddr_nl is plain data; all zeros is a valid value of it.
+    let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    address.nl_family = libc::AF_NETLINK as u16;
+    address
 }
 
 fn set_option(fd: &OwnedFd, level: i32, option: i32, value: i32) -> io::Result<()> {
