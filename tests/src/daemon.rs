@@ -135,6 +135,22 @@ impl SandboxdProcess {
             assert!(Instant::now() < deadline, "sandboxd did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The socket is bound before recovery and the service proxy's sync: an answer
+        // means both are done.
+        let (code, _, err) = self.sandboxctl(&["version"]);
+        assert_eq!(
+            code,
+            Some(0),
+            "sandboxd does not answer: {err}\n{}",
+            self.log()
+        );
+    }
+
+    /// Stops sandboxd (kill -9) and starts it again with other extra flags.
+    pub fn respawn_with(&mut self, extra_args: &[&str]) {
+        self.kill9();
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        self.spawn();
     }
 
     /// What sandboxd printed.

@@ -503,3 +503,31 @@ fn cleanup_removes_every_rule(mode: &'static str) {
         assert!(!saved.contains("SBX-"), "{saved}");
     }
 }
+
+/// A node switched between proxy modes keeps only the rules of the mode it runs.
+#[test]
+fn switching_modes_leaves_only_the_new_modes_rules() {
+    let mut node = Node::start("nftables");
+    node.apply(&example("pod-dest.yaml"));
+    node.apply(&example("svc-nodeport.yaml"));
+    let tables = |node: &Node| node.daemon.node.exec(&["nft", "list", "tables"]);
+    let iptables = |node: &Node| node.daemon.node.exec(&["iptables-save", "-t", "nat"]);
+    for (mode, ours, theirs) in [
+        ("iptables", "SBX-", "ip sandboxd"),
+        ("nftables", "ip sandboxd", "SBX-"),
+    ] {
+        node.daemon.respawn_with(&["--proxy-mode", mode]);
+        node.mode = mode;
+        let everything = tables(&node) + &iptables(&node);
+        assert!(everything.contains(ours), "{mode}: {everything}");
+        assert!(
+            !everything.contains(theirs),
+            "{mode} left the other mode's rules: {everything}"
+        );
+        let fetch = fetch_in(&node.client.path(), &format!("{NODE_IP}:31080"));
+        assert!(
+            fetch.answered && fetch.body == "pod-dest",
+            "{mode}: {fetch:?}"
+        );
+    }
+}

@@ -42,12 +42,22 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Opens the data plane of `mode` after removing what the other mode left (a node
+    /// switched between modes would otherwise translate with both, as kube-proxy also
+    /// cleans up the mode it does not run).
     pub fn open(mode: ProxyMode, netns: Option<&Path>, cluster: Cluster) -> anyhow::Result<Proxy> {
+        let mut socket = NftSocket::open_in(netns).context("open a netlink socket to nf_tables")?;
         let backend = match mode {
-            ProxyMode::Nftables => Backend::Nftables(
-                NftSocket::open_in(netns).context("open a netlink socket to nf_tables")?,
-            ),
-            ProxyMode::Iptables => Backend::Iptables,
+            ProxyMode::Nftables => {
+                remove_iptables_rules(netns).context("remove the iptables mode's rules")?;
+                Backend::Nftables(socket)
+            }
+            ProxyMode::Iptables => {
+                socket
+                    .apply(&plan::cleanup())
+                    .context("remove the nftables mode's table")?;
+                Backend::Iptables
+            }
         };
         Ok(Proxy {
             backend,
@@ -116,6 +126,12 @@ pub fn cleanup(netns: Option<&Path>) -> anyhow::Result<()> {
         .context("open a netlink socket to nf_tables")?
         .apply(&plan::cleanup())
         .context("delete the table ip sandboxd")?;
+    remove_iptables_rules(netns)
+}
+
+/// Removes the SBX-* chains and the jumps to them, if iptables is installed and any are
+/// there.
+fn remove_iptables_rules(netns: Option<&Path>) -> anyhow::Result<()> {
     if let Some(saved) = iptables_save(netns)? {
         let text = iptables::cleanup(&saved);
         if !text.is_empty() {

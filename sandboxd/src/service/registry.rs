@@ -149,6 +149,10 @@ impl Registry {
         })
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     pub fn get(&self, namespace: &str, name: &str) -> Result<ServiceView> {
         let key = format!("{namespace}/{name}");
         self.view(&key).ok_or(Error::NotFound {

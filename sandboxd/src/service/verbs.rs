@@ -137,8 +137,11 @@ impl Runtime {
 
     /// Recomputes endpoints and reprograms the services whose endpoints changed.
     pub async fn endpoints_changed(self: &Arc<Self>) {
-        if !matches!(self.services.get(), Some(Some(_))) {
-            return;
+        // Without services there is nothing to recompute: pod and container verbs, which
+        // call this, stay as fast as without a proxy.
+        match self.services.get() {
+            Some(Some(registry)) if !registry.lock().expect("services lock").is_empty() => {}
+            _ => return,
         }
         let pods = self.ready_pods().await;
         let _ = self
