@@ -171,6 +171,7 @@ macro_rules! in_both_modes {
 
 in_both_modes!(
     the_seed_services_reach_the_pods,
+    a_named_target_port_is_the_containers_port_of_that_name,
     an_update_keeps_the_address_and_moves_the_node_port,
     a_restart_rebuilds_the_same_rules_and_keeps_connections,
     bad_services_name_the_field_and_leave_nothing,
@@ -290,6 +291,44 @@ fn the_seed_services_reach_the_pods(mode: &'static str) {
     ]);
     assert!(!node.listening().contains(":31080"), "{}", node.listening());
     assert!(!node.rules().contains("31080"), "{}", node.rules());
+}
+
+fn a_named_target_port_is_the_containers_port_of_that_name(mode: &'static str) {
+    let node = Node::start(mode);
+    node.apply(&example("pod-src.yaml"));
+    // kubetm/app serves 8080; the pod names that port "http", the service targets the name.
+    node.apply_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  containers:\n  - name: app\n    image: kubetm/app\n    ports: [{name: http, containerPort: 8080}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: unnamed, labels: {app: web}}\nspec:\n  containers:\n  - name: app\n    image: kubetm/app\n    ports: [{containerPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: web, port: 80, targetPort: http}]\n",
+    );
+    let web: serde_json::Value =
+        serde_json::from_str(&node.ctl(&["get", "pods", "web", "-o", "json"])).unwrap();
+    let web_ip = web["status"]["podIP"].as_str().unwrap().to_string();
+    // The pod without a port of that name is no endpoint of it, as in Kubernetes.
+    let endpoints: serde_json::Value =
+        serde_json::from_str(&node.ctl(&["get", "endpoints", "web", "-o", "json"])).unwrap();
+    let subsets = &endpoints["subsets"];
+    assert_eq!(subsets.as_array().map(Vec::len), Some(1), "{endpoints}");
+    assert_eq!(
+        subsets[0]["addresses"].as_array().map(Vec::len),
+        Some(1),
+        "{endpoints}"
+    );
+    assert_eq!(
+        subsets[0]["addresses"][0]["ip"],
+        web_ip.as_str(),
+        "{endpoints}"
+    );
+    assert_eq!(
+        subsets[0]["addresses"][0]["targetRef"]["name"], "web",
+        "{endpoints}"
+    );
+    assert_eq!(subsets[0]["ports"][0]["port"], 8080, "{endpoints}");
+    assert_eq!(subsets[0]["ports"][0]["name"], "web", "{endpoints}");
+    let fetch = fetch_in(
+        &node.pod_netns("pod-src"),
+        &format!("{}:80", node.cluster_ip("web")),
+    );
+    assert!(fetch.answered && fetch.body == "web", "{fetch:?}");
 }
 
 fn an_update_keeps_the_address_and_moves_the_node_port(mode: &'static str) {
