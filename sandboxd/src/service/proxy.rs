@@ -46,16 +46,24 @@ impl Proxy {
     /// switched between modes would otherwise translate with both, as kube-proxy also
     /// cleans up the mode it does not run).
     pub fn open(mode: ProxyMode, netns: Option<&Path>, cluster: Cluster) -> anyhow::Result<Proxy> {
-        let mut socket = NftSocket::open_in(netns).context("open a netlink socket to nf_tables")?;
+        // The other mode's leftovers are removed if they can be; a machine without that
+        // mode's tools or kernel parts has none, and must still start.
         let backend = match mode {
             ProxyMode::Nftables => {
-                remove_iptables_rules(netns).context("remove the iptables mode's rules")?;
+                let socket =
+                    NftSocket::open_in(netns).context("open a netlink socket to nf_tables")?;
+                if let Err(e) = remove_iptables_rules(netns) {
+                    eprintln!("sandboxd: could not remove the iptables mode's rules: {e:#}");
+                }
                 Backend::Nftables(socket)
             }
             ProxyMode::Iptables => {
-                socket
-                    .apply(&plan::cleanup())
-                    .context("remove the nftables mode's table")?;
+                let removed = NftSocket::open_in(netns)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|mut socket| socket.apply(&plan::cleanup()));
+                if let Err(e) = removed {
+                    eprintln!("sandboxd: could not remove the nftables mode's table: {e:#}");
+                }
                 Backend::Iptables
             }
         };
