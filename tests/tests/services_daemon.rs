@@ -132,6 +132,17 @@ impl Node {
             .join("\n")
     }
 
+    /// sandboxd listens on the node port in the node, as `ss -lntp` shows.
+    fn assert_node_port_held(&self, port: u16) {
+        let listening = self.listening();
+        assert!(
+            listening
+                .lines()
+                .any(|l| l.contains(&format!("0.0.0.0:{port} ")) && l.contains("\"sandboxd\"")),
+            "{listening}"
+        );
+    }
+
     /// Ports listening in the node, with their processes.
     fn listening(&self) -> String {
         self.daemon.node.exec(&["ss", "-lntpH"])
@@ -250,13 +261,7 @@ fn the_seed_services_reach_the_pods(mode: &'static str) {
         node.apply(&example("svc-nodeport.yaml")),
         "service/svc-nodeport created\n"
     );
-    let listening = node.listening();
-    assert!(
-        listening
-            .lines()
-            .any(|l| l.contains("0.0.0.0:31080") && l.contains("\"sandboxd\"")),
-        "{listening}"
-    );
+    node.assert_node_port_held(31080);
     let node_port = format!("{NODE_IP}:31080");
     let fetch = fetch_in(&node.client.path(), &node_port);
     assert!(
@@ -405,13 +410,7 @@ fn a_restart_rebuilds_the_same_rules_and_keeps_connections(mode: &'static str) {
     node.daemon.spawn();
     let after = node.rules();
     assert_eq!(after, before, "the restart changed the rules");
-    let listening = node.listening();
-    assert!(
-        listening
-            .lines()
-            .any(|l| l.contains("0.0.0.0:31080") && l.contains("\"sandboxd\"")),
-        "{listening}"
-    );
+    node.assert_node_port_held(31080);
 
     go.send(()).unwrap();
     let response = connection.join().unwrap().expect("the connection survived");

@@ -229,6 +229,11 @@ fn start_server(netns: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The address of the last service (the one with a server behind it).
+fn last_service(all: &[ProgrammedService]) -> SocketAddrV4 {
+    SocketAddrV4::new(all[all.len() - 1].cluster_ip, 80)
+}
+
 /// connect() times of new connections from the node to `target`: (p50, p99) in ms; None
 /// for no connections.
 fn first_packet(
@@ -292,8 +297,7 @@ fn bench_netlink(count: u32, updates: u32, connections: u32) -> Result<Row> {
         update_times.push(start.elapsed());
         current = next;
     }
-    let target = SocketAddrV4::new(all[all.len() - 1].cluster_ip, 80);
-    let latency = first_packet(&ns.node, target, connections)?;
+    let latency = first_packet(&ns.node, last_service(&all), connections)?;
     Ok(Row {
         mode: "nftables (netlink, sandboxd)",
         full_sync,
@@ -349,8 +353,7 @@ fn bench_iptables(count: u32, updates: u32, connections: u32) -> Result<Row> {
         all[0] = service(0, generation, count == 1);
         update_times.push(sync(&all)?);
     }
-    let target = SocketAddrV4::new(all[all.len() - 1].cluster_ip, 80);
-    let latency = first_packet(&ns.node, target, connections)?;
+    let latency = first_packet(&ns.node, last_service(&all), connections)?;
     Ok(Row {
         mode: "iptables (`iptables-restore`)",
         full_sync,
