@@ -51,9 +51,9 @@ touch "$node"
 unshare --net="$node" true
 nsenter --net="$node" ip link set lo up
 
-step "sandboxd --node-name node1 --node-netns $node --netns-dir $netns_dir --state-dir $work/state --socket $socket &"
+step "sandboxd --node-name node1 --node-netns $node --netns-dir $netns_dir --state-dir $work/state --cni-conf-dir $work/net.d --socket $socket &"
 sandboxd --node-name node1 --node-netns "$node" --netns-dir "$netns_dir" \
-  --state-dir "$work/state" --socket "$socket" 2>/run/sandboxd/demo.log &
+  --cni-conf-dir "$work/net.d" --state-dir "$work/state" --socket "$socket" 2>/run/sandboxd/demo.log &
 daemon=$!
 for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
 cat /run/sandboxd/demo.log

@@ -55,9 +55,9 @@ nsenter --net="$master" ip addr add 192.168.102.10/24 dev eth0
 nsenter --net="$master" ip link set eth0 up
 in_node ip route add default via 192.168.102.1
 
-step "sandboxd --node-name worker-node1 --node-netns $node --state-dir $work/state --socket $socket &"
+step "sandboxd --node-name worker-node1 --node-netns $node --state-dir $work/state --cni-conf-dir $work/net.d --socket $socket &"
 sandboxd --node-name worker-node1 --node-netns "$node" --netns-dir "$work/netns" \
-  --state-dir "$work/state" --socket "$socket" 2>"$work/sandboxd.log" &
+  --cni-conf-dir "$work/net.d" --state-dir "$work/state" --socket "$socket" 2>"$work/sandboxd.log" &
 daemon=$!
 for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
 cat "$work/sandboxd.log"
