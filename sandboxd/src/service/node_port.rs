@@ -6,19 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::service::Protocol;
 
-enum Held {
-    // Kept for their descriptors: dropping one closes the socket.
-    Tcp(#[allow(dead_code)] TcpListener),
-    Udp(#[allow(dead_code)] UdpSocket),
-}
-
 pub struct NodePorts {
     netns: Option<PathBuf>,
-    held: BTreeMap<(Protocol, u16), Held>,
+    /// The sockets, kept only to be open: dropping one closes it.
+    held: BTreeMap<(Protocol, u16), OwnedFd>,
 }
 
 impl NodePorts {
@@ -34,11 +30,11 @@ impl NodePorts {
         if self.held.contains_key(&(protocol, port)) {
             return Ok(());
         }
-        let open = move || -> std::io::Result<Held> {
+        let open = move || -> std::io::Result<OwnedFd> {
             let address = (Ipv4Addr::UNSPECIFIED, port);
             Ok(match protocol {
-                Protocol::Tcp => Held::Tcp(TcpListener::bind(address)?),
-                Protocol::Udp => Held::Udp(UdpSocket::bind(address)?),
+                Protocol::Tcp => TcpListener::bind(address)?.into(),
+                Protocol::Udp => UdpSocket::bind(address)?.into(),
             })
         };
         let held = crate::netns::run_in(self.netns.as_deref(), open);
