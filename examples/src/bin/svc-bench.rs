@@ -280,6 +280,26 @@ fn print(count: u32, row: &Row) {
     );
 }
 
+/// `updates` changes of service 0's endpoints, each a plan `apply` programs: their times.
+fn time_updates(
+    all: &[ProgrammedService],
+    count: u32,
+    updates: u32,
+    mut apply: impl FnMut(&plan::Plan) -> Result<()>,
+) -> Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    let mut current = all[0].clone();
+    for generation in 1..=updates {
+        let next = service(0, generation, count == 1);
+        let plan = plan::update(&cluster(), Some(&current), Some(&next));
+        let start = Instant::now();
+        apply(&plan)?;
+        times.push(start.elapsed());
+        current = next;
+    }
+    Ok(times)
+}
+
 fn bench_netlink(count: u32, updates: u32, connections: u32) -> Result<Row> {
     let ns = Namespaces::new("nl")?;
     start_server(&ns.server)?;
@@ -288,15 +308,7 @@ fn bench_netlink(count: u32, updates: u32, connections: u32) -> Result<Row> {
     let start = Instant::now();
     socket.apply(&plan::full_sync(&cluster(), &all))?;
     let full_sync = start.elapsed();
-    let mut update_times = Vec::new();
-    let mut current = all[0].clone();
-    for generation in 1..=updates {
-        let next = service(0, generation, count == 1);
-        let start = Instant::now();
-        socket.apply(&plan::update(&cluster(), Some(&current), Some(&next)))?;
-        update_times.push(start.elapsed());
-        current = next;
-    }
+    let update_times = time_updates(&all, count, updates, |plan| socket.apply(plan))?;
     let latency = first_packet(&ns.node, last_service(&all), connections)?;
     Ok(Row {
         mode: "nftables (netlink, sandboxd)",
@@ -314,16 +326,9 @@ fn bench_nft_text(count: u32, updates: u32) -> Result<Row> {
         .context("a full sync renders as blocks")?;
     feed(&ns.node, &["nft", "-f", "-"], &blocks)?;
     let full_sync = start.elapsed();
-    let mut update_times = Vec::new();
-    let mut current = all[0].clone();
-    for generation in 1..=updates {
-        let next = service(0, generation, count == 1);
-        let start = Instant::now();
-        let script = nftables::render(&plan::update(&cluster(), Some(&current), Some(&next)));
-        feed(&ns.node, &["nft", "-f", "-"], &script)?;
-        update_times.push(start.elapsed());
-        current = next;
-    }
+    let update_times = time_updates(&all, count, updates, |plan| {
+        feed(&ns.node, &["nft", "-f", "-"], &nftables::render(plan)).map(drop)
+    })?;
     Ok(Row {
         mode: "nftables (`nft -f`)",
         full_sync,

@@ -128,16 +128,15 @@ pub fn restore(
             let proto = p.protocol.nft();
             let comment = format!("{}:{}/{proto}", s.key, p.port);
             if p.endpoints.is_empty() {
-                let _ = writeln!(
-                    filter_rules,
-                    "-A {FILTER} -d {}/32 -p {proto} -m {proto} --dport {} -m comment --comment \"{comment} has no endpoints\" -j REJECT --reject-with icmp-port-unreachable",
-                    s.cluster_ip, p.port
-                );
-                if let Some(node_port) = p.node_port {
+                let mut reject = |destination: String, port: u16| {
                     let _ = writeln!(
                         filter_rules,
-                        "-A {FILTER} -m addrtype --dst-type LOCAL -p {proto} -m {proto} --dport {node_port} -m comment --comment \"{comment} has no endpoints\" -j REJECT --reject-with icmp-port-unreachable"
+                        "-A {FILTER} {destination} -p {proto} -m {proto} --dport {port} -m comment --comment \"{comment} has no endpoints\" -j REJECT --reject-with icmp-port-unreachable"
                     );
+                };
+                reject(format!("-d {}/32", s.cluster_ip), p.port);
+                if let Some(node_port) = p.node_port {
+                    reject("-m addrtype --dst-type LOCAL".into(), node_port);
                 }
                 continue;
             }
@@ -271,21 +270,10 @@ pub fn cleanup(saved: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::Protocol;
     use std::net::Ipv4Addr;
 
     fn web(eps: &[&str]) -> ProgrammedService {
-        ProgrammedService {
-            key: "default/web".into(),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
-            ports: vec![ProgrammedPort {
-                protocol: Protocol::Tcp,
-                port: 8080,
-                node_port: Some(31080),
-                endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),
-            }],
-            affinity_seconds: None,
-        }
+        crate::service::plan::fixtures::web(eps, None)
     }
 
     #[test]

@@ -205,11 +205,10 @@ pub fn render_blocks(plan: &Plan) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::service::plan::{self, Cluster, ProgrammedPort, ProgrammedService};
-    use crate::service::Protocol;
+    use crate::service::plan::fixtures::{cluster, web};
+    use crate::service::plan::{self, Cluster, ProgrammedService};
 
     fn full_sync(cluster: &Cluster, services: &[ProgrammedService]) -> String {
         render(&plan::full_sync(cluster, services))
@@ -221,24 +220,6 @@ mod tests {
         new: Option<&ProgrammedService>,
     ) -> String {
         render(&plan::update(cluster, old, new))
-    }
-
-    fn cluster() -> Cluster {
-        Cluster::new((Ipv4Addr::new(10, 244, 0, 0), 16))
-    }
-
-    fn web(endpoints: &[&str], affinity: Option<u32>) -> ProgrammedService {
-        ProgrammedService {
-            key: "default/web".into(),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
-            ports: vec![ProgrammedPort {
-                protocol: Protocol::Tcp,
-                port: 8080,
-                node_port: Some(31080),
-                endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
-            }],
-            affinity_seconds: affinity,
-        }
     }
 
     #[test]

@@ -481,3 +481,28 @@ pub fn cleanup() -> Plan {
         ops: vec![Op::AddTable, Op::DeleteTable],
     }
 }
+
+/// Services the renderers' unit tests share.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    pub fn cluster() -> Cluster {
+        Cluster::new((Ipv4Addr::new(10, 244, 0, 0), 16))
+    }
+
+    /// default/web: 10.96.0.10:8080/tcp, NodePort 31080, the given endpoints.
+    pub fn web(endpoints: &[&str], affinity_seconds: Option<u32>) -> ProgrammedService {
+        ProgrammedService {
+            key: "default/web".into(),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            ports: vec![ProgrammedPort {
+                protocol: Protocol::Tcp,
+                port: 8080,
+                node_port: Some(31080),
+                endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            }],
+            affinity_seconds,
+        }
+    }
+}

@@ -45,6 +45,8 @@ pub struct Registry {
     endpoints: BTreeMap<String, Vec<Endpoint>>,
     proxy: Proxy,
     node_ports: NodePorts,
+    /// Services whose last resync failed: reported once, not every period.
+    failing: BTreeSet<String>,
 }
 
 /// The store id of a service: namespace and name are DNS labels, which have no '_'.
@@ -81,6 +83,7 @@ impl Registry {
             endpoints: BTreeMap::new(),
             proxy: Proxy::open(mode, netns, cluster)?,
             node_ports: NodePorts::new(netns),
+            failing: BTreeSet::new(),
         };
         let loaded = registry.store.load_all::<ServiceRecord>()?;
         for (id, error) in loaded.unreadable {
@@ -351,6 +354,7 @@ impl Registry {
             .map_err(|e| Error::step("remove the record", object(&key), e))?;
         self.records.remove(&key);
         self.endpoints.remove(&key);
+        self.failing.remove(&key);
         self.release_node_ports(&record.service, None);
         if let Some(ip) = record.service.cluster_ip {
             self.allocator.release_cluster_ip(ip);
@@ -372,12 +376,20 @@ impl Registry {
             let programmed = endpoints::programmed(&record.service, &endpoints);
             match self.proxy.apply(&key, Some(programmed)) {
                 Ok(()) => {
+                    if self.failing.remove(&key) {
+                        eprintln!("sandboxd: {}: endpoints programmed again", object(&key));
+                    }
                     self.endpoints.insert(key, endpoints);
                 }
-                Err(e) => eprintln!(
-                    "sandboxd: {}: program the new endpoints: {e:#}",
-                    object(&key)
-                ),
+                Err(e) => {
+                    if self.failing.insert(key.clone()) {
+                        eprintln!(
+                            "sandboxd: {}: program the new endpoints (retried every {:?}): {e:#}",
+                            object(&key),
+                            crate::service::verbs::RESYNC_PERIOD
+                        );
+                    }
+                }
             }
         }
     }
