@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what sandboxd needs on Debian 12, as root: a C linker for Rust, iproute2 and
 # util-linux (namespaces), Debian's upstream CNI plugins (/usr/lib/cni), iptables (portmap),
-# nftables (the Services data plane), protoc (the CRI protobuf bindings are generated at
-# build time), runc (the other OCI runtime), busybox-static (the demo images),
+# nftables (the Services data plane), python3-venv (the tests' current grpcio from PyPI),
+# protoc (the CRI protobuf bindings are generated at build time), runc (the other OCI runtime), busybox-static (the demo images),
 # and Rust itself through rustup if cargo is missing. Safe to run again.
 set -euo pipefail
 
@@ -11,7 +11,7 @@ packages=(
   iproute2 util-linux procps iputils-ping
   iptables nftables containernetworking-plugins
   protobuf-compiler busybox-static
-  python3 python3-grpcio python3-protobuf runc
+  python3 python3-grpcio python3-protobuf python3-venv runc
 )
 
 if [ "$(id -u)" -ne 0 ]; then

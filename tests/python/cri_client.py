@@ -5,7 +5,10 @@ path as :authority, where Go sends "localhost"); sandboxd must serve both. Messa
 come from the official api.proto, compiled with `protoc --python_out` into the directory
 given as the first argument.
 
-    python3 cri_client.py <dir with v1_pb2.py> <socket path>
+    python3 cri_client.py <dir with v1_pb2.py> <socket path> [authority]
+
+With an authority, the channel sends it as :authority instead of grpcio's own choice (the
+socket path, %-encoded since grpcio 1.57), as clients such as grpc-java send the raw path.
 
 Runs Version, RunPodSandbox, PodSandboxStatus, ListPodSandbox, StopPodSandbox,
 RemovePodSandbox and an unimplemented RPC, and prints one line per check.
@@ -27,7 +30,9 @@ def rpc(channel, service, method, request_type, response_type):
 
 
 def main():
-    channel = grpc.insecure_channel("unix://" + sys.argv[2])
+    options = [("grpc.default_authority", sys.argv[3])] if len(sys.argv) > 3 else []
+    channel = grpc.insecure_channel("unix://" + sys.argv[2], options=options)
+    print("grpcio", grpc.__version__, file=sys.stderr)
     runtime = "RuntimeService"
     version = rpc(channel, runtime, "Version", api.VersionRequest, api.VersionResponse)
     print("version", version(api.VersionRequest(version="v1"), timeout=10).runtime_name)

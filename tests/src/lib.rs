@@ -182,6 +182,25 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A client we did not write, from cri-tools v1.26.1 (`crictl`, `critest`): `$CRICTL` /
+/// `$CRITEST` if set, else the copy in `../shared/tools` beside the repository.
+pub fn shared_tool(name: &str) -> PathBuf {
+    let var = name.to_ascii_uppercase();
+    let path = std::env::var_os(&var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/tools")
+                .join(name)
+        });
+    assert!(
+        path.is_file(),
+        "{name} is missing at {}: set ${var} to the cri-tools v1.26.1 binary",
+        path.display()
+    );
+    path
+}
+
 /// Runs the workspace's sandboxctl against `endpoint`: (exit code, stdout, stderr).
 pub fn sandboxctl(endpoint: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(workspace_binary("sandboxctl"))

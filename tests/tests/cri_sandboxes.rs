@@ -780,36 +780,46 @@ fn official_api_proto() -> PathBuf {
         })
 }
 
-// Python's grpcio is a client of another kind at the HTTP/2 layer (its :authority is the
-// socket path); the Python runs as a child process while the daemon serves on a thread.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_python_grpcio_client_drives_the_pod_lifecycle() {
-    let daemon = Daemon::start().await;
-    let stubs = daemon.dir.path().join("stubs");
+/// Message classes for Python from the official api.proto, compiled by `protoc`.
+fn python_stubs(protoc: &[&str], dir: &Path) -> PathBuf {
+    let stubs = dir.join("stubs");
     std::fs::create_dir_all(&stubs).unwrap();
     let proto = official_api_proto();
-    let protoc = std::process::Command::new("protoc")
+    let out = std::process::Command::new(protoc[0])
+        .args(&protoc[1..])
         .arg(format!("-I{}", proto.parent().unwrap().display()))
         .arg(format!("--python_out={}", stubs.display()))
         .arg(&proto)
         .output()
-        .expect("run protoc (protobuf-compiler)");
+        .unwrap_or_else(|e| panic!("run {protoc:?}: {e}"));
     assert!(
-        protoc.status.success(),
+        out.status.success(),
         "protoc: {}",
-        String::from_utf8_lossy(&protoc.stderr)
+        String::from_utf8_lossy(&out.stderr)
     );
+    stubs
+}
+
+/// Runs tests/python/cri_client.py (the pod lifecycle) with `python` against the daemon,
+/// sending `authority` as `:authority` if given, and checks what it printed.
+fn python_client_drives_the_pod_lifecycle(
+    daemon: &Daemon,
+    python: &Path,
+    stubs: &Path,
+    authority: Option<&str>,
+) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cri_client.py");
-    let out = std::process::Command::new("/usr/bin/python3")
+    let out = std::process::Command::new(python)
         .arg(script)
-        .arg(&stubs)
+        .arg(stubs)
         .arg(&daemon.config.socket)
+        .args(authority)
         .output()
-        .expect("run python3 (python3-grpcio, python3-protobuf)");
+        .unwrap_or_else(|e| panic!("run {}: {e}", python.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "python client failed: {}{}",
+        "python client ({authority:?}) failed: {}{}",
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -822,6 +832,94 @@ async fn a_python_grpcio_client_drives_the_pod_lifecycle() {
         lines[2]
     );
     assert_eq!(lines[3..], ["list 1", "removed", "attach UNIMPLEMENTED"]);
+}
+
+// Python's grpcio is a client of another kind at the HTTP/2 layer (its :authority is the
+// socket path); the Python runs as a child process while the daemon serves on a thread.
+// Debian's grpcio 1.51 sends the path as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debians_grpcio_client_drives_the_pod_lifecycle() {
+    let daemon = Daemon::start().await;
+    let stubs = python_stubs(&["protoc"], daemon.dir.path());
+    python_client_drives_the_pod_lifecycle(&daemon, Path::new("/usr/bin/python3"), &stubs, None);
+    daemon.assert_clean();
+}
+
+/// A virtualenv with a current grpcio from PyPI, made once per target dir.
+fn current_grpcio() -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpcio-venv");
+    let python = venv.join("bin/python");
+    let ready = |python: &Path| {
+        std::process::Command::new(python)
+            .args(["-c", "import grpc, grpc_tools"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ready(&python) {
+        run(
+            "/usr/bin/python3",
+            &["-m", "venv", "--clear", venv.to_str().unwrap()],
+        );
+        run(
+            venv.join("bin/pip").to_str().unwrap(),
+            &["install", "--quiet", "grpcio>=1.85", "grpcio-tools>=1.85"],
+        );
+    }
+    python
+}
+
+// grpcio since 1.57 sends the %-encoded socket path (`tmp%2F…%2Fsandboxd.sock`) as
+// :authority; a client may also send the raw path (grpc-java does), or a host name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_current_grpcio_client_is_served_whatever_authority_it_sends() {
+    let daemon = Daemon::start().await;
+    let python = current_grpcio();
+    let protoc = python.to_str().unwrap();
+    let stubs = python_stubs(&[protoc, "-m", "grpc_tools.protoc"], daemon.dir.path());
+    let raw_path = daemon.config.socket.to_str().unwrap();
+    for authority in [None, Some(raw_path), Some("localhost")] {
+        python_client_drives_the_pod_lifecycle(&daemon, &python, &stubs, authority);
+    }
+    daemon.assert_clean();
+}
+
+// A request with no :authority at all (RFC 9113 lets a client leave it out): h2's client
+// sends none for a URI that is only a path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_authority_is_served() {
+    use prost::Message;
+    let daemon = Daemon::start().await;
+    let stream = tokio::net::UnixStream::connect(&daemon.config.socket)
+        .await
+        .unwrap();
+    let (mut h2, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("/runtime.v1.RuntimeService/Version")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    assert!(request.uri().authority().is_none());
+    let (response, mut body) = h2.send_request(request, false).unwrap();
+    let message = cri::VersionRequest {
+        version: "v1".into(),
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend((message.len() as u32).to_be_bytes());
+    frame.extend(message);
+    body.send_data(frame.into(), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let trailers = body.trailers().await.unwrap().unwrap_or_default();
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
+    let reply = cri::VersionResponse::decode(&bytes[5..]).unwrap();
+    assert_eq!(reply.runtime_name, "sandboxd");
     daemon.assert_clean();
 }
 

@@ -21,6 +21,9 @@ pub struct Args {
     /// Allocate a terminal.
     #[arg(long, short)]
     tty: bool,
+    /// Run through ExecSync, as crictl's --sync asks; a command without -i/-t always is.
+    #[arg(long = "sync", short = 's')]
+    _sync: bool,
     /// Seconds before the command is killed (0: no limit).
     #[arg(long, default_value_t = 0)]
     timeout: i64,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use k8s_cri::v1 as cri;
 
-use crate::output::{print_doc, table, Format};
+use crate::output::{crictl_table, human_size, print_doc, Format};
 use crate::ImageClient;
 
 #[derive(clap::Args)]
@@ -62,31 +62,18 @@ fn spec(image: &str) -> Option<cri::ImageSpec> {
     })
 }
 
-fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < units.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.3}{}", units[unit])
-    }
-}
-
 pub async fn list(client: &mut ImageClient, args: ListArgs) -> anyhow::Result<()> {
     let filter = args
         .image
         .as_deref()
         .map(|i| cri::ImageFilter { image: spec(i) });
-    let images = client
+    let mut images = client
         .list_images(cri::ListImagesRequest { filter })
         .await?
         .into_inner()
         .images;
+    // crictl's order: by the first tag.
+    images.sort_by(|a, b| a.repo_tags.first().cmp(&b.repo_tags.first()));
     if args.quiet {
         for image in &images {
             println!("{}", image.id);
@@ -124,7 +111,7 @@ pub async fn list(client: &mut ImageClient, args: ListArgs) -> anyhow::Result<()
             rows.push(vec![repository, tag, id.clone(), human_size(image.size)]);
         }
     }
-    table(&["IMAGE", "TAG", "IMAGE ID", "SIZE"], &rows);
+    crictl_table(&["IMAGE", "TAG", "IMAGE ID", "SIZE"], &rows);
     Ok(())
 }
 

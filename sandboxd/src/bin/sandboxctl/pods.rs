@@ -2,7 +2,7 @@
 
 use k8s_cri::v1 as cri;
 
-use crate::output::{age, print_doc, table, Format};
+use crate::output::{age, crictl_table, print_doc, short_id, Format};
 use crate::Client;
 
 #[derive(clap::Args)]
@@ -57,6 +57,8 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
         .await?
         .into_inner()
         .items;
+    // crictl's order: the newest first.
+    items.sort_by_key(|p| std::cmp::Reverse(p.created_at));
     items.retain(|p| {
         let meta = p.metadata.clone().unwrap_or_default();
         args.name
@@ -83,11 +85,7 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
                 .iter()
                 .map(|p| {
                     let meta = p.metadata.clone().unwrap_or_default();
-                    let id = if args.no_trunc {
-                        p.id.clone()
-                    } else {
-                        sandboxd::sandbox::short(&p.id).to_string()
-                    };
+                    let id = short_id(&p.id, args.no_trunc);
                     let state = if p.state == cri::PodSandboxState::SandboxReady as i32 {
                         "Ready"
                     } else {
@@ -104,7 +102,7 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            table(
+            crictl_table(
                 &[
                     "POD ID",
                     "CREATED",

@@ -3,7 +3,7 @@
 
 use k8s_cri::v1 as cri;
 
-use crate::output::{age, print_doc, table, Format};
+use crate::output::{age, crictl_table, print_doc, short_id, Format};
 use crate::Client;
 
 #[derive(clap::Args)]
@@ -80,6 +80,8 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
         .await?
         .into_inner()
         .containers;
+    // crictl's order: the newest first (so --latest is the first).
+    items.sort_by_key(|c| std::cmp::Reverse(c.created_at));
     items.retain(|c| {
         args.name.as_ref().is_none_or(|n| {
             c.metadata
@@ -110,13 +112,7 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
         }
         Format::Table => {
             let pods = crate::lookup::pod_names(client).await?;
-            let short = |id: &str| {
-                if args.no_trunc {
-                    id.to_string()
-                } else {
-                    sandboxd::sandbox::short(id).to_string()
-                }
-            };
+            let short = |id: &str| short_id(id, args.no_trunc);
             let rows: Vec<Vec<String>> = items
                 .iter()
                 .map(|c| {
@@ -136,7 +132,7 @@ pub async fn run(client: &mut Client, args: Args) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            table(
+            crictl_table(
                 &[
                     "CONTAINER",
                     "IMAGE",

@@ -31,18 +31,17 @@ pub async fn version(client: &mut Client, args: VersionArgs) -> anyhow::Result<(
 
 #[derive(clap::Args)]
 pub struct InfoArgs {
-    /// Include the runtime's configuration.
-    #[arg(long, short)]
-    verbose: bool,
+    /// Kept for older scripts: the runtime's configuration is always shown, as crictl
+    /// shows it.
+    #[arg(long = "verbose", short = 'v', hide = true)]
+    _verbose: bool,
     #[arg(long, short, value_enum, default_value = "json")]
     output: Format,
 }
 
 pub async fn info(client: &mut Client, args: InfoArgs) -> anyhow::Result<()> {
     let status = client
-        .status(cri::StatusRequest {
-            verbose: args.verbose,
-        })
+        .status(cri::StatusRequest { verbose: true })
         .await?
         .into_inner();
     let mut doc = serde_json::json!({ "status": status.status });

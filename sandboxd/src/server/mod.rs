@@ -1,7 +1,11 @@
 //! Serving the CRI API on a unix socket.
 //!
 //! The socket is created mode 0660 next to a lock file; a second sandboxd finds the lock
-//! held and refuses to start instead of stealing the socket from the first.
+//! held and refuses to start instead of stealing the socket from the first. Every
+//! connection is read through [`authority::AuthorityRewrite`], so gRPC clients whose
+//! `:authority` h2 would refuse (crictl, the kubelet, current grpcio) are served too.
+
+pub mod authority;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -13,6 +17,7 @@ use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::cri::CriService;
 use crate::cri_image::CriImageService;
@@ -80,7 +85,11 @@ pub async fn serve(
         .add_service(RuntimeServiceServer::new(CriService::new(runtime.clone())))
         .add_service(ImageServiceServer::new(images))
         .add_service(ServicesServer::new(ServicesApi::new(runtime)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener)
+                .map(|conn| conn.map(authority::AuthorityRewrite::new)),
+            shutdown,
+        )
         .await
         .context("serve the CRI API")
 }
