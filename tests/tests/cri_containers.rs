@@ -518,6 +518,14 @@ async fn bad_container_requests_are_refused_and_leave_nothing(runtime: &[&str]) 
     assert_eq!(bad_name.code(), tonic::Code::InvalidArgument);
     assert!(bad_name.message().contains("metadata.name"), "{bad_name:?}");
 
+    for log_path in ["../../etc/x.log", "/etc/x.log", "a/../../x.log"] {
+        let mut config = container_config("c", "busybox", &[]);
+        config.log_path = log_path.into();
+        let escape = create(&mut client, &pod, config).await.unwrap_err();
+        assert_eq!(escape.code(), tonic::Code::InvalidArgument);
+        assert!(escape.message().contains("invalid log_path"), "{escape:?}");
+    }
+
     let unknown_pod = create(
         &mut client,
         "feedface",
@@ -722,6 +730,36 @@ async fn sandboxctl_applies_the_seed_manifest_and_drives_its_containers() {
     let (code, _, err) = daemon.sandboxctl(&["apply", "-f", bad.to_str().unwrap()]);
     assert_eq!(code, Some(1));
     assert!(err.contains("document 1: not valid YAML"), "{err}");
+    // A value of the wrong type is named by its path.
+    std::fs::write(&bad, "apiVersion: v1\nkind: Pod\nmetadata: {name: typed}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    ports: [{containerPort: abc}]\n").unwrap();
+    let (code, _, err) = daemon.sandboxctl(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("document 1 (pod/typed): spec.containers[0].ports[0].containerPort: invalid type: string \"abc\""),
+        "{err}"
+    );
+    // A manifest over 3 MiB is refused before it is parsed, from a file and from stdin.
+    let mut big = "apiVersion: v1\nkind: Pod\nmetadata: {name: big}\nspec: {containers: [{name: c, image: busybox}]}\n#".to_string();
+    big.push_str(&"x".repeat(50 << 20));
+    std::fs::write(&bad, &big).unwrap();
+    let (code, _, err) = daemon.sandboxctl(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("bad.yaml is larger than 3 MiB"), "{err}");
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} --runtime-endpoint {} apply -f - < {}",
+            sandboxd_tests::workspace_binary("sandboxctl").display(),
+            daemon.endpoint(),
+            bad.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(piped.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&piped.stderr).contains("<stdin> is larger than 3 MiB"),
+        "{piped:?}"
+    );
     assert_eq!(
         ctl(&["pods", "-q"]).lines().count(),
         1,

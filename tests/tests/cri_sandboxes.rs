@@ -439,6 +439,17 @@ async fn bad_input_gets_the_right_code_and_a_message_naming_the_field() {
         ),
         (pod_config("web", ""), Code::InvalidArgument, "metadata.uid"),
     ];
+    // Log directories that depend on the daemon's working dir or climb out of themselves.
+    let log_dirs = ["../../etc", "logs/pod", "/tmp/x/../../elsewhere"].map(|dir| {
+        let mut config = pod_config("logs", "u-logs");
+        config.log_directory = dir.into();
+        (
+            config,
+            Code::InvalidArgument,
+            "invalid log_directory of pod sandbox default/logs",
+        )
+    });
+    let cases = cases.into_iter().chain(log_dirs);
     for (config, code, fragment) in cases {
         let err = run_pod(&mut client, config).await.expect_err("must fail");
         assert_eq!(err.code(), code, "{}", err.message());

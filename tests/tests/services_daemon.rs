@@ -435,6 +435,7 @@ fn bad_services_name_the_field_and_leave_nothing(mode: &'static str) {
     let cases = [
         (service("  ports: [{port: 80}]\n"), "invalid spec.selector of service default/bad"),
         (service(&format!("{selector}  ports: [{{port: 0}}]\n")), "invalid spec.ports[0].port of service default/bad: 0 is not a port"),
+        (service(&format!("{selector}  ports: [{{port: abc}}]\n")), "(service/bad): spec.ports[0].port: invalid type: string \"abc\", expected i64"),
         (service(&format!("{selector}  ports: [{{port: 70000}}]\n")), "spec.ports[0].port of service default/bad: 70000 is not a port"),
         (service(&format!("{selector}  type: NodePort\n  ports: [{{port: 80, nodePort: 80}}]\n")), "spec.ports[0].nodePort of service default/bad: 80 is outside the node port range 30000-32767"),
         (service(&format!("{selector}  type: NodePort\n  ports: [{{port: 80, nodePort: 31080}}]\n")), "spec.ports[0].nodePort of service default/bad: node port 31080 is already allocated to service default/svc-nodeport"),

@@ -88,6 +88,25 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         ));
     }
 
+    // Containers' logs are written under it, by the daemon, as root: it must say where
+    // without depending on the daemon's working directory or climbing out of itself.
+    if !config.log_directory.is_empty()
+        && (!config.log_directory.starts_with('/')
+            || config
+                .log_directory
+                .split('/')
+                .any(|segment| segment == "." || segment == ".."))
+    {
+        return Err(Error::invalid(
+            &object,
+            "log_directory",
+            format!(
+                "{:?} must be an absolute path without '.' or '..' (like /var/log/pods/<pod>)",
+                config.log_directory
+            ),
+        ));
+    }
+
     let mut port_mappings = Vec::new();
     for (i, p) in config.port_mappings.iter().enumerate() {
         let field = |f: &str| format!("port_mappings[{i}].{f}");
@@ -414,6 +433,28 @@ mod tests {
         assert!(message(config("web", "default", "")).contains("metadata.uid"));
         assert!(validate(Some(config("web", "default", "u1"))).is_ok());
         assert!(validate(None).is_err());
+    }
+
+    #[test]
+    fn log_directories_must_be_absolute_and_clean() {
+        for bad in [
+            "../../etc",
+            "logs/pod",
+            "/tmp/x/../../elsewhere",
+            "/var/log/./pods",
+        ] {
+            let mut pod = config("web", "default", "u");
+            pod.log_directory = bad.into();
+            assert!(
+                message(pod).starts_with("invalid log_directory of pod sandbox default/web"),
+                "{bad}"
+            );
+        }
+        for good in ["", "/var/log/pods/default_web_u", "/tmp/logs/"] {
+            let mut pod = config("web", "default", "u");
+            pod.log_directory = good.into();
+            assert!(validate(Some(pod)).is_ok(), "{good}");
+        }
     }
 
     #[test]

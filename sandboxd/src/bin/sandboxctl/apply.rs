@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use k8s_cri::v1 as cri;
 
-use crate::kube::{self, Object, Pod, LAST_APPLIED};
+use crate::kube::{self, applied_digest, Object, Pod, APPLIED_DIGEST};
 use crate::{Client, ServicesClient};
 
 /// How long an init container may run.
@@ -107,11 +107,7 @@ async fn apply_pod(client: &mut Client, pod: &Pod) -> anyhow::Result<&'static st
         .iter()
         .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32);
     if let Some(running) = ready {
-        let same = running
-            .annotations
-            .get(LAST_APPLIED)
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
-            .is_some_and(|applied| applied == pod.document);
+        let same = running.annotations.get(APPLIED_DIGEST) == Some(&applied_digest(&pod.document));
         if same {
             return Ok("unchanged");
         }

@@ -28,6 +28,17 @@ pub const CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
 pub use sandboxd::service::verbs::INIT_CONTAINER_LABEL as INIT_LABEL;
 /// The manifest a pod was applied from, as kubectl keeps it.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// The sha256 of the applied document, which `apply` compares to say "unchanged".
+pub const APPLIED_DIGEST: &str = "sandboxd.io/applied-sha256";
+/// The API server's limit on the size of an object's annotations together.
+const MAX_LAST_APPLIED: usize = 256 * 1024;
+
+/// The digest `apply` keeps of a pod's document.
+pub fn applied_digest(document: &serde_json::Value) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(document.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
@@ -224,21 +235,20 @@ pub fn parse(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
             ("v1", other) => bail!("{at}: kind {other} is not supported (Pod and Service are)"),
             (other, kind) => bail!("{at}: apiVersion {other:?} of {kind} is not supported (v1 is)"),
         }
-        let metadata: ObjectMeta = serde_json::from_value(value["metadata"].clone())
-            .with_context(|| format!("{at}: invalid metadata"))?;
+        let metadata: ObjectMeta = field(&value, "metadata").with_context(|| at.clone())?;
         if kind == "Service" {
             if metadata.name.is_empty() {
                 bail!("{at}: metadata.name is missing");
             }
-            let spec: ServiceManifestSpec = serde_json::from_value(value["spec"].clone())
-                .with_context(|| format!("{at} (service/{}): invalid spec", metadata.name))?;
+            let spec: ServiceManifestSpec = field(&value, "spec")
+                .with_context(|| format!("{at} (service/{})", metadata.name))?;
             objects.push(Object::Service(ServiceObject {
                 spec: service_spec(metadata, spec),
             }));
             continue;
         }
-        let spec: PodSpec = serde_json::from_value(value["spec"].clone())
-            .with_context(|| format!("{at}: invalid spec"))?;
+        let spec: PodSpec =
+            field(&value, "spec").with_context(|| format!("{at} (pod/{})", metadata.name))?;
         let pod = Pod {
             metadata,
             spec,
@@ -251,6 +261,23 @@ pub fn parse(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
         bail!("{source} holds no objects");
     }
     Ok(objects)
+}
+
+/// A top-level field of a document as `T`; a value of the wrong type is named by its path,
+/// as the API server names it: "spec.ports[0].port: invalid type: string \"abc\", …".
+fn field<T: serde::de::DeserializeOwned>(
+    document: &serde_json::Value,
+    name: &str,
+) -> anyhow::Result<T> {
+    serde_path_to_error::deserialize(&document[name]).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." {
+            name.to_string()
+        } else {
+            format!("{name}.{path}")
+        };
+        anyhow::anyhow!("{path}: {}", e.into_inner())
+    })
 }
 
 fn check(pod: &Pod) -> anyhow::Result<()> {
@@ -328,7 +355,13 @@ impl Pod {
         labels.insert(POD_UID_LABEL.into(), uid.into());
         let mut annotations: std::collections::HashMap<String, String> =
             self.metadata.annotations.clone().into_iter().collect();
-        annotations.insert(LAST_APPLIED.into(), self.document.to_string());
+        // The digest tells an unchanged re-apply; the document itself is kept (for `get -o
+        // json`) only within the API server's 256 KiB for all of a pod's annotations.
+        let document = self.document.to_string();
+        annotations.insert(APPLIED_DIGEST.into(), applied_digest(&self.document));
+        if document.len() <= MAX_LAST_APPLIED {
+            annotations.insert(LAST_APPLIED.into(), document);
+        }
         let mut port_mappings = Vec::new();
         for c in &self.spec.containers {
             for p in &c.ports {
@@ -489,6 +522,10 @@ spec:
         assert_eq!(sandbox.metadata.as_ref().unwrap().name, "pod-pause");
         assert_eq!(sandbox.labels[POD_NAME_LABEL], "pod-pause");
         assert!(sandbox.annotations[LAST_APPLIED].contains("kubetm/p8000"));
+        assert_eq!(
+            sandbox.annotations[APPLIED_DIGEST],
+            applied_digest(&pod.document)
+        );
         assert!(sandbox.port_mappings.is_empty());
         let c = pod.container_config(&pod.spec.containers[1], "u-1", false);
         assert_eq!(
@@ -556,7 +593,7 @@ spec:
             .unwrap_err()
         );
         assert!(
-            message.contains("document 1 (service/s): invalid spec"),
+            message.contains("document 1 (service/s): spec.ports: invalid type: integer `80`, expected a sequence"),
             "{message}"
         );
     }
@@ -581,7 +618,7 @@ spec:
             .contains("kind Secret is not supported"));
         assert!(
             message("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: 3}")
-                .contains("document 1: invalid spec")
+                .contains("document 1 (pod/x): spec.containers: invalid type: integer `3`, expected a sequence")
         );
         assert!(
             message("apiVersion: v1\nkind: Pod\nmetadata: {name: x\n").contains("not valid YAML")

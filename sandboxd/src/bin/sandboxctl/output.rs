@@ -20,14 +20,32 @@ pub fn print_doc(doc: &serde_json::Value, format: Format) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Reads a config file, or stdin for `-`: JSON or YAML (YAML is a superset of JSON).
+/// The largest manifest or config read: twice the API server's 1.5 MiB per object, so
+/// any object Kubernetes takes fits, and a runaway file is refused before it is parsed.
+pub const MAX_INPUT: u64 = 3 * 1024 * 1024;
+
+/// Reads a config file or manifest, or stdin for `-`: JSON or YAML (YAML is a superset of
+/// JSON); over [`MAX_INPUT`] bytes is refused unread.
 pub fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context;
-    if path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("read stdin")
+    use std::io::Read;
+    let (name, reader): (String, Box<dyn Read>) = if path.as_os_str() == "-" {
+        ("<stdin>".into(), Box::new(std::io::stdin()))
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+        let file = std::fs::File::open(path).with_context(|| format!("read {}", path.display()))?;
+        (path.display().to_string(), Box::new(file))
+    };
+    let mut text = String::new();
+    reader
+        .take(MAX_INPUT + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("read {name}"))?;
+    if text.len() as u64 > MAX_INPUT {
+        anyhow::bail!(
+            "{name} is larger than 3 MiB, the most sandboxctl reads (the API server takes objects up to 1.5 MiB)"
+        );
     }
+    Ok(text)
 }
 
 /// How long ago, as crictl prints creation times (go-units' HumanDuration and " ago"):
