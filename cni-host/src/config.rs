@@ -182,6 +182,24 @@ impl NetworkConfigList {
         })
     }
 
+    /// The list as a `.conflist` document, which [`from_bytes`](Self::from_bytes) reads
+    /// back: for the cache, and for runtimes that keep the config an attachment was made
+    /// with.
+    pub fn to_json(&self) -> Value {
+        let mut doc = serde_json::json!({
+            "cniVersion": self.cni_version.to_string(),
+            "name": self.name,
+            "plugins": self.plugins.iter().map(|p| Value::Object(p.raw.clone())).collect::<Vec<_>>(),
+        });
+        if self.disable_check {
+            doc["disableCheck"] = Value::Bool(true);
+        }
+        if self.disable_gc {
+            doc["disableGC"] = Value::Bool(true);
+        }
+        doc
+    }
+
     /// Loads one config file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let source_name = path.display().to_string();

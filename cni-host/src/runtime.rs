@@ -429,7 +429,7 @@ impl<E: PluginExec> CniHost<E> {
         let result = result.expect("a validated list has at least one plugin");
 
         let mut entry = CachedAttachment::new(&list.name, &rt.container_id, &rt.ifname);
-        entry.config = serde_json::to_vec(&list_json(list)).expect("config serializes");
+        entry.config = serde_json::to_vec(&list.to_json()).expect("config serializes");
         entry.netns = rt.netns.clone();
         entry.cni_args = rt.args.clone();
         entry.capability_args = rt.capability_args.clone();
@@ -860,20 +860,4 @@ fn plugin_stdin(
         conf.insert(key.into(), value);
     }
     serde_json::to_vec(&conf).expect("config serializes")
-}
-
-/// The list as a `.conflist` document, for the cache.
-fn list_json(list: &NetworkConfigList) -> Value {
-    let mut doc = json!({
-        "cniVersion": list.cni_version.to_string(),
-        "name": list.name,
-        "plugins": list.plugins.iter().map(|p| Value::Object(p.raw.clone())).collect::<Vec<_>>(),
-    });
-    if list.disable_check {
-        doc["disableCheck"] = json!(true);
-    }
-    if list.disable_gc {
-        doc["disableGC"] = json!(true);
-    }
-    doc
 }

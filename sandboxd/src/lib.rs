@@ -22,6 +22,7 @@
 //! * [`rollback`]: undoing the finished steps of a failed operation;
 //! * [`process`]: processes named by pid and start time, signalled and awaited;
 //! * [`error`]: the daemon's errors and their gRPC codes;
+//! * [`fault`]: fault points, where tests make the daemon kill itself mid-verb;
 //! * [`client`]: connecting to a CRI socket, for `sandboxctl` and tests.
 //!
 //! Binaries: `sandboxd` (the daemon), `sandboxctl` (the CLI) and `sandboxd-monitor` (one per
@@ -33,6 +34,7 @@ pub mod container;
 pub mod cri;
 pub mod cri_image;
 pub mod error;
+pub mod fault;
 pub mod image;
 pub mod lockfile;
 pub mod netns;

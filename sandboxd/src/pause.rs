@@ -10,6 +10,9 @@ use nix::sched::{clone, CloneFlags};
 
 /// The binary's name, as the workspace builds it.
 pub const PAUSE_BINARY_NAME: &str = "pause";
+/// pause's one environment variable: its pod's sandbox id, by which a restarted daemon
+/// finds a pause it started but had not recorded (see [`crate::process::tagged`]).
+pub const SANDBOX_ID_ENV: &str = "SANDBOXD_SANDBOX_ID";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PauseError {
@@ -44,6 +47,8 @@ pub struct PodNamespaces {
     /// Give the pod a pid namespace of its own with pause as its PID 1, so the pod's
     /// containers see each other and pause reaps their orphans (shareProcessNamespace).
     pub pid_namespace: bool,
+    /// The pod's sandbox id, given to pause as [`SANDBOX_ID_ENV`].
+    pub sandbox_id: String,
 }
 
 /// Starts pause in new ipc and uts namespaces, a new net namespace unless the pod uses the
@@ -66,6 +71,9 @@ pub fn spawn(binary: &Path, pod: &str, namespaces: &PodNamespaces) -> Result<u32
         CString::new(binary.as_os_str().as_bytes()).map_err(|e| fail(io::Error::other(e)))?;
     let hostname = namespaces.hostname.clone().unwrap_or_default();
     let argv = [path.as_ptr(), std::ptr::null()];
+    let tag = CString::new(format!("{SANDBOX_ID_ENV}={}", namespaces.sandbox_id))
+        .map_err(|e| fail(io::Error::other(e)))?;
+    let envp = [tag.as_ptr(), std::ptr::null()];
     let devnull = std::fs::File::options()
         .read(true)
         .write(true)
@@ -105,7 +113,7 @@ pub fn spawn(binary: &Path, pod: &str, namespaces: &PodNamespaces) -> Result<u32
             {
                 return fail(*libc::__errno_location());
             }
-            libc::execv(path.as_ptr(), argv.as_ptr());
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
             fail(*libc::__errno_location())
         }
     });

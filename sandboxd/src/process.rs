@@ -70,6 +70,52 @@ impl ProcessHandle {
     }
 }
 
+/// Live processes whose environment holds one of `vars`: `(handle, var, value)`.
+///
+/// sandboxd tags what it starts for a pod or a container before it can record a pid (pause
+/// with [`crate::pause::SANDBOX_ID_ENV`], the monitor and so the runtime under it with
+/// [`crate::container::monitor::CONTAINER_ID_ENV`]; CNI plugins carry `CNI_CONTAINERID`),
+/// so that after a crash at any moment a restart can find them by the id it wrote down
+/// first. Only read when such an unfinished operation exists.
+pub fn tagged(vars: &[&str]) -> Vec<(ProcessHandle, String, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        for pair in environ.split(|b| *b == 0) {
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+            if let Some(var) = vars.iter().find(|v| v.as_bytes() == name) {
+                if let Some(handle) = ProcessHandle::of(pid).filter(|h| h.is_alive()) {
+                    found.push((
+                        handle,
+                        var.to_string(),
+                        String::from_utf8_lossy(value).into_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

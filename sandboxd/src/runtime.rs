@@ -10,7 +10,7 @@ use cni_host::{CniHost, NetworkConfigList, ProcessExec, RuntimeConf};
 use crate::config::Config;
 use crate::container::ContainerRecord;
 use crate::error::{Error, Result};
-use crate::sandbox::{PodMetadata, SandboxRecord, RECORD_FILE};
+use crate::sandbox::{PodMetadata, SandboxRecord, RECORD_FILE, RUN_INTENT_FILE};
 use crate::store::Store;
 
 /// One sandbox held in memory; its mutex serializes the verbs on it.
@@ -37,6 +37,9 @@ pub struct Runtime {
     pub config: Config,
     pub(crate) cni: CniHost<ProcessExec>,
     pub(crate) sandboxes: Store,
+    /// The intents of RunPodSandbox calls, beside the records (see
+    /// [`crate::sandbox::RunIntent`]).
+    pub(crate) run_intents: Store,
     pub(crate) pause_binary: PathBuf,
     pub images: Arc<crate::image::ImageStore>,
     pub(crate) pods: RwLock<HashMap<String, SandboxEntry>>,
@@ -44,6 +47,9 @@ pub struct Runtime {
     /// starts, so two concurrent runs of the same pod cannot both succeed.
     pub(crate) names: std::sync::Mutex<HashMap<PodMetadata, String>>,
     pub(crate) container_records: Store,
+    /// The intents of CreateContainer calls, beside the records (see
+    /// [`crate::container::CreateIntent`]).
+    pub(crate) create_intents: Store,
     pub(crate) containers: RwLock<HashMap<String, ContainerSlot>>,
     /// Taken from the moment a CreateContainer starts, like `names`.
     pub(crate) container_names: std::sync::Mutex<HashMap<ContainerName, String>>,
@@ -85,7 +91,12 @@ impl Runtime {
         let runtime = Arc::new(Runtime {
             images,
             sandboxes: Store::new(config.sandboxes_dir(), RECORD_FILE),
+            run_intents: Store::new(config.sandboxes_dir(), RUN_INTENT_FILE),
             container_records: Store::new(config.containers_dir(), crate::container::RECORD_FILE),
+            create_intents: Store::new(
+                config.containers_dir(),
+                crate::container::CREATE_INTENT_FILE,
+            ),
             containers: RwLock::new(HashMap::new()),
             container_names: std::sync::Mutex::new(HashMap::new()),
             monitor_binary,

@@ -71,12 +71,53 @@ impl Store {
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path().join(self.file);
+            if !path.exists() && entry.path().is_dir() {
+                continue; // another kind of record only (an intent)
+            }
             match read(&path) {
                 Ok(record) => loaded.records.push(record),
                 Err(e) => loaded.unreadable.push((id, e)),
             }
         }
         Ok(loaded)
+    }
+
+    /// The record of `id`, if its file exists.
+    pub fn load<T: DeserializeOwned>(&self, id: &str) -> anyhow::Result<Option<T>> {
+        let path = self.dir_of(id).join(self.file);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read(&path).map(Some)
+    }
+
+    /// Whether `id` has this kind of record.
+    pub fn contains(&self, id: &str) -> bool {
+        self.dir_of(id).join(self.file).exists()
+    }
+
+    /// Every id with a directory here, with or without this kind of record (a directory
+    /// may hold another kind: an intent before its record, files after it).
+    pub fn ids(&self) -> anyhow::Result<Vec<String>> {
+        match std::fs::read_dir(&self.dir) {
+            Ok(entries) => Ok(entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("read {}", self.dir.display())),
+        }
+    }
+
+    /// Removes this kind of record of `id`, keeping the directory and its other files.
+    pub fn discard(&self, id: &str) -> anyhow::Result<()> {
+        let path = self.dir_of(id).join(self.file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("remove {}", path.display())),
+        }
     }
 
     /// Removes a record and its directory; a missing one is not an error.

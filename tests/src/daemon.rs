@@ -22,6 +22,8 @@ pub struct SandboxdProcess {
     pub node: Netns,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Environment variables the daemon is started with (a fault point, say).
+    env: Vec<(String, String)>,
     /// Whether a shared netns dir (such as /run/netns) was a mount point before the daemon
     /// made it one: if not, it is unmounted again once empty.
     netns_dir_was_mounted: bool,
@@ -74,6 +76,7 @@ impl SandboxdProcess {
             node,
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             netns_dir_was_mounted: false,
         };
         let netns_dir = daemon.netns_dir();
@@ -121,6 +124,7 @@ impl SandboxdProcess {
             .arg(self.path("runtime"))
             .args(["--default-network", "0"])
             .args(self.other_args())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -151,6 +155,93 @@ impl SandboxdProcess {
         self.kill9();
         self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
         self.spawn();
+    }
+
+    /// Stops sandboxd (kill -9) and starts it again with these environment variables
+    /// (and the same flags).
+    pub fn respawn_with_env(&mut self, env: &[(&str, &str)]) {
+        self.kill9();
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.spawn();
+    }
+
+    /// Waits until sandboxd has died of SIGKILL (a fault point it was told to stop at).
+    pub fn wait_killed(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.child.take().expect("sandboxd runs");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert_eq!(
+                    status.signal(),
+                    Some(9),
+                    "sandboxd ended otherwise ({status}): {}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sandboxd did not reach its fault point: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything of this daemon's that could leak, one line each: processes (pause,
+    /// monitors, containers), veths on the node, IP leases, CNI cache entries, netns pins,
+    /// mounts but the netns dir, sandbox and container dirs, the OCI runtime's state.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .processes()
+            .into_iter()
+            .map(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                format!(
+                    "process {pid}: {}",
+                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                )
+            })
+            .collect();
+        found.extend(self.node.veths().into_iter().map(|v| format!("veth {v}")));
+        found.extend(
+            crate::ip_reservations(&self.path("ipam"))
+                .into_iter()
+                .map(|ip| format!("IP lease {ip}")),
+        );
+        let entries = |dir: PathBuf| -> Vec<String> {
+            std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path().display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        found.extend(
+            crate::files_under(&self.path("state/cni/results"))
+                .into_iter()
+                .map(|p| format!("CNI cache entry {}", p.display())),
+        );
+        for (what, dir) in [
+            ("netns pin", self.netns_dir()),
+            ("sandbox dir", self.path("state/sandboxes")),
+            ("container dir", self.path("state/containers")),
+            ("runtime state", self.path("runtime")),
+        ] {
+            found.extend(entries(dir).into_iter().map(|p| format!("{what} {p}")));
+        }
+        found.extend(
+            self.mounts()
+                .into_iter()
+                .filter(|m| *m != self.netns_dir())
+                .map(|m| format!("mount {}", m.display())),
+        );
+        found
     }
 
     /// What sandboxd printed.

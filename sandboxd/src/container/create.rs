@@ -12,9 +12,11 @@ use crate::container::bundle::{BindMount, ContainerProcess};
 use crate::container::monitor::MonitorArgs;
 use crate::container::oci::OciRuntime;
 use crate::container::{
-    describe, ContainerDir, ContainerRecord, ContainerState, MountRecord, RECORD_VERSION,
+    describe, ContainerDir, ContainerRecord, ContainerState, CreateIntent, MountRecord,
+    RECORD_VERSION,
 };
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::image::ImageRecord;
 use crate::rollback::Rollback;
 use crate::runtime::{new_id, now_ns, ContainerName, ContainerSlot, Runtime};
@@ -359,7 +361,27 @@ impl Runtime {
             .collect::<anyhow::Result<Vec<PathBuf>>>()
             .map_err(|e| Error::step("find the image layers", &object, e))?;
 
-        // 1. The rootfs. Its dir goes with the undo, whatever was made in it.
+        // 1. The intent: what the next steps will make, before they make it.
+        let intent = CreateIntent {
+            version: RECORD_VERSION,
+            id: id.to_string(),
+            sandbox_id: pod.id.clone(),
+            name: spec.name.clone(),
+            runtime: self.oci_runtime.clone(),
+        };
+        let (runtime, intent_id) = (self.clone(), id.to_string());
+        rollback.push("write the intent", async move {
+            runtime
+                .container_records
+                .remove(&intent_id)
+                .map_err(|e| e.to_string())
+        });
+        self.create_intents
+            .save(id, &intent)
+            .map_err(|e| Error::step("write the intent", &object, e))?;
+        fault::point("create-container/intent-written");
+
+        // 2. The rootfs. Its dir goes with the undo, whatever was made in it.
         let rootfs = dir.rootfs(layers);
         let (runtime, undo_rootfs, undo_id) = (self.clone(), rootfs.clone(), id.to_string());
         rollback.push("mount the rootfs", async move {
@@ -372,8 +394,9 @@ impl Runtime {
         rootfs
             .mount()
             .map_err(|e| Error::step("mount the rootfs", &object, e))?;
+        fault::point("create-container/rootfs-mounted");
 
-        // 2. The bundle.
+        // 3. The bundle.
         let (image_uid, image_gid) = resolve_user(&image.config.user, &rootfs.target)
             .map_err(|e| Error::step("resolve the image's user", &object, e))?;
         let uid = spec.run_as_user.unwrap_or(image_uid);
@@ -427,8 +450,9 @@ impl Runtime {
         };
         crate::container::bundle::write(&dir.bundle(), &process)
             .map_err(|e| Error::step("write the bundle", &object, e))?;
+        fault::point("create-container/bundle-written");
 
-        // 3. The log, where the kubelet looks for it.
+        // 4. The log, where the kubelet looks for it.
         let log_path = if !pod.log_directory.is_empty() && !spec.log_path.is_empty() {
             Path::new(&pod.log_directory).join(&spec.log_path)
         } else {
@@ -439,7 +463,7 @@ impl Runtime {
                 .map_err(|e| Error::step("create the log directory", &object, e))?;
         }
 
-        // 4. The monitor creates the container with the runtime.
+        // 5. The monitor creates the container with the runtime.
         let oci = OciRuntime::new(&self.oci_runtime, &self.config.oci_runtime_root);
         let (undo_oci, undo_id) = (oci.clone(), id.to_string());
         rollback.push("create the container", async move {
@@ -457,8 +481,9 @@ impl Runtime {
         )
         .await
         .map_err(|e| Error::step("create the container", &object, e))?;
+        fault::point("create-container/container-created");
 
-        // 5. Persist.
+        // 6. Persist; the record takes over from the intent.
         let record = ContainerRecord {
             version: RECORD_VERSION,
             id: id.to_string(),
@@ -488,6 +513,11 @@ impl Runtime {
             process: Some(process_handle),
         };
         self.save_container(&record)?;
+        fault::point("create-container/record-saved");
+        if let Err(e) = self.create_intents.discard(id) {
+            // Harmless: a start-up finds the record beside it and discards it then.
+            eprintln!("sandboxd: {object}: remove the intent: {e:#}");
+        }
         Ok(record)
     }
 

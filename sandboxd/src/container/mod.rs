@@ -77,6 +77,23 @@ pub struct MountRecord {
     pub readonly: bool,
 }
 
+/// The intent's file in `<state dir>/containers/<id>/`, there from before the rootfs is
+/// mounted until the record is saved.
+pub const CREATE_INTENT_FILE: &str = "create-intent.json";
+
+/// What a CreateContainer is about to make, written (fsynced) before it makes anything, so
+/// a restart after a crash at any moment can undo it: the rootfs mount and files in the
+/// container's dir, the monitor and the runtime under it (tagged with the id, see
+/// [`crate::process::tagged`]), and the runtime's state, deleted with the same runtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateIntent {
+    pub version: u32,
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub runtime: PathBuf,
+}
+
 /// Everything sandboxd knows about one container; persisted after every change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerRecord {

@@ -37,6 +37,10 @@ pub fn locate(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// The monitor's tag, inherited by the runtime it runs: the container id, by which a
+/// restarted daemon finds a container it was creating (see [`crate::process::tagged`]).
+pub const CONTAINER_ID_ENV: &str = "SANDBOXD_CONTAINER_ID";
+
 /// Starts the monitor, which creates the container; returns the monitor and the
 /// container's first process. The container runs its program once the runtime's `start`.
 pub async fn spawn(
@@ -57,6 +61,7 @@ pub async fn spawn(
         .arg(args.log)
         .arg("--exit-file")
         .arg(args.exit_file)
+        .env(CONTAINER_ID_ENV, args.id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -71,6 +71,28 @@ impl OciRuntime {
         self.run(&["start", id]).await
     }
 
+    /// The container's status as the runtime's `state` reports it: "created", "running",
+    /// "stopped", "paused".
+    pub async fn status(&self, id: &str) -> anyhow::Result<String> {
+        let output = self
+            .command()
+            .args(["state", id])
+            .output()
+            .await
+            .with_context(|| format!("run {}", self.binary.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{} state {id} failed ({}): {}",
+                self.binary.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let state: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("parse {} state {id}", self.binary.display()))?;
+        Ok(state["status"].as_str().unwrap_or_default().to_string())
+    }
+
     /// Deletes the runtime's state of a container, killing what still runs of it; one the
     /// runtime does not know is already deleted.
     pub async fn delete(&self, id: &str) -> anyhow::Result<()> {

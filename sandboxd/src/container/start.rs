@@ -3,6 +3,7 @@
 use crate::container::oci::OciRuntime;
 use crate::container::ContainerState;
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::runtime::{now_ns, Runtime};
 
 impl Runtime {
@@ -28,6 +29,7 @@ impl Runtime {
             self.save_container(&record)?;
             return Err(Error::step("start the container", record.describe(), e));
         }
+        fault::point("start-container/started");
         record.state = ContainerState::Running;
         record.started_at_ns = started_at_ns;
         self.save_container(&record)

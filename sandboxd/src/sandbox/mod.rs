@@ -68,6 +68,22 @@ pub struct PortMapping {
     pub host_ip: String,
 }
 
+/// The intent's file in `<state dir>/sandboxes/<id>/`, there from before pause starts
+/// until the record is saved.
+pub const RUN_INTENT_FILE: &str = "run-intent.json";
+
+/// What a RunPodSandbox is about to create, written (fsynced) before it creates anything,
+/// so a restart after a crash at any moment can undo it: the sandbox as it will be (with
+/// its netns pin's path and its pause tagged by the id, see [`crate::process::tagged`]),
+/// and the network config its CNI ADD uses, for a DEL that needs neither the conf dir nor
+/// the CNI cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunIntent {
+    pub version: u32,
+    pub record: SandboxRecord,
+    pub network_config: Option<serde_json::Value>,
+}
+
 /// Everything sandboxd knows about one pod sandbox; persisted after every change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxRecord {

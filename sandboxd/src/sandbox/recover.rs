@@ -1,5 +1,10 @@
-//! Start-up: rebuild the view from the records, check each against what runs, and clean up
-//! what nothing owns any more.
+//! Start-up: finish what a crash interrupted, rebuild the view from the records, check each
+//! against what runs, and clean up what nothing owns any more.
+//!
+//! A sandbox dir with a run intent and no record is a RunPodSandbox that did not finish:
+//! its CNI plugins still running are killed, the network is DELeted with the config the
+//! intent kept, its pause (found by its tag) is killed, the netns unpinned, the shm
+//! unmounted and the dir removed. A dir with neither is what a removal left: it goes.
 //!
 //! A sandbox whose pause still runs and whose netns is still pinned is adopted as READY;
 //! anything else is marked NOTREADY, keeping what is left for Stop to release. Pins in the
@@ -8,13 +13,19 @@
 
 use std::sync::Arc;
 
-use cni_host::GcAttachment;
+use cni_host::{GcAttachment, NetworkConfigList};
+use nix::sys::signal::Signal;
 
+use crate::process::{self, ProcessHandle};
 use crate::runtime::Runtime;
-use crate::sandbox::{SandboxRecord, SandboxState};
+use crate::sandbox::{describe, files, RunIntent, SandboxRecord, SandboxState};
+
+/// How long an interrupted run's processes get to die once killed.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Runtime {
     pub(crate) async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.finish_interrupted_runs().await?;
         let loaded = self.sandboxes.load_all::<SandboxRecord>()?;
         for (id, e) in loaded.unreadable {
             eprintln!("sandboxd: skipping sandbox record {id}: {e:#}");
@@ -88,5 +99,99 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+}
+
+impl Runtime {
+    /// Undoes every RunPodSandbox a crash interrupted (see the module's doc). A dir whose
+    /// undo fails stays, intent and all, for the next start-up to try again.
+    async fn finish_interrupted_runs(&self) -> anyhow::Result<()> {
+        let unfinished: Vec<String> = self
+            .sandboxes
+            .ids()?
+            .into_iter()
+            .filter(|id| !self.sandboxes.contains(id))
+            .collect();
+        for id in self.sandboxes.ids()? {
+            if self.sandboxes.contains(&id) && self.run_intents.contains(&id) {
+                // The run finished; only the intent's removal was cut short.
+                self.run_intents.discard(&id)?;
+            }
+        }
+        if unfinished.is_empty() {
+            return Ok(());
+        }
+        let tagged = process::tagged(&[crate::pause::SANDBOX_ID_ENV, "CNI_CONTAINERID"]);
+        let of = |id: &str, var: &str| -> Vec<ProcessHandle> {
+            tagged
+                .iter()
+                .filter(|(_, v, value)| v == var && value == id)
+                .map(|(handle, _, _)| *handle)
+                .collect()
+        };
+        for id in unfinished {
+            let intent = match self.run_intents.load::<RunIntent>(&id) {
+                Ok(intent) => intent,
+                Err(e) => {
+                    eprintln!("sandboxd: the intent of sandbox {id} is unreadable ({e:#}); undoing what can be found by its id");
+                    None
+                }
+            };
+            let object = match &intent {
+                Some(intent) => describe(&id, &intent.record.metadata),
+                None => format!("pod sandbox {id}"),
+            };
+            // Plugins still working on it (the daemon died under them) first, so none adds
+            // after the DEL; they run in process groups of their own.
+            for plugin in of(&id, "CNI_CONTAINERID") {
+                // SAFETY: kill(2) of the plugin's own process group.
+                unsafe { libc::kill(-(plugin.pid as i32), libc::SIGKILL) };
+                let _ = plugin.terminate(Signal::SIGKILL, KILL_WAIT).await;
+            }
+            let undone = self
+                .undo_run(&id, intent.as_ref(), &of(&id, crate::pause::SANDBOX_ID_ENV))
+                .await;
+            match undone {
+                Ok(()) if intent.is_none() => {
+                    eprintln!("sandboxd: removed what a removal of {object} left")
+                }
+                Ok(()) => eprintln!("sandboxd: undid the interrupted RunPodSandbox of {object}"),
+                Err(e) => eprintln!(
+                    "sandboxd: cannot undo the interrupted RunPodSandbox of {object} (kept for the next start): {e:#}"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    async fn undo_run(
+        &self,
+        id: &str,
+        intent: Option<&RunIntent>,
+        pause: &[ProcessHandle],
+    ) -> anyhow::Result<()> {
+        let pin = self.config.netns_dir.join(id);
+        if let Some(intent) = intent {
+            if let Some(config) = &intent.network_config {
+                let list = NetworkConfigList::from_bytes(
+                    &serde_json::to_vec(config)?,
+                    "<the run intent's network config>",
+                )?;
+                let mut rt = Runtime::cni_runtime_conf(&intent.record);
+                if !crate::netns::is_pinned(&pin) {
+                    // The namespace is gone or was never pinned: the plugins release what
+                    // they hold outside it (the spec lets CNI_NETNS be empty for DEL).
+                    rt.netns = String::new();
+                }
+                self.cni.del(&list, &rt).await?;
+            }
+        }
+        for process in pause {
+            process.terminate(Signal::SIGKILL, KILL_WAIT).await?;
+        }
+        crate::netns::unpin(&pin)?;
+        let dir = self.sandboxes.dir_of(id);
+        files::unmount_shm(&dir.join(files::SHM_DIR))?;
+        self.sandboxes.remove(id)
     }
 }

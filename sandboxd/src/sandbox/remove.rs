@@ -3,6 +3,7 @@
 //! sandbox succeeds, as the CRI asks (the kubelet retries removals).
 
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::runtime::Runtime;
 
 impl Runtime {
@@ -31,6 +32,7 @@ impl Runtime {
             self.save(&record)?;
             return Err(e);
         }
+        fault::point("remove-pod-sandbox/containers-removed");
         self.sandboxes
             .remove(&id)
             .map_err(|e| Error::step("remove the record", record.describe(), e))?;

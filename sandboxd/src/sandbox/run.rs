@@ -8,11 +8,13 @@ use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::process::ProcessHandle;
 use crate::rollback::Rollback;
 use crate::runtime::{new_id, now_ns, Runtime};
 use crate::sandbox::{
-    describe, files, PodMetadata, PortMapping, SandboxRecord, SandboxState, RECORD_VERSION,
+    describe, files, PodMetadata, PortMapping, RunIntent, SandboxRecord, SandboxState,
+    RECORD_VERSION,
 };
 
 /// What a valid request asks for.
@@ -287,12 +289,58 @@ impl Runtime {
             Some(self.pod_network()?)
         };
 
-        // 2. pause, in new namespaces.
-        let namespaces = crate::pause::PodNamespaces {
-            hostname: Some(spec.hostname.clone()),
+        let mut record = SandboxRecord {
+            version: RECORD_VERSION,
+            id: id.to_string(),
+            metadata: spec.metadata,
+            hostname: spec.hostname,
+            log_directory: spec.log_directory,
+            labels: spec.labels,
+            annotations: spec.annotations,
+            port_mappings: spec.port_mappings,
             host_network: spec.host_network,
-            node_netns: self.config.node_netns.clone(),
             pid_namespace: spec.pid_namespace,
+            created_at_ns: now_ns(),
+            state: SandboxState::Ready,
+            pause: None,
+            netns_path: None,
+            network: None,
+            ip: String::new(),
+            additional_ips: Vec::new(),
+            cni_result: None,
+            shm: None,
+        };
+
+        // 2. The intent: what the next steps will make, before they make it.
+        let mut planned = record.clone();
+        if let Some(network) = &network {
+            planned.netns_path = Some(self.config.netns_dir.join(id));
+            planned.network = Some(network.name.clone());
+        }
+        let intent = RunIntent {
+            version: RECORD_VERSION,
+            record: planned,
+            network_config: network.as_ref().map(|n| n.to_json()),
+        };
+        let (runtime, intent_id) = (self.clone(), id.to_string());
+        rollback.push("write the intent", async move {
+            runtime
+                .sandboxes
+                .remove(&intent_id)
+                .map_err(|e| e.to_string())
+        });
+        self.run_intents
+            .save(id, &intent)
+            .map_err(|e| Error::step("write the intent", &object, e))?;
+        fault::point("run-pod-sandbox/intent-written");
+
+        // 3. pause, in new namespaces.
+        let namespaces = crate::pause::PodNamespaces {
+            hostname: Some(record.hostname.clone()),
+            host_network: record.host_network,
+            node_netns: self.config.node_netns.clone(),
+            pid_namespace: record.pid_namespace,
+            sandbox_id: id.to_string(),
         };
         let pid = crate::pause::spawn(&self.pause_binary, &object, &namespaces)
             .map_err(|e| Error::step("start pause", &object, e))?;
@@ -308,31 +356,11 @@ impl Runtime {
                 .await
                 .map_err(|e| e.to_string())
         });
-
-        let mut record = SandboxRecord {
-            version: RECORD_VERSION,
-            id: id.to_string(),
-            metadata: spec.metadata,
-            hostname: spec.hostname,
-            log_directory: spec.log_directory,
-            labels: spec.labels,
-            annotations: spec.annotations,
-            port_mappings: spec.port_mappings,
-            host_network: spec.host_network,
-            pid_namespace: spec.pid_namespace,
-            created_at_ns: now_ns(),
-            state: SandboxState::Ready,
-            pause: Some(pause),
-            netns_path: None,
-            network: None,
-            ip: String::new(),
-            additional_ips: Vec::new(),
-            cni_result: None,
-            shm: None,
-        };
+        record.pause = Some(pause);
+        fault::point("run-pod-sandbox/pause-started");
 
         if let Some(network) = network {
-            // 3. Pin the netns.
+            // 4. Pin the netns.
             let path = crate::netns::pin(&self.config.netns_dir, id, pid)
                 .map_err(|e| Error::step("pin the netns", &object, e))?;
             let pinned = path.clone();
@@ -340,8 +368,9 @@ impl Runtime {
                 crate::netns::unpin(&pinned).map_err(|e| e.to_string())
             });
             record.netns_path = Some(path);
+            fault::point("run-pod-sandbox/netns-pinned");
 
-            // 4. Attach the network. The DEL is registered first: a plugin may allocate and fail.
+            // 5. Attach the network. The DEL is registered first: a plugin may allocate and fail.
             let rt = Runtime::cni_runtime_conf(&record);
             let runtime = self.clone();
             let (del_list, del_rt) = (network.clone(), rt.clone());
@@ -362,9 +391,10 @@ impl Runtime {
             record.additional_ips = ips.collect();
             record.network = Some(network.name.clone());
             record.cni_result = result.to_version(network.cni_version).ok();
+            fault::point("run-pod-sandbox/network-attached");
         }
 
-        // 5. The files the pod's containers share: hostname, hosts, resolv.conf, /dev/shm.
+        // 6. The files the pod's containers share: hostname, hosts, resolv.conf, /dev/shm.
         let dir = self.sandboxes.dir_of(id);
         let hosts = if record.host_network {
             std::fs::read_to_string("/etc/hosts").unwrap_or_default()
@@ -386,13 +416,20 @@ impl Runtime {
                 .map_err(|e| Error::step("write the pod files", &object, e))?,
         );
 
-        // 6. Persist.
+        fault::point("run-pod-sandbox/files-written");
+
+        // 7. Persist; the record takes over from the intent.
         self.save(&record)?;
         let runtime = self.clone();
         let saved = id.to_string();
         rollback.push("persist the record", async move {
             runtime.sandboxes.remove(&saved).map_err(|e| e.to_string())
         });
+        fault::point("run-pod-sandbox/record-saved");
+        if let Err(e) = self.run_intents.discard(id) {
+            // Harmless: a start-up finds the record beside it and discards it then.
+            eprintln!("sandboxd: {object}: remove the intent: {e:#}");
+        }
         Ok(record)
     }
 }

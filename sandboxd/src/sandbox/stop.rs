@@ -1,10 +1,12 @@
 //! StopPodSandbox: stop the pod's containers, detach the network (CNI DEL, with its own
-//! deadline), stop pause, unpin the netns, unmount the pod's shm. Idempotent: each step runs only if its resource is still recorded, and the
-//! record is saved whatever happens, so a failed stop can be finished by the next one.
+//! deadline), stop pause, unpin the netns, unmount the pod's shm. Idempotent: each step
+//! runs only if its resource is still recorded and accepts one already gone, and the
+//! record is saved whatever happens, so a failed or crashed stop is finished by the next.
 
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::runtime::Runtime;
 use crate::sandbox::{files, SandboxRecord, SandboxState};
 
@@ -28,6 +30,7 @@ impl Runtime {
             self.stop_locked(&mut container, self.config.stop_grace)
                 .await?;
         }
+        fault::point("stop-pod-sandbox/containers-stopped");
 
         if let Some(name) = record.network.clone() {
             let rt = Runtime::cni_runtime_conf(record);
@@ -47,6 +50,7 @@ impl Runtime {
             }
             record.network = None;
             record.cni_result = None;
+            fault::point("stop-pod-sandbox/network-detached");
         }
         if let Some(pause) = record.pause {
             pause
@@ -54,10 +58,12 @@ impl Runtime {
                 .await
                 .map_err(|e| Error::step("stop pause", &object, e))?;
             record.pause = None;
+            fault::point("stop-pod-sandbox/pause-stopped");
         }
         if let Some(path) = record.netns_path.clone() {
             crate::netns::unpin(&path).map_err(|e| Error::step("unpin the netns", &object, e))?;
             record.netns_path = None;
+            fault::point("stop-pod-sandbox/netns-unpinned");
         }
         if let Some(shm) = record.shm.clone() {
             files::unmount_shm(&shm)

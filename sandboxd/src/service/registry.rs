@@ -308,6 +308,7 @@ impl Registry {
         self.store
             .save(&store_id(&key), &record)
             .map_err(|e| Error::step("save the record", object(&key), e))?;
+        crate::fault::point("service-sync/record-saved");
 
         // 4. The data plane, in one transaction; on failure the old record goes back.
         let endpoints = endpoints::resolve(&record.service, pods);
@@ -322,6 +323,7 @@ impl Registry {
             }
             return Err(Error::step("program the data plane", object(&key), e));
         }
+        crate::fault::point("service-sync/programmed");
         self.records.insert(key.clone(), record);
         self.endpoints.insert(key.clone(), endpoints);
         Ok(self.view(&key).expect("just inserted"))
