@@ -30,13 +30,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends busybox-static
-fi
-if ! file -L /bin/busybox | grep -q 'statically linked'; then
-  echo "build-images.sh: /bin/busybox is not static; install busybox-static" >&2
-  exit 1
-fi
 bin="${SANDBOXD_BIN_DIR:-target/release}"
 if [ "$build" = 1 ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
@@ -48,14 +41,7 @@ trap 'rm -rf "$work"' EXIT
 
 # The base layer: busybox with a link per applet, and the dirs a container mounts over.
 base="$work/busybox"
-mkdir -p "$base/bin" "$base/etc" "$base/tmp" "$base/proc" "$base/sys" "$base/dev" "$base/root"
-cp /bin/busybox "$base/bin/busybox"
-for applet in $(/bin/busybox --list); do
-  [ "$applet" = busybox ] || ln -s busybox "$base/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$base/etc/passwd"
-printf 'root:x:0:\nnobody:x:65534:\n' > "$base/etc/group"
-chmod 1777 "$base/tmp"
+examples/busybox-rootfs.sh "$base"
 
 app="$work/app"
 mkdir -p "$app/app"

@@ -295,6 +295,10 @@ impl TestContainer {
             pause_pid: pause,
             share_pod_pid: false,
             binds: Vec::new(),
+            security: sandboxd::container::bundle::Security {
+                no_new_privileges: true,
+                ..Default::default()
+            },
         };
         sandboxd::container::bundle::write(&bundle_dir, &process).unwrap();
         container

@@ -35,6 +35,109 @@ pub const DEFAULT_CAPABILITIES: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
+/// Every Linux capability, by number (bit N of a capability mask is the Nth).
+const ALL_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A capability by its name in a CRI security context (`NET_ADMIN` or `CAP_NET_ADMIN`).
+pub fn capability(name: &str) -> Option<Capability> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+}
+
+/// `ALL`: every capability sandboxd itself holds (its effective set, as containerd reads
+/// its own), since a runtime cannot give a container what it lacks: a machine (or an outer
+/// container) may withhold some, such as CAP_SYS_RESOURCE.
+fn held_capabilities() -> HashSet<Capability> {
+    let mask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+            u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+        })
+        .unwrap_or(0);
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1 << bit) != 0)
+        .filter_map(|(_, name)| capability(name))
+        .collect()
+}
+
+/// What the container's security context asks of its privileges.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub no_new_privileges: bool,
+    pub readonly_rootfs: bool,
+    /// Added to the default set; `ALL` (as `add_all`) starts from every capability.
+    pub add_capabilities: Vec<Capability>,
+    pub add_all: bool,
+    /// Dropped from it; `ALL` (as `drop_all`) starts from none.
+    pub drop_capabilities: Vec<Capability>,
+    pub drop_all: bool,
+    /// Replace the OCI defaults when given.
+    pub masked_paths: Option<Vec<String>>,
+    pub readonly_paths: Option<Vec<String>>,
+}
+
+impl Security {
+    /// The capability set: the default, or all, or none, then the named adds and drops.
+    fn capabilities(&self) -> HashSet<Capability> {
+        let mut caps: HashSet<Capability> = if self.drop_all {
+            HashSet::new()
+        } else if self.add_all {
+            held_capabilities()
+        } else {
+            DEFAULT_CAPABILITIES.iter().copied().collect()
+        };
+        caps.extend(self.add_capabilities.iter().copied());
+        for drop in &self.drop_capabilities {
+            caps.remove(drop);
+        }
+        caps
+    }
+}
+
 /// What a container runs, and the pod it joins.
 #[derive(Debug, Clone)]
 pub struct ContainerProcess {
@@ -52,6 +155,7 @@ pub struct ContainerProcess {
     /// Host paths bind-mounted into the container; one at a default mount's destination
     /// (such as the pod's `/dev/shm`) replaces it.
     pub binds: Vec<BindMount>,
+    pub security: Security,
 }
 
 #[derive(Debug, Clone)]
@@ -78,11 +182,11 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
     spec.set_root(Some(
         RootBuilder::default()
             .path("rootfs")
-            .readonly(false)
+            .readonly(process.security.readonly_rootfs)
             .build()?,
     ));
 
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.iter().copied().collect();
+    let caps = process.security.capabilities();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -105,7 +209,7 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
             .build()?,
     );
     proc_spec.set_capabilities(Some(capabilities));
-    proc_spec.set_no_new_privileges(Some(true));
+    proc_spec.set_no_new_privileges(Some(process.security.no_new_privileges));
     spec.set_process(Some(proc_spec));
 
     let pause_ns = |kind: &str| {
@@ -156,6 +260,12 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
         .as_mut()
         .context("the default spec has a linux section")?;
     linux.set_namespaces(Some(namespaces));
+    if let Some(paths) = &process.security.masked_paths {
+        linux.set_masked_paths(Some(paths.clone()));
+    }
+    if let Some(paths) = &process.security.readonly_paths {
+        linux.set_readonly_paths(Some(paths.clone()));
+    }
     Ok(spec)
 }
 
@@ -187,6 +297,10 @@ mod tests {
             hostname: "web".into(),
             pause_pid: 4242,
             share_pod_pid,
+            security: Security {
+                no_new_privileges: true,
+                ..Default::default()
+            },
             binds: vec![BindMount {
                 source: "/var/lib/sandboxd/sandboxes/p/shm".into(),
                 destination: "/dev/shm".into(),
@@ -275,5 +389,42 @@ mod tests {
             ns.contains(&("pid".into(), Some("/proc/4242/ns/pid".into()))),
             "{ns:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+
+    fn caps(security: Security) -> HashSet<Capability> {
+        security.capabilities()
+    }
+
+    #[test]
+    fn capabilities_are_added_and_dropped_as_containerd_does() {
+        let net_admin = capability("NET_ADMIN").unwrap();
+        let chown = capability("CAP_CHOWN").unwrap();
+        let added = caps(Security {
+            add_capabilities: vec![net_admin],
+            drop_capabilities: vec![chown],
+            ..Default::default()
+        });
+        assert!(added.contains(&net_admin) && !added.contains(&chown));
+        assert_eq!(added.len(), DEFAULT_CAPABILITIES.len());
+        let all_but_chown = caps(Security {
+            add_all: true,
+            drop_capabilities: vec![chown],
+            ..Default::default()
+        });
+        assert_eq!(all_but_chown.len(), held_capabilities().len() - 1);
+        assert!(held_capabilities().contains(&capability("SYS_ADMIN").unwrap()));
+        let only_net_admin = caps(Security {
+            drop_all: true,
+            add_capabilities: vec![net_admin],
+            ..Default::default()
+        });
+        assert_eq!(only_net_admin, HashSet::from([net_admin]));
+        assert!(capability("NOT_A_CAP").is_none());
+        assert!(ALL_CAPABILITIES.iter().all(|c| capability(c).is_some()));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use k8s_cri::v1 as cri;
 
-use crate::container::bundle::{BindMount, ContainerProcess};
+use crate::container::bundle::{BindMount, ContainerProcess, Security};
 use crate::container::monitor::MonitorArgs;
 use crate::container::oci::OciRuntime;
 use crate::container::{
@@ -37,6 +37,92 @@ struct ContainerSpec {
     log_path: String,
     run_as_user: Option<u32>,
     run_as_group: Option<u32>,
+    security: Security,
+}
+
+/// The security context's seccomp profile, as a path (`seccomp_profile_path`, deprecated)
+/// or a profile (`seccomp`): only the forms the CRI defines are taken.
+// The deprecated field is read on purpose: critest and kubelets before 1.25 send it.
+#[allow(deprecated)]
+fn check_seccomp(object: &str, security: &cri::LinuxContainerSecurityContext) -> Result<()> {
+    let path = &security.seccomp_profile_path;
+    let known = matches!(
+        path.as_str(),
+        "" | "unconfined" | "runtime/default" | "docker/default"
+    ) || path
+        .strip_prefix("localhost/")
+        .is_some_and(|p| !p.is_empty());
+    if !known {
+        return Err(Error::invalid(
+            object,
+            "linux.security_context.seccomp_profile_path",
+            format!(
+                "{path:?} is not unconfined, runtime/default, docker/default or localhost/<path>"
+            ),
+        ));
+    }
+    if let Some(profile) = &security.seccomp {
+        if profile.profile_type == cri::security_profile::ProfileType::Localhost as i32
+            && profile.localhost_ref.is_empty()
+        {
+            return Err(Error::invalid(
+                object,
+                "linux.security_context.seccomp.localhost_ref",
+                "is empty, and a Localhost profile needs its path",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What the security context asks of the container's privileges; capability names the
+/// kernel does not know are refused, named by their field.
+fn security_options(
+    object: &str,
+    security: Option<&cri::LinuxContainerSecurityContext>,
+) -> Result<Security> {
+    let Some(security) = security else {
+        return Ok(Security::default());
+    };
+    check_seccomp(object, security)?;
+    let mut options = Security {
+        no_new_privileges: security.no_new_privs,
+        readonly_rootfs: security.readonly_rootfs,
+        masked_paths: Some(security.masked_paths.clone()).filter(|p| !p.is_empty()),
+        readonly_paths: Some(security.readonly_paths.clone()).filter(|p| !p.is_empty()),
+        ..Default::default()
+    };
+    if let Some(caps) = &security.capabilities {
+        for (list, names, all, out) in [
+            (
+                "add_capabilities",
+                &caps.add_capabilities,
+                &mut options.add_all,
+                &mut options.add_capabilities,
+            ),
+            (
+                "drop_capabilities",
+                &caps.drop_capabilities,
+                &mut options.drop_all,
+                &mut options.drop_capabilities,
+            ),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                if name.eq_ignore_ascii_case("ALL") {
+                    *all = true;
+                    continue;
+                }
+                out.push(crate::container::bundle::capability(name).ok_or_else(|| {
+                    Error::invalid(
+                        object,
+                        format!("linux.security_context.capabilities.{list}[{i}]"),
+                        format!("{name:?} is not a Linux capability"),
+                    )
+                })?);
+            }
+        }
+    }
+    Ok(options)
 }
 
 fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<ContainerSpec> {
@@ -129,6 +215,14 @@ fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<Container
         security.as_ref().and_then(|s| s.run_as_group.as_ref()),
         "run_as_group",
     )?;
+    if run_as_group.is_some() && run_as_user.is_none() {
+        return Err(Error::invalid(
+            &object,
+            "linux.security_context.run_as_group",
+            "is set without run_as_user (the group goes with a user)",
+        ));
+    }
+    let security_options = security_options(&object, security.as_ref())?;
     if security.as_ref().is_some_and(|s| s.privileged) {
         return Err(Error::invalid(
             &object,
@@ -150,6 +244,7 @@ fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<Container
         log_path,
         run_as_user,
         run_as_group,
+        security: security_options,
     })
 }
 
@@ -447,6 +542,7 @@ impl Runtime {
             pause_pid: pod.pause.map(|p| p.pid).unwrap_or_default(),
             share_pod_pid: pod.pid_namespace,
             binds,
+            security: spec.security.clone(),
         };
         crate::container::bundle::write(&dir.bundle(), &process)
             .map_err(|e| Error::step("write the bundle", &object, e))?;
@@ -551,6 +647,49 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn security_contexts_are_checked() {
+        let with = |security: cri::LinuxContainerSecurityContext| {
+            let mut c = config("c", "busybox");
+            c.linux = Some(cri::LinuxContainerConfig {
+                security_context: Some(security),
+                ..Default::default()
+            });
+            message(c)
+        };
+        assert!(with(cri::LinuxContainerSecurityContext {
+            run_as_group: Some(cri::Int64Value { value: 5 }),
+            ..Default::default()
+        })
+        .contains("invalid linux.security_context.run_as_group"));
+        #[allow(deprecated)]
+        let custom = cri::LinuxContainerSecurityContext {
+            seccomp_profile_path: "/etc/profile.json".into(),
+            ..Default::default()
+        };
+        assert!(with(custom).contains("invalid linux.security_context.seccomp_profile_path"));
+        assert!(with(cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["NET_ADMIN".into(), "FLY".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .contains("invalid linux.security_context.capabilities.add_capabilities[1]"));
+        let fine = with(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 5 }),
+            run_as_group: Some(cri::Int64Value { value: 5 }),
+            readonly_rootfs: true,
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["ALL".into()],
+                drop_capabilities: vec!["CAP_CHOWN".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(fine, "");
     }
 
     #[test]
