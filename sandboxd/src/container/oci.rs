@@ -47,7 +47,8 @@ impl OciRuntime {
         command
     }
 
-    async fn run(&self, args: &[&str]) -> anyhow::Result<()> {
+    /// Runs the runtime with `args`; its stdout if it succeeds, else its stderr as the error.
+    async fn run(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
         let output = self
             .command()
             .args(args)
@@ -63,32 +64,19 @@ impl OciRuntime {
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
-        Ok(())
+        Ok(output.stdout)
     }
 
     /// Lets a created container's process run its program.
     pub async fn start(&self, id: &str) -> anyhow::Result<()> {
-        self.run(&["start", id]).await
+        self.run(&["start", id]).await.map(drop)
     }
 
     /// The container's status as the runtime's `state` reports it: "created", "running",
     /// "stopped", "paused".
     pub async fn status(&self, id: &str) -> anyhow::Result<String> {
-        let output = self
-            .command()
-            .args(["state", id])
-            .output()
-            .await
-            .with_context(|| format!("run {}", self.binary.display()))?;
-        if !output.status.success() {
-            bail!(
-                "{} state {id} failed ({}): {}",
-                self.binary.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        let state: serde_json::Value = serde_json::from_slice(&output.stdout)
+        let stdout = self.run(&["state", id]).await?;
+        let state: serde_json::Value = serde_json::from_slice(&stdout)
             .with_context(|| format!("parse {} state {id}", self.binary.display()))?;
         Ok(state["status"].as_str().unwrap_or_default().to_string())
     }
@@ -99,7 +87,7 @@ impl OciRuntime {
         if !self.root.join(id).exists() {
             return Ok(());
         }
-        self.run(&["delete", "--force", id]).await
+        self.run(&["delete", "--force", id]).await.map(drop)
     }
 
     /// Runs `args` in the running container `id` (with the container's env, cwd and user),
