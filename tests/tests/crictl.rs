@@ -332,3 +332,83 @@ fn crictl_drives_every_verb_and_sees_what_sandboxctl_sees() {
     );
     assert_eq!(daemon.node.veths(), Vec::<String>::new());
 }
+
+/// A container config's security context means the same from crictl and from sandboxctl:
+/// capabilities added and dropped, a read-only rootfs, no_new_privs; a field sandboxctl
+/// does not know is refused, not dropped.
+#[test]
+fn a_security_context_reads_the_same_from_crictl_and_sandboxctl() {
+    let daemon = SandboxdProcess::start();
+    let clients = Clients { daemon: &daemon };
+    let pod_config = daemon.path("pod.json");
+    write(
+        &pod_config,
+        serde_json::json!({
+            "metadata": { "name": "secure", "namespace": "default", "uid": "u-secure" },
+        }),
+    );
+    let pod = clients.ok(&["runp", pod_config.to_str().unwrap()]);
+    let pod = pod.trim();
+    let config = |name: &str| {
+        let path = daemon.path(&format!("{name}.json"));
+        write(
+            &path,
+            serde_json::json!({
+                "metadata": { "name": name },
+                "image": { "image": "busybox" },
+                "command": ["sleep", "1000"],
+                "linux": { "security_context": {
+                    "capabilities": {
+                        "add_capabilities": ["NET_ADMIN"],
+                        "drop_capabilities": ["CHOWN"]
+                    },
+                    "readonly_rootfs": true,
+                    "no_new_privs": true
+                }},
+            }),
+        );
+        path
+    };
+    let by_crictl = clients.ok(&[
+        "create",
+        pod,
+        config("by-crictl").to_str().unwrap(),
+        pod_config.to_str().unwrap(),
+    ]);
+    let by_sandboxctl =
+        clients.sandboxctl(&["create", pod, config("by-sandboxctl").to_str().unwrap()]);
+    for id in [by_crictl.trim(), by_sandboxctl.trim()] {
+        clients.ok(&["start", id]);
+        let status = clients.sandboxctl(&["exec", id, "cat", "/proc/self/status"]);
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(|hex| u64::from_str_radix(hex, 16).unwrap())
+                .unwrap()
+        };
+        let effective = field("CapEff:");
+        assert_ne!(effective & (1 << 12), 0, "CAP_NET_ADMIN added ({id})");
+        assert_eq!(effective & 1, 0, "CAP_CHOWN dropped ({id})");
+        assert_eq!(field("NoNewPrivs:"), 1, "no_new_privs ({id})");
+        let (code, _, _) = daemon.sandboxctl(&["exec", id, "touch", "/written"]);
+        assert_ne!(code, Some(0), "the rootfs is read-only ({id})");
+    }
+
+    let unknown = daemon.path("unknown.json");
+    write(
+        &unknown,
+        serde_json::json!({
+            "metadata": { "name": "odd" },
+            "image": { "image": "busybox" },
+            "linux": { "security_context": { "apparmor_profile": "x" } },
+        }),
+    );
+    let (code, _, err) = daemon.sandboxctl(&["create", pod, unknown.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("apparmor_profile"), "{err}");
+    clients.ok(&["stopp", pod]);
+    clients.ok(&["rmp", pod]);
+    assert!(daemon.processes().is_empty(), "{:?}", daemon.processes());
+}

@@ -105,11 +105,27 @@ pub struct Linux {
     pub security_context: SecurityContext,
 }
 
+/// The security context fields crictl's configs carry that sandboxd applies or checks;
+/// an unknown one is refused rather than dropped unseen.
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SecurityContext {
     pub run_as_user: Option<Int64>,
     pub run_as_group: Option<Int64>,
+    pub capabilities: Option<Capabilities>,
+    pub privileged: bool,
+    pub readonly_rootfs: bool,
+    pub no_new_privs: bool,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    pub seccomp_profile_path: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capabilities {
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -120,7 +136,7 @@ pub struct Int64 {
 
 impl ContainerConfig {
     pub fn into_cri(self) -> cri::ContainerConfig {
-        let security = &self.linux.security_context;
+        let security = self.linux.security_context;
         cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
                 name: self.metadata.name,
@@ -157,19 +173,34 @@ impl ContainerConfig {
             stdin: self.stdin,
             tty: self.tty,
             linux: Some(cri::LinuxContainerConfig {
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    run_as_user: security
-                        .run_as_user
-                        .as_ref()
-                        .map(|v| cri::Int64Value { value: v.value }),
-                    run_as_group: security
-                        .run_as_group
-                        .as_ref()
-                        .map(|v| cri::Int64Value { value: v.value }),
-                    ..Default::default()
-                }),
+                security_context: Some(security.into_cri()),
                 ..Default::default()
             }),
+            ..Default::default()
+        }
+    }
+}
+
+impl SecurityContext {
+    // seccomp_profile_path is deprecated in the CRI, and still what crictl's configs hold.
+    #[allow(deprecated)]
+    fn into_cri(self) -> cri::LinuxContainerSecurityContext {
+        cri::LinuxContainerSecurityContext {
+            run_as_user: self.run_as_user.map(|v| cri::Int64Value { value: v.value }),
+            run_as_group: self
+                .run_as_group
+                .map(|v| cri::Int64Value { value: v.value }),
+            capabilities: self.capabilities.map(|c| cri::Capability {
+                add_capabilities: c.add_capabilities,
+                drop_capabilities: c.drop_capabilities,
+                ..Default::default()
+            }),
+            privileged: self.privileged,
+            readonly_rootfs: self.readonly_rootfs,
+            no_new_privs: self.no_new_privs,
+            masked_paths: self.masked_paths,
+            readonly_paths: self.readonly_paths,
+            seccomp_profile_path: self.seccomp_profile_path,
             ..Default::default()
         }
     }
