@@ -3,7 +3,8 @@
 //!
 //! From the socket inwards:
 //!
-//! * [`server`]: binds the CRI socket (0660, one daemon per socket) and serves it;
+//! * [`server`]: binds the CRI socket (0660, one daemon per socket) and serves it to any
+//!   gRPC client (`server::authority` mends the `:authority` h2 would refuse);
 //! * [`cri`]: the `runtime.v1.RuntimeService` RPCs, each a thin call into [`runtime`];
 //!   [`cri_image`]: the `runtime.v1.ImageService` RPCs over the image store;
 //! * [`services_api`]: sandboxd's own `sandboxd.services.v1.Services` RPCs (Services and
@@ -19,7 +20,8 @@
 //! * [`container`]: a container's overlayfs rootfs and its OCI bundle, joined to the pod;
 //! * [`store`]: records on disk, one dir per id, written atomically and fsynced;
 //!   [`lockfile`]: the flock both the socket and the image store are guarded by;
-//! * [`rollback`]: undoing the finished steps of a failed operation;
+//! * [`rollback`]: undoing the finished steps of a failed operation; intents (beside the
+//!   records, see `sandbox::RunIntent`, `container::CreateIntent`) undo those of a crash;
 //! * [`process`]: processes named by pid and start time, signalled and awaited;
 //! * [`error`]: the daemon's errors and their gRPC codes;
 //! * [`fault`]: fault points, where tests make the daemon kill itself mid-verb;

@@ -106,14 +106,11 @@ impl Runtime {
     /// Undoes every RunPodSandbox a crash interrupted (see the module's doc). A dir whose
     /// undo fails stays, intent and all, for the next start-up to try again.
     async fn finish_interrupted_runs(&self) -> anyhow::Result<()> {
-        let unfinished: Vec<String> = self
-            .sandboxes
-            .ids()?
-            .into_iter()
-            .filter(|id| !self.sandboxes.contains(id))
-            .collect();
+        let mut unfinished = Vec::new();
         for id in self.sandboxes.ids()? {
-            if self.sandboxes.contains(&id) && self.run_intents.contains(&id) {
+            if !self.sandboxes.contains(&id) {
+                unfinished.push(id);
+            } else if self.run_intents.contains(&id) {
                 // The run finished; only the intent's removal was cut short.
                 self.run_intents.discard(&id)?;
             }
@@ -144,8 +141,8 @@ impl Runtime {
             // Plugins still working on it (the daemon died under them) first, so none adds
             // after the DEL; they run in process groups of their own.
             for plugin in of(&id, "CNI_CONTAINERID") {
-                // SAFETY: kill(2) of the plugin's own process group.
-                unsafe { libc::kill(-(plugin.pid as i32), libc::SIGKILL) };
+                let group = nix::unistd::Pid::from_raw(plugin.pid as i32);
+                let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
                 let _ = plugin.terminate(Signal::SIGKILL, KILL_WAIT).await;
             }
             let undone = self
