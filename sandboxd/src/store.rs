@@ -110,6 +110,22 @@ impl Store {
         }
     }
 
+    /// Ids whose directory holds no record of this kind: an operation a crash cut short
+    /// (its intent, kept in `intents` beside the records, says what it made) or a removal
+    /// it cut short. An intent beside a record belongs to an operation that finished but
+    /// for discarding it: it is discarded here.
+    pub fn unfinished(&self, intents: &Store) -> anyhow::Result<Vec<String>> {
+        let mut unfinished = Vec::new();
+        for id in self.ids()? {
+            if !self.contains(&id) {
+                unfinished.push(id);
+            } else if intents.contains(&id) {
+                intents.discard(&id)?;
+            }
+        }
+        Ok(unfinished)
+    }
+
     /// Removes this kind of record of `id`, keeping the directory and its other files.
     pub fn discard(&self, id: &str) -> anyhow::Result<()> {
         let path = self.dir_of(id).join(self.file);
@@ -182,5 +198,31 @@ mod tests {
         store.remove("a").unwrap();
         store.remove("a").unwrap();
         assert!(!dir.path().join("a").exists());
+    }
+
+    #[test]
+    fn dirs_without_a_record_are_unfinished_and_stale_intents_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Store::new(dir.path(), "record.json");
+        let intents = Store::new(dir.path(), "intent.json");
+        let record = Record {
+            version: 1,
+            name: "x".into(),
+        };
+        intents.save("cut-short", &record).unwrap();
+        intents.save("finished", &record).unwrap();
+        records.save("finished", &record).unwrap();
+        records.save("plain", &record).unwrap();
+        std::fs::create_dir_all(dir.path().join("left-by-a-removal")).unwrap();
+        let mut unfinished = records.unfinished(&intents).unwrap();
+        unfinished.sort();
+        assert_eq!(unfinished, ["cut-short", "left-by-a-removal"]);
+        assert!(!intents.contains("finished") && records.contains("finished"));
+        assert_eq!(
+            records.load_all::<Record>().unwrap().records.len(),
+            2,
+            "dirs with only an intent are no records"
+        );
+        assert!(intents.load::<Record>("cut-short").unwrap().is_some());
     }
 }

@@ -24,15 +24,7 @@ impl Runtime {
     /// Undoes every CreateContainer a crash interrupted. A dir whose undo fails stays,
     /// intent and all, for the next start-up.
     async fn finish_interrupted_creates(&self) -> anyhow::Result<()> {
-        let mut unfinished = Vec::new();
-        for id in self.container_records.ids()? {
-            if !self.container_records.contains(&id) {
-                unfinished.push(id);
-            } else if self.create_intents.contains(&id) {
-                // The create finished; only the intent's removal was cut short.
-                self.create_intents.discard(&id)?;
-            }
-        }
+        let unfinished = self.container_records.unfinished(&self.create_intents)?;
         if unfinished.is_empty() {
             return Ok(());
         }

@@ -106,15 +106,7 @@ impl Runtime {
     /// Undoes every RunPodSandbox a crash interrupted (see the module's doc). A dir whose
     /// undo fails stays, intent and all, for the next start-up to try again.
     async fn finish_interrupted_runs(&self) -> anyhow::Result<()> {
-        let mut unfinished = Vec::new();
-        for id in self.sandboxes.ids()? {
-            if !self.sandboxes.contains(&id) {
-                unfinished.push(id);
-            } else if self.run_intents.contains(&id) {
-                // The run finished; only the intent's removal was cut short.
-                self.run_intents.discard(&id)?;
-            }
-        }
+        let unfinished = self.sandboxes.unfinished(&self.run_intents)?;
         if unfinished.is_empty() {
             return Ok(());
         }
