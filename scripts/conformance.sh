@@ -31,7 +31,9 @@ if [ ! -x "$critest" ]; then
 fi
 
 work=$(mktemp -d /tmp/sandboxd-conformance.XXXXXX)
-node="sbx-critest-$$"
+# The node: a network namespace pinned in the work dir (not /run/netns, so nothing of the
+# machine's changes; enter it with nsenter --net=$node).
+node="$work/node"
 socket="$work/sandboxd.sock"
 daemon=
 ctl() { "$bin/sandboxctl" --runtime-endpoint "unix://$socket" "$@"; }
@@ -51,7 +53,7 @@ cleanup() {
     done
   done
   grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  ip netns del "$node" 2>/dev/null || true
+  umount "$node" 2>/dev/null || true
   if [ -n "$keep" ]; then mkdir -p "$keep" && cp -r "$work"/*.log "$work"/report.json "$keep"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
@@ -61,9 +63,10 @@ echo "== images (scripts/critest-images.sh, offline)"
 SANDBOXD_BIN_DIR="${SANDBOXD_BIN_DIR:-target/release}" scripts/critest-images.sh --store "$work/state/images" | wc -l | xargs echo "images:"
 
 echo "== sandboxd on node namespace $node"
-ip netns add "$node"
-ip -n "$node" link set lo up
-"$bin/sandboxd" --node-netns "/run/netns/$node" --node-name critest-node \
+touch "$node"
+unshare --net="$node" true
+nsenter --net="$node" ip link set lo up
+"$bin/sandboxd" --node-netns "$node" --node-name critest-node \
   --state-dir "$work/state" --netns-dir "$work/netns" --cni-conf-dir "$work/net.d" \
   --runtime-root "$work/runtime" --socket "$socket" --proxy-mode none \
   >"$work/sandboxd.log" 2>&1 &
@@ -78,7 +81,7 @@ args=(-runtime-endpoint "unix://$socket" -image-endpoint "unix://$socket"
   --ginkgo.json-report "$work/report.json")
 [ -n "$focus" ] && args+=(--ginkgo.focus "$focus")
 started=$(date +%s)
-ip netns exec "$node" "$critest" "${args[@]}" >"$work/critest.log" 2>&1 || true
+nsenter --net="$node" "$critest" "${args[@]}" >"$work/critest.log" 2>&1 || true
 echo "critest ran for $(( $(date +%s) - started )) s"
 
 status=0
@@ -123,11 +126,11 @@ if [ "$status" = 0 ]; then
       id=$(tr '\0' '\n' <"$f" 2>/dev/null | sed -n 's/^SANDBOXD_SANDBOX_ID=//p')
       if [ -d "$work/state/sandboxes/$id" ] || [ -e "$work/netns/$id" ]; then echo "pause process $pid"; fi
     done
-    ip -n "$node" -o link show type veth | awk -F': ' '{print "veth " $2}'
+    nsenter --net="$node" ip -o link show type veth | awk -F': ' '{print "veth " $2}'
     find "$work/state/cni" -type f -path '*/results/*' 2>/dev/null | sed 's/^/CNI cache entry /'
     find "$work/state/cni/ipam" -type f -name '10.*' 2>/dev/null | sed 's/^/IP lease /'
     find "$work/netns" -mindepth 1 2>/dev/null | sed 's/^/netns pin /'
-    grep " $work/" /proc/mounts | grep -v " $work/netns " | awk '{print "mount " $2}'
+    grep " $work/" /proc/mounts | grep -v -e " $work/netns " -e " $node " | awk '{print "mount " $2}'
   )
   if [ -n "$left" ]; then
     echo "conformance.sh: left behind after critest:" >&2
