@@ -151,7 +151,8 @@ impl ResultCache {
         }
     }
 
-    /// Removes an entry; a missing one is not an error.
+    /// Removes an entry, and any staging file of it that a writer killed between the write
+    /// and the rename left (`.<entry>.<pid>.tmp`); a missing one is not an error.
     pub fn remove(
         &self,
         network: &str,
@@ -159,6 +160,19 @@ impl ResultCache {
         ifname: &str,
     ) -> Result<(), CacheError> {
         let path = self.path_of(network, container_id, ifname);
+        if let (Some(name), Ok(entries)) = (
+            path.file_name().and_then(|n| n.to_str()),
+            std::fs::read_dir(self.results_dir()),
+        ) {
+            let prefix = format!(".{name}.");
+            for entry in entries.flatten() {
+                let file = entry.file_name();
+                let file = file.to_string_lossy();
+                if file.starts_with(&prefix) && file.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -259,9 +273,16 @@ mod tests {
         );
         assert_eq!(cache.list().unwrap(), vec![entry]);
 
+        // A writer killed between its write and its rename left its staging file; another
+        // entry's staging file is not this entry's to remove.
+        let results = dir.path().join("results");
+        std::fs::write(results.join(".pods-abc-eth0.4242.tmp"), "{").unwrap();
+        std::fs::write(results.join(".pods-abcd-eth0.4242.tmp"), "{").unwrap();
         cache.remove("pods", "abc", "eth0").unwrap();
         cache.remove("pods", "abc", "eth0").unwrap();
         assert_eq!(cache.load("pods", "abc", "eth0").unwrap(), None);
+        std::fs::remove_file(results.join(".pods-abcd-eth0.4242.tmp"))
+            .expect("another entry's staging file stays");
         assert!(
             std::fs::read_dir(dir.path().join("results"))
                 .unwrap()
