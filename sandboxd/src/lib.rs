@@ -30,6 +30,7 @@
 //! Binaries: `sandboxd` (the daemon), `sandboxctl` (the CLI) and `sandboxd-monitor` (one per
 //! container: its output and exit code), all thin over this library.
 
+pub mod cidr;
 pub mod client;
 pub mod config;
 pub mod container;
@@ -38,9 +39,12 @@ pub mod cri_image;
 pub mod error;
 pub mod fault;
 pub mod image;
+pub mod lab;
 pub mod lockfile;
+pub mod netlink;
 pub mod netns;
 pub mod network;
+pub mod overlay;
 pub mod pause;
 pub mod process;
 pub mod rollback;

@@ -12,8 +12,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sandboxd::netlink::nftables::NftSocket;
 use sandboxd::service::iptables;
-use sandboxd::service::netlink::NftSocket;
 use sandboxd::service::plan::{self, Cluster, Plan, ProgrammedPort, ProgrammedService};
 use sandboxd::service::{nftables, Protocol};
 use sandboxd_tests::{require_root, run, unique_name, workspace_binary, Netns};

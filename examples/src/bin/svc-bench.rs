@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sandboxd::service::netlink::NftSocket;
+use sandboxd::netlink::nftables::NftSocket;
 use sandboxd::service::plan::{self, Cluster, ProgrammedPort, ProgrammedService};
 use sandboxd::service::{iptables, nftables, Protocol};
 

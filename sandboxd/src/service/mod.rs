@@ -9,14 +9,13 @@
 //!   the runtime's side (ready pods, resync); [`endpoints`]: which pods serve a service;
 //!   [`node_port`]: node ports held open; [`proxy`]: the data plane of either mode;
 //! * [`plan`]: the data plane, kube-proxy's nftables design (KEP-3866), as operations on
-//!   sandboxd's table; sent by [`netlink`] as one nf_tables batch per change, or rendered
+//!   sandboxd's table; sent by [`crate::netlink::nftables`] as one nf_tables batch per change, or rendered
 //!   by [`nftables`] as `nft -f` text; [`iptables`]: kube-proxy's iptables shape, for
 //!   comparison.
 
 pub mod allocate;
 pub mod endpoints;
 pub mod iptables;
-pub mod netlink;
 pub mod nftables;
 pub mod node_port;
 pub mod plan;

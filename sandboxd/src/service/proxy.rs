@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
+use crate::netlink::nftables::NftSocket;
 use crate::service::iptables;
-use crate::service::netlink::NftSocket;
 use crate::service::plan::{self, Cluster, ProgrammedService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -11,25 +11,17 @@
 //! sandboxd` reads back identically whichever backend programmed it (tested).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+
+use crate::netlink::{
+    align, Socket, NETLINK_NETFILTER, NLA_F_NESTED, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
+    NLM_F_REQUEST,
+};
 
 use crate::service::plan::{ChainType, Hook, Key, MapKey, Op, Plan, Rule, Verdict, TABLE};
 use crate::service::Protocol;
 
-// linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h
-const NETLINK_NETFILTER: i32 = 12;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_APPEND: u16 = 0x800;
-const NLA_F_NESTED: u16 = 0x8000;
-const SOL_NETLINK: i32 = 270;
-const NETLINK_CAP_ACK: i32 = 10;
-const NETLINK_EXT_ACK: i32 = 11;
-const NLMSGERR_ATTR_MSG: u16 = 1;
-const NLM_F_ACK_TLVS: u16 = 0x200;
+// linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -138,63 +130,18 @@ const REJECT_ICMP_UNREACH: u32 = 0;
 const ICMP_PORT_UNREACH: u8 = 3;
 
 /// A netlink socket to nf_tables in one network namespace.
-pub struct NftSocket {
-    fd: OwnedFd,
-    /// Sequence numbers continue across batches, so a late reply is never taken for the
-    /// current batch's.
-    next_seq: u32,
-}
-
-/// A batch being encoded: the bytes, and which operation each message's sequence number
-/// came from (for error messages).
-struct Batch {
-    buf: Vec<u8>,
-    seq: u32,
-    origin: Vec<(u32, usize)>,
-    /// The one message that asks for an acknowledgement.
-    acked_seq: u32,
-    next_set_id: u32,
-}
+pub struct NftSocket(Socket);
 
 impl NftSocket {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> io::Result<NftSocket> {
-        // SAFETY: plain socket(2); the descriptor is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just returned by socket(2) and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Errors without the failed message echoed back, but with the kernel's reason.
-        for option in [NETLINK_CAP_ACK, NETLINK_EXT_ACK] {
-            set_option(&fd, SOL_NETLINK, option, 1)?;
-        }
-        let address = kernel_address();
-        // SAFETY: address is a valid sockaddr_nl of the given size.
-        let bound = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &address as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if bound < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(NftSocket { fd, next_seq: 1 })
+        Socket::open(NETLINK_NETFILTER).map(NftSocket)
     }
 
     /// Opens a socket in the network namespace at `netns` (None: the caller's); the
     /// socket stays bound to that namespace.
     pub fn open_in(netns: Option<&Path>) -> io::Result<NftSocket> {
-        crate::netns::run_in(netns, NftSocket::open)
+        Socket::open_in(netns, NETLINK_NETFILTER).map(NftSocket)
     }
 
     /// Applies the plan as one transaction: all of it, or (on an error) none of it.
@@ -202,13 +149,15 @@ impl NftSocket {
         if plan.ops.is_empty() {
             return Ok(());
         }
-        let batch = Batch::encode(plan, self.next_seq);
-        self.next_seq = batch.seq.wrapping_add(1);
-        self.send(&batch.buf)
+        let batch = Batch::encode(plan, self.0.next_seq());
+        self.0.continue_at(batch.seq);
+        self.0
+            .send(&batch.buf)
             .map_err(|e| anyhow::anyhow!("send the nf_tables batch: {e}"))?;
         // The kernel runs a batch inside sendmsg(): every reply is queued by now.
         let replies = self
-            .drain_replies()
+            .0
+            .drain_acks()
             .map_err(|e| anyhow::anyhow!("read the nf_tables replies: {e}"))?;
         let mut acknowledged = false;
         for reply in replies {
@@ -231,140 +180,17 @@ impl NftSocket {
         }
         Ok(())
     }
-
-    fn send(&self, buf: &[u8]) -> io::Result<()> {
-        // The kernel refuses a message larger than the send buffer; a full sync of 10,000
-        // services is ~10 MB.
-        let wanted = (buf.len() + 4096).min(i32::MAX as usize / 2) as i32;
-        if wanted > DEFAULT_SNDBUF {
-            set_option(&self.fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, wanted)?;
-        }
-        let address = kernel_address();
-        // SAFETY: buf and address outlive the call; lengths match.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-                &address as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if sent as usize != buf.len() {
-            return Err(io::Error::other(format!(
-                "sent {sent} of {} bytes",
-                buf.len()
-            )));
-        }
-        Ok(())
-    }
-
-    fn drain_replies(&self) -> io::Result<Vec<Reply>> {
-        let mut replies = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            // SAFETY: buf is writable for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Ok(replies);
-                }
-                return Err(e);
-            }
-            parse_replies(&buf[..n as usize], &mut replies);
-        }
-    }
 }
 
-/// Linux's default socket buffer (net.core.wmem_default).
-const DEFAULT_SNDBUF: i32 = 212_992;
-
-/// The kernel's netlink address (port 0, no groups); also ours, bound to any free port.
-fn kernel_address() -> libc::sockaddr_nl {
-    // SAFETY: sockaddr_nl is plain data; all zeros is a valid value of it.
-    let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    address.nl_family = libc::AF_NETLINK as u16;
-    address
-}
-
-fn set_option(fd: &OwnedFd, level: i32, option: i32, value: i32) -> io::Result<()> {
-    // SAFETY: value is an int, as every option set here takes.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            &value as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-struct Reply {
+/// A batch being encoded: the bytes, and which operation each message's sequence number
+/// came from (for error messages).
+struct Batch {
+    buf: Vec<u8>,
     seq: u32,
-    errno: i32,
-    message: Option<String>,
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// NLMSG_ERROR messages: an acknowledgement (errno 0) or an error, with the kernel's
-/// extended-ack text when it gave one.
-fn parse_replies(mut b: &[u8], replies: &mut Vec<Reply>) {
-    while b.len() >= 16 {
-        let len = (u32_at(b, 0) as usize).clamp(16, b.len());
-        let (msg_type, flags) = (u16_at(b, 4), u16_at(b, 6));
-        if msg_type == NLMSG_ERROR && len >= 20 + 16 {
-            let errno = -(u32_at(b, 16) as i32);
-            let seq = u32_at(b, 20 + 8);
-            let mut message = None;
-            if flags & NLM_F_ACK_TLVS != 0 {
-                // With NETLINK_CAP_ACK only the failed message's header is echoed.
-                let mut tlvs = &b[36..len];
-                while tlvs.len() >= 4 {
-                    let tlv_len = (u16_at(tlvs, 0) as usize).clamp(4, tlvs.len());
-                    if u16_at(tlvs, 2) & !NLA_F_NESTED == NLMSGERR_ATTR_MSG {
-                        let text = &tlvs[4..tlv_len];
-                        let text = text.split(|c| *c == 0).next().unwrap_or_default();
-                        message = Some(String::from_utf8_lossy(text).into_owned());
-                    }
-                    tlvs = &tlvs[align(tlv_len).min(tlvs.len())..];
-                }
-            }
-            replies.push(Reply {
-                seq,
-                errno,
-                message,
-            });
-        }
-        b = &b[align(len).min(b.len())..];
-    }
-}
-
-fn align(n: usize) -> usize {
-    (n + 3) & !3
+    origin: Vec<(u32, usize)>,
+    /// The one message that asks for an acknowledgement.
+    acked_seq: u32,
+    next_set_id: u32,
 }
 
 fn verdict_code(v: &Verdict) -> (i32, Option<&str>) {

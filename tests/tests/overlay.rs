@@ -1,0 +1,250 @@
+//! The overlay between two nodes cabled to an underlay (the lab's network, in a temp dir):
+//! flannel's objects exactly, reachability of the other node's pod subnet, idempotent
+//! re-syncs and restarts, peers leaving, and switching backends.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use sandboxd::cidr::Ipv4Cidr;
+use sandboxd::lab::underlay;
+use sandboxd::overlay::{Backend, Overlay, Peer};
+use sandboxd_tests::{require_root, run};
+
+/// Two nodes (.11 with 10.244.1.0/24, .12 with 10.244.2.0/24) on an underlay, each with a
+/// `cni0` bridge holding its subnet's .1 (what the bridge plugin makes); all removed on drop.
+struct TwoNodes {
+    dir: tempfile::TempDir,
+}
+
+const CLUSTER: &str = "10.244.0.0/16";
+
+impl TwoNodes {
+    fn new() -> TwoNodes {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("sbt-overlay-")
+            .tempdir()
+            .unwrap();
+        let nodes = TwoNodes { dir };
+        underlay::create(&nodes.underlay()).unwrap();
+        for n in 1..=2u8 {
+            underlay::attach_node(
+                &nodes.underlay(),
+                &nodes.node(n),
+                &format!("node{n}"),
+                Ipv4Cidr::new(Ipv4Addr::new(192, 168, 102, 10 + n), 24),
+            )
+            .unwrap();
+            let gateway = format!("10.244.{n}.1/24");
+            for args in [
+                &["link", "add", "cni0", "type", "bridge"][..],
+                &["addr", "add", &gateway, "dev", "cni0"],
+                &["link", "set", "cni0", "up"],
+            ] {
+                nodes.exec(n, &[&["ip"][..], args].concat());
+            }
+        }
+        nodes
+    }
+
+    fn underlay(&self) -> PathBuf {
+        self.dir.path().join("underlay")
+    }
+
+    fn node(&self, n: u8) -> PathBuf {
+        self.dir.path().join(format!("node{n}"))
+    }
+
+    fn exec(&self, n: u8, args: &[&str]) -> String {
+        let net = format!("--net={}", self.node(n).display());
+        run("nsenter", &[&[net.as_str(), "--"][..], args].concat())
+    }
+
+    fn overlay(&self, n: u8, backend: Backend) -> Overlay {
+        Overlay::open(
+            Some(&self.node(n)),
+            backend,
+            Ipv4Addr::new(192, 168, 102, 10 + n),
+            subnet(n),
+            CLUSTER.parse().unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn pings(&self, from: u8, to: &str) -> bool {
+        let net = format!("--net={}", self.node(from).display());
+        std::process::Command::new("nsenter")
+            .args([&net, "--", "ping", "-c1", "-W1", to])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+impl Drop for TwoNodes {
+    fn drop(&mut self) {
+        for pin in [self.node(1), self.node(2), self.underlay()] {
+            let _ = sandboxd::netns::unpin(&pin);
+        }
+    }
+}
+
+fn subnet(n: u8) -> Ipv4Cidr {
+    Ipv4Cidr::new(Ipv4Addr::new(10, 244, n, 0), 24)
+}
+
+fn peer(n: u8, overlay: &Overlay) -> Peer {
+    Peer {
+        name: format!("node{n}"),
+        ip: Ipv4Addr::new(192, 168, 102, 10 + n),
+        subnet: subnet(n),
+        vtep_mac: overlay.vtep_mac(),
+    }
+}
+
+fn mac_of(nodes: &TwoNodes, n: u8) -> String {
+    let link = nodes.exec(n, &["ip", "-o", "link", "show", "flannel.1"]);
+    link.split("link/ether ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string()
+}
+
+/// What `ip route`, `ip neigh` and `bridge fdb` show of the overlay on node `n`.
+fn overlay_view(nodes: &TwoNodes, n: u8) -> (String, String, String) {
+    let routes = nodes.exec(n, &["ip", "route"]);
+    let neigh = nodes.exec(n, &["ip", "neigh", "show", "dev", "flannel.1"]);
+    let fdb: String = nodes
+        .exec(n, &["bridge", "fdb", "show", "dev", "flannel.1"])
+        .lines()
+        .filter(|l| l.contains(" dst "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (routes, neigh, fdb)
+}
+
+#[test]
+fn vxlan_makes_flannels_objects_and_carries_pod_traffic() {
+    let nodes = TwoNodes::new();
+    let mut one = nodes.overlay(1, Backend::Vxlan);
+    let mut two = nodes.overlay(2, Backend::Vxlan);
+    assert_eq!(one.pod_mtu(), 1450);
+    let (p1, p2) = (peer(1, &one), peer(2, &two));
+    one.sync(&[p1.clone(), p2.clone()]).unwrap();
+    two.sync(&[p1.clone(), p2.clone()]).unwrap();
+
+    let details = nodes.exec(1, &["ip", "-d", "link", "show", "flannel.1"]);
+    for expected in [
+        "mtu 1450",
+        "vxlan id 1 local 192.168.102.11 dev eth1",
+        "dstport 8472",
+        "nolearning",
+    ] {
+        assert!(
+            details.contains(expected),
+            "{expected:?} not in:\n{details}"
+        );
+    }
+    let addresses = nodes.exec(1, &["ip", "-4", "-o", "addr", "show", "dev", "flannel.1"]);
+    assert!(addresses.contains("inet 10.244.1.0/32"), "{addresses}");
+
+    let mac2 = mac_of(&nodes, 2);
+    let (routes, neigh, fdb) = overlay_view(&nodes, 1);
+    let ours: Vec<&str> = routes
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| l.contains("10.244."))
+        .collect();
+    assert_eq!(
+        ours,
+        [
+            "10.244.1.0/24 dev cni0 proto kernel scope link src 10.244.1.1",
+            "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink",
+        ],
+        "{routes}"
+    );
+    assert_eq!(neigh.trim(), format!("10.244.2.0 lladdr {mac2} PERMANENT"));
+    assert_eq!(
+        fdb.trim(),
+        format!("{mac2} dst 192.168.102.12 self permanent")
+    );
+
+    assert!(
+        nodes.pings(1, "10.244.2.1"),
+        "node1 cannot reach node2's pod gateway"
+    );
+    assert!(
+        nodes.pings(2, "10.244.1.1"),
+        "node2 cannot reach node1's pod gateway"
+    );
+
+    // Syncing again, and a restart (a new Overlay on the same namespace), change nothing:
+    // no duplicate, and flannel.1 keeps the MAC the other node holds.
+    let before = overlay_view(&nodes, 1);
+    one.sync(&[p1.clone(), p2.clone()]).unwrap();
+    let mut restarted = nodes.overlay(1, Backend::Vxlan);
+    assert_eq!(restarted.vtep_mac(), one.vtep_mac());
+    restarted.sync(&[p1.clone(), p2.clone()]).unwrap();
+    assert_eq!(overlay_view(&nodes, 1), before);
+
+    // Node 2 leaves: its route, neighbour and FDB entry go.
+    restarted.sync(std::slice::from_ref(&p1)).unwrap();
+    let (routes, neigh, fdb) = overlay_view(&nodes, 1);
+    assert!(!routes.contains("flannel.1"), "{routes}");
+    assert_eq!(neigh.trim(), "");
+    assert_eq!(fdb.trim(), "");
+    assert!(!nodes.pings(1, "10.244.2.1"));
+
+    // A peer whose VTEP moved (a new MAC after its flannel.1 was remade) is followed.
+    let moved = Peer {
+        vtep_mac: Some([0x0a, 0x58, 0, 0, 0, 2]),
+        ..p2.clone()
+    };
+    restarted.sync(&[p1.clone(), moved]).unwrap();
+    let (_, neigh, fdb) = overlay_view(&nodes, 1);
+    assert_eq!(
+        neigh.trim(),
+        "10.244.2.0 lladdr 0a:58:00:00:00:02 PERMANENT"
+    );
+    assert_eq!(fdb.lines().count(), 1, "{fdb}");
+}
+
+#[test]
+fn host_gw_routes_via_the_node_and_backends_replace_each_others_objects() {
+    let nodes = TwoNodes::new();
+    let mut one = nodes.overlay(1, Backend::HostGw);
+    let mut two = nodes.overlay(2, Backend::HostGw);
+    assert_eq!(one.pod_mtu(), 1500);
+    let (p1, p2) = (peer(1, &one), peer(2, &two));
+    one.sync(&[p1.clone(), p2.clone()]).unwrap();
+    two.sync(&[p1.clone(), p2.clone()]).unwrap();
+    let routes = nodes.exec(1, &["ip", "route"]);
+    assert!(
+        routes.contains("10.244.2.0/24 via 192.168.102.12 dev eth1"),
+        "{routes}"
+    );
+    assert!(nodes.pings(1, "10.244.2.1"));
+    assert!(nodes.pings(2, "10.244.1.1"));
+
+    // To VXLAN: the host-gw route goes, flannel.1's come.
+    let mut one = nodes.overlay(1, Backend::Vxlan);
+    let mut two = nodes.overlay(2, Backend::Vxlan);
+    let (p1, p2) = (peer(1, &one), peer(2, &two));
+    one.sync(&[p1.clone(), p2.clone()]).unwrap();
+    two.sync(&[p1.clone(), p2.clone()]).unwrap();
+    let routes = nodes.exec(1, &["ip", "route"]);
+    assert!(!routes.contains("via 192.168.102.12"), "{routes}");
+    assert!(routes.contains("10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"));
+    assert!(nodes.pings(1, "10.244.2.1"));
+
+    // And back: flannel.1 goes with everything on it.
+    let mut one = nodes.overlay(1, Backend::HostGw);
+    one.sync(&[p1, p2]).unwrap();
+    assert!(!nodes.exec(1, &["ip", "link"]).contains("flannel.1"));
+
+    sandboxd::overlay::teardown(Some(Path::new(&nodes.node(1))), CLUSTER.parse().unwrap()).unwrap();
+    let routes = nodes.exec(1, &["ip", "route"]);
+    assert!(!routes.contains("192.168.102.12"), "{routes}");
+}
