@@ -2,7 +2,9 @@
 # Installs what sandboxd needs on Debian 12, as root: a C linker for Rust, iproute2 and
 # util-linux (namespaces), Debian's upstream CNI plugins (/usr/lib/cni), iptables (portmap),
 # nftables (the Services data plane), python3-venv (the tests' current grpcio from PyPI),
-# protoc (the CRI protobuf bindings are generated at build time), runc (the other OCI runtime), busybox-static (the demo images),
+# etcd (the cluster store; etcdctl to look into it), protoc and protobuf's well-known
+# types (the CRI and etcd bindings are generated at build time), runc (the other OCI
+# runtime), busybox-static (the demo images),
 # and Rust itself through rustup if cargo is missing. Safe to run again.
 set -euo pipefail
 
@@ -12,6 +14,7 @@ packages=(
   iptables nftables containernetworking-plugins
   protobuf-compiler busybox-static
   python3 python3-grpcio python3-protobuf python3-venv runc
+  etcd-server etcd-client libprotobuf-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then

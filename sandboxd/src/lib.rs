@@ -32,6 +32,7 @@
 
 pub mod cidr;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod container;
 pub mod cri;

@@ -2,4 +2,6 @@
 //! `k8s-node1`, `k8s-node2`, …) cabled by `eth1` to an underlay bridge that lives in a
 //! namespace of its own ([`underlay`]).
 
+pub mod etcd;
+pub mod spawn;
 pub mod underlay;
