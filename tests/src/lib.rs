@@ -5,6 +5,7 @@
 //! so tests never touch the host's interfaces, routes or firewall, and can run in parallel.
 
 pub mod daemon;
+pub mod lab;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

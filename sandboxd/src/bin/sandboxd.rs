@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use sandboxd::cidr::Ipv4Cidr;
+use sandboxd::cluster::join::{self, JoinSpec};
 use sandboxd::config::Config;
 use sandboxd::runtime::Runtime;
 use sandboxd::service::proxy::ProxyMode;
@@ -67,8 +69,24 @@ struct Args {
     #[arg(long, default_value = "nftables")]
     proxy_mode: ProxyModeArg,
     /// The cluster's pod CIDR: traffic from outside it to a service is masqueraded.
-    #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cidr)]
-    cluster_cidr: (Ipv4Addr, u8),
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: Ipv4Cidr,
+    /// Join a cluster as this node, at this address on the underlay (the address other
+    /// nodes reach it at: on the seeds' VMs, eth1's, never the NAT interface's). Leases a
+    /// pod subnet from --cluster-cidr, builds the overlay, writes the pod network.
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// The cluster store: etcd://HOST:PORT[,HOST:PORT…]. Default: a local store in the
+    /// state dir (a cluster of this node alone).
+    #[arg(long, requires = "node_ip")]
+    store: Option<String>,
+    /// How pods reach other nodes' pods: vxlan (flannel.1) or host-gw (routes via the
+    /// nodes' addresses; they must share a link).
+    #[arg(long, default_value = "vxlan", requires = "node_ip")]
+    backend: sandboxd::overlay::Backend,
+    /// This node is the control plane: pods run here only when placed on it by name.
+    #[arg(long, requires = "node_ip")]
+    control_plane: bool,
     /// Remove everything the service proxy programmed (the table `ip sandboxd`, the SBX-*
     /// iptables chains) in the node's namespace, and exit.
     #[arg(long)]
@@ -80,21 +98,6 @@ enum ProxyModeArg {
     Nftables,
     Iptables,
     None,
-}
-
-fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, prefix) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text:?} is not a CIDR (like 10.244.0.0/16)"))?;
-    let ip: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-    let prefix: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| (1..=32).contains(p))
-        .ok_or_else(|| format!("{prefix:?} is not a prefix length (1-32)"))?;
-    Ok((ip, prefix))
 }
 
 #[tokio::main]
@@ -125,10 +128,20 @@ async fn main() -> anyhow::Result<()> {
             ProxyModeArg::Iptables => Some(ProxyMode::Iptables),
             ProxyModeArg::None => None,
         },
-        cluster_cidr: args.cluster_cidr,
+        cluster_cidr: (args.cluster_cidr.addr, args.cluster_cidr.prefix),
         ..Config::default()
     };
-    if args.default_network > 0 && cni_host::load_default_network(&config.cni_conf_dir).is_err() {
+    let joining = args.node_ip.map(|ip| JoinSpec {
+        name: config.node_name.clone(),
+        ip,
+        backend: args.backend,
+        cluster_cidr: args.cluster_cidr,
+        schedulable: !args.control_plane,
+    });
+    if joining.is_none()
+        && args.default_network > 0
+        && cni_host::load_default_network(&config.cni_conf_dir).is_err()
+    {
         let written = sandboxd::network::install_default(&config, args.default_network)?;
         eprintln!(
             "sandboxd: no valid network config; wrote {}",
@@ -137,6 +150,27 @@ async fn main() -> anyhow::Result<()> {
     }
     // Bind first: a second daemon must fail before touching any state.
     let socket = sandboxd::server::bind(&config.socket)?;
+    // A cluster node's pod network comes from its subnet lease: join before the runtime
+    // reads it. The membership lives as long as the daemon.
+    let _membership = match joining {
+        Some(spec) => {
+            let store =
+                sandboxd::cluster::store::open(args.store.as_deref(), &config.state_dir).await?;
+            let membership = join::join(&config, store, spec).await?;
+            let node = &membership.node;
+            eprintln!(
+                "sandboxd: node {} joined {} at {} ({}), pod subnet {}, {} backend",
+                node.name,
+                membership.store.describe(),
+                node.ip,
+                node.underlay,
+                node.subnet,
+                args.backend.name()
+            );
+            Some(membership)
+        }
+        None => None,
+    };
     let runtime = Runtime::start(config.clone())
         .await
         .context("start the runtime")?;

@@ -2,7 +2,8 @@
 //! machines, a local file on a node alone), and how a node keeps up with it.
 //!
 //! * [`store`]: the store trait; [`etcd`] and [`local`] its two implementations;
-//! * [`node`]: node records, pod subnet leases, joining and the heartbeat;
+//! * [`node`]: node records, pod subnet leases and the heartbeat; [`join`]: a node
+//!   joining (subnet, overlay, pod network, record) and following the others;
 //! * [`follow`]: list-then-watch a prefix, resuming after disconnects and compactions.
 //!
 //! Keys (values are JSON):
@@ -10,6 +11,7 @@
 //! pod subnet.
 
 pub mod etcd;
+pub mod join;
 pub mod local;
 pub mod node;
 pub mod store;

@@ -114,6 +114,11 @@ impl Overlay {
         })
     }
 
+    /// The device holding the node's address.
+    pub fn underlay_name(&self) -> &str {
+        &self.underlay.name
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

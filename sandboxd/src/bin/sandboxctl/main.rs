@@ -10,6 +10,7 @@ mod images;
 mod inspect;
 mod inspectp;
 mod kube;
+mod lab;
 mod logs;
 mod lookup;
 mod output;
@@ -35,15 +36,13 @@ use tonic::transport::Channel;
     about = "Drive sandboxd (or any CRI v1 runtime)"
 )]
 struct Cli {
-    /// The CRI endpoint, as crictl takes it.
-    #[arg(
-        long,
-        short = 'r',
-        global = true,
-        env = "CONTAINER_RUNTIME_ENDPOINT",
-        default_value = "unix:///run/sandboxd/sandboxd.sock"
-    )]
-    runtime_endpoint: String,
+    /// The CRI endpoint, as crictl takes it. Default: the lab's k8s-master when a lab is
+    /// up, else unix:///run/sandboxd/sandboxd.sock.
+    #[arg(long, short = 'r', global = true, env = "CONTAINER_RUNTIME_ENDPOINT")]
+    runtime_endpoint: Option<String>,
+    /// Talk to this lab node's sandboxd (k8s-master, k8s-node1, …).
+    #[arg(long, global = true, conflicts_with = "runtime_endpoint")]
+    node: Option<String>,
     /// Seconds to wait for the command's calls (not for `logs -f` and `exec -it`, which
     /// last as long as they are meant to). Verbs have their own --timeout, as in crictl.
     #[arg(long, global = true, default_value_t = 60)]
@@ -102,6 +101,36 @@ enum Command {
     /// Image store commands: import archives into the node's store.
     #[command(subcommand)]
     Image(images::ImageCommand),
+    /// The seeds' cluster on this machine: nodes as network namespaces.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+}
+
+/// The endpoint to talk to: the one given, a lab node's, the lab's control plane when a
+/// lab is up, else sandboxd's default socket.
+fn endpoint(cli_endpoint: Option<String>, node: Option<String>) -> anyhow::Result<String> {
+    if let Some(endpoint) = cli_endpoint {
+        return Ok(endpoint);
+    }
+    let lab = sandboxd::lab::Lab::default_lab();
+    let state = lab.load()?;
+    match (node, state) {
+        (Some(node), Some(state)) => {
+            if !state.nodes.iter().any(|n| n.name == node) {
+                let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
+                anyhow::bail!(
+                    "invalid --node {node:?}: the lab has no such node (it has {})",
+                    names.join(", ")
+                );
+            }
+            Ok(lab.endpoint(&node))
+        }
+        (Some(node), None) => anyhow::bail!(
+            "invalid --node {node:?}: no lab is up (sandboxctl lab up), and --node names lab nodes"
+        ),
+        (None, Some(_)) => Ok(lab.endpoint(sandboxd::lab::CONTROL_PLANE)),
+        (None, None) => Ok("unix:///run/sandboxd/sandboxd.sock".into()),
+    }
 }
 
 pub type Client = RuntimeServiceClient<Channel>;
@@ -116,20 +145,27 @@ async fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let timeout = match &cli.command {
+        // Bringing a lab up or down has its own deadlines at each step.
+        Command::Lab(_) => std::time::Duration::MAX,
         Command::Logs(args) if args.follow => std::time::Duration::MAX,
         Command::Exec(args) if args.is_interactive() => std::time::Duration::MAX,
         _ => std::time::Duration::from_secs(cli.call_timeout),
     };
     let outcome = async {
         // Import writes the node's store directly; everything else speaks CRI.
-        if let Command::Image(command) = cli.command {
-            return images::image_command(command);
-        }
-        let channel = sandboxd::client::channel(&cli.runtime_endpoint).await?;
+        let command = match cli.command {
+            Command::Image(command) => return images::image_command(command),
+            Command::Lab(command) => {
+                return tokio::task::spawn_blocking(move || lab::run(command)).await?
+            }
+            other => other,
+        };
+        let endpoint = endpoint(cli.runtime_endpoint, cli.node)?;
+        let channel = sandboxd::client::channel(&endpoint).await?;
         let mut client = RuntimeServiceClient::new(channel.clone());
         let mut images = ImageServiceClient::new(channel.clone());
         let mut services = ServicesClient::new(channel);
-        match cli.command {
+        match command {
             Command::Version(args) => version::version(&mut client, args).await,
             Command::Info(args) => version::info(&mut client, args).await,
             Command::Runp(args) => runp::run(&mut client, args).await,
@@ -159,7 +195,7 @@ async fn main() -> ExitCode {
             Command::Inspecti(args) => images::inspect(&mut images, args).await,
             Command::Pull(args) => images::pull(&mut images, args).await,
             Command::Rmi(args) => images::remove(&mut images, args).await,
-            Command::Image(_) => unreachable!("handled above"),
+            Command::Image(_) | Command::Lab(_) => unreachable!("handled above"),
         }
     };
     match tokio::time::timeout(timeout, outcome).await {

@@ -1,0 +1,145 @@
+//! Joining the cluster, as flanneld does on each node: lease a pod subnet, build the
+//! overlay device, write the node's pod network, publish the node (with its VTEP MAC),
+//! then follow the other nodes, adding and removing each one's overlay entries as they
+//! come and go, and beat the heart.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::node::{self, NodeRecord};
+use super::store::ClusterStore;
+use crate::cidr::Ipv4Cidr;
+use crate::config::Config;
+use crate::overlay::{Backend, Overlay};
+
+/// What a node is told when it starts.
+#[derive(Debug, Clone)]
+pub struct JoinSpec {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub backend: Backend,
+    pub cluster_cidr: Ipv4Cidr,
+    /// Whether pods not placed by name may run here (the control plane: no).
+    pub schedulable: bool,
+}
+
+/// This node, once joined: who it is and where its network lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// The node's network namespace, when it is not sandboxd's own (a test's node).
+    pub netns: Option<PathBuf>,
+    /// Its address on the underlay.
+    pub ip: Ipv4Addr,
+    /// Its pods' /24.
+    pub subnet: Ipv4Cidr,
+    /// The device holding `ip` (`eth1` in the lab and on the seeds' VMs).
+    pub underlay: String,
+}
+
+/// A joined node: the store, and the tasks that keep the node in step with it (stopped
+/// when this is dropped; the kernel objects stay, as a daemon restart must not cut pods
+/// off).
+pub struct Membership {
+    pub node: Node,
+    pub store: Arc<dyn ClusterStore>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Joins `store` as `spec` says, for the daemon configured by `config`.
+pub async fn join(
+    config: &Config,
+    store: Arc<dyn ClusterStore>,
+    spec: JoinSpec,
+) -> anyhow::Result<Membership> {
+    let name = spec.name.clone();
+    let subnet = node::join_subnet(store.as_ref(), &name, spec.cluster_cidr).await?;
+    let netns = config.node_netns.clone();
+    let overlay = {
+        let netns = netns.clone();
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || {
+            Overlay::open(
+                netns.as_deref(),
+                spec.backend,
+                spec.ip,
+                subnet,
+                spec.cluster_cidr,
+            )
+        })
+        .await??
+    };
+    crate::network::install_for_subnet(config, subnet, overlay.pod_mtu()).with_context(|| {
+        format!(
+            "write node {name}'s pod network in {}",
+            config.cni_conf_dir.display()
+        )
+    })?;
+    let record = NodeRecord {
+        name: name.clone(),
+        ip: spec.ip,
+        subnet,
+        vtep_mac: overlay
+            .vtep_mac()
+            .map(|m| crate::netlink::link::format_mac(&m)),
+        backend: spec.backend,
+        schedulable: spec.schedulable,
+        heartbeat_ms: node::now_ms(),
+    };
+    node::register(store.as_ref(), &record).await?;
+    let node = Node {
+        name: name.clone(),
+        netns,
+        ip: spec.ip,
+        subnet,
+        underlay: overlay.underlay_name().to_string(),
+    };
+    let follower = follow_peers(store.clone(), name, overlay);
+    let heartbeat = node::heartbeat(store.clone(), record);
+    Ok(Membership {
+        node,
+        store,
+        tasks: vec![follower, heartbeat],
+    })
+}
+
+/// Keeps the overlay equal to the other nodes' records.
+fn follow_peers(
+    store: Arc<dyn ClusterStore>,
+    own_name: String,
+    mut overlay: Overlay,
+) -> tokio::task::JoinHandle<()> {
+    let mut last_error: Option<String> = None;
+    super::follow(store, node::NODES, move |copy| {
+        let peers: Vec<_> = node::records(copy.values())
+            .into_iter()
+            .filter(|r| r.name != own_name)
+            .map(|r| r.peer())
+            .collect();
+        match overlay.sync(&peers) {
+            Ok(()) => {
+                if last_error.take().is_some() {
+                    eprintln!("sandboxd: node {own_name}: the overlay is in step again");
+                }
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                if last_error.as_deref() != Some(text.as_str()) {
+                    eprintln!("sandboxd: node {own_name}: program the overlay: {text}");
+                    last_error = Some(text);
+                }
+            }
+        }
+    })
+}
