@@ -90,6 +90,16 @@ impl TestLab {
     /// `sandboxctl ARGS` that must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.sandboxctl(args);
+        if code != Some(0) {
+            for node in &self.state.nodes {
+                let log = self.lab.node_dir(&node.name).join("sandboxd.log");
+                eprintln!(
+                    "--- sandboxd on {}:\n{}",
+                    node.name,
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
         assert_eq!(code, Some(0), "sandboxctl {args:?}: {err}{out}");
         out
     }

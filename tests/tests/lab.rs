@@ -151,3 +151,98 @@ fn s2_pod_src_reaches_pod_dest_over_host_gw() {
         .contains("flannel.1"));
     lab.down_and_check();
 }
+
+/// The overlay entries on `node` that point at `peer_ip` (routes, neighbours, FDB).
+fn entries_towards(lab: &TestLab, node: &str, subnet_prefix: &str, peer_ip: &str) -> Vec<String> {
+    let mut found: Vec<String> = lines(&lab.on_node(node, &["ip", "route"]))
+        .into_iter()
+        .filter(|l| l.starts_with(subnet_prefix))
+        .collect();
+    found.extend(
+        lines(&lab.on_node(node, &["ip", "neigh", "show", "dev", "flannel.1"]))
+            .into_iter()
+            .filter(|l| l.starts_with(subnet_prefix)),
+    );
+    found.extend(
+        lines(&lab.on_node(node, &["bridge", "fdb", "show", "dev", "flannel.1"]))
+            .into_iter()
+            .filter(|l| l.contains(&format!("dst {peer_ip} "))),
+    );
+    found
+}
+
+#[test]
+fn a_node_killed_and_restarted_keeps_its_subnet_and_pods_and_a_removed_node_leaves_no_entries() {
+    let lab = TestLab::up(3, Backend::Vxlan);
+    pod_to_pod_across_nodes(&lab);
+    let routes_before = lab.on_node("k8s-node1", &["ip", "route"]);
+    let network = lab
+        .lab
+        .node_dir("k8s-node1")
+        .join("net.d/10-sandboxd.conflist");
+    let network_before = std::fs::read_to_string(&network).unwrap();
+
+    // kill -9, then start again: the same subnet, the pod adopted, nothing duplicated.
+    let dest = lab.pod_netns("k8s-node1");
+    let ip = lab.ok(&["--node", "k8s-node1", "get", "pods", "-o", "wide"]);
+    let dest_ip = ip
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(5)
+        .unwrap()
+        .to_string();
+    let daemon = lab.lab.load().unwrap().unwrap().nodes[1].daemon.unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    while daemon.is_alive() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let src = lab.pod_netns("k8s-node2");
+    assert!(
+        fetch_in(&src, &format!("{dest_ip}:8080")).answered,
+        "while node1's daemon is down"
+    );
+    lab.lab.restart_node("k8s-node1").unwrap();
+    assert_eq!(std::fs::read_to_string(&network).unwrap(), network_before);
+    assert_eq!(lab.on_node("k8s-node1", &["ip", "route"]), routes_before);
+    assert_eq!(lab.pod_netns("k8s-node1"), dest);
+    let pods = lab.ok(&["--node", "k8s-node1", "pods", "-q"]);
+    assert_eq!(pods.lines().count(), 1, "{pods}");
+    assert_eq!(fetch_in(&src, &format!("{dest_ip}:8080")).body, "pod-dest");
+
+    // etcd away for 10 s: pods keep talking across nodes; the nodes follow the store
+    // again when it returns (a node removed afterwards is seen by the others).
+    lab.lab.stop_etcd().unwrap();
+    let outage = std::time::Instant::now();
+    while outage.elapsed() < std::time::Duration::from_secs(10) {
+        let fetch = fetch_in(&src, &format!("{dest_ip}:8080"));
+        assert!(fetch.answered, "during the etcd outage: {}", fetch.body);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    lab.lab.start_etcd().unwrap();
+
+    // Removing k8s-node2: k8s-node1 and k8s-master drop its entries within 2 s.
+    assert!(!entries_towards(&lab, "k8s-node1", "10.244.2.", "192.168.102.12").is_empty());
+    let removed = std::time::Instant::now();
+    lab.ok(&["lab", "remove-node", "k8s-node2"]);
+    let took_command = removed.elapsed();
+    loop {
+        let left: Vec<String> = ["k8s-master", "k8s-node1"]
+            .iter()
+            .flat_map(|n| entries_towards(&lab, n, "10.244.2.", "192.168.102.12"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            removed.elapsed() < took_command + std::time::Duration::from_secs(2),
+            "entries towards k8s-node2 still there 2 s after its removal: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!lab.lab.node_dir("k8s-node2").exists());
+    let status = lab.ok(&["lab", "status"]);
+    assert!(!status.contains("k8s-node2"), "{status}");
+    lab.down_and_check();
+}

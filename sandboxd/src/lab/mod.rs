@@ -422,6 +422,107 @@ impl Lab {
         }
     }
 
+    /// Starts a node's sandboxd again (after it crashed or was killed): it rejoins with
+    /// the subnet it holds and adopts the pods still running.
+    pub fn restart_node(&self, name: &str) -> anyhow::Result<ProcessHandle> {
+        let mut state = self.load()?.context("no lab is up")?;
+        let index = state
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .with_context(|| format!("the lab has no node {name}"))?;
+        if let Some(old) = state.nodes[index].daemon {
+            stop(old);
+        }
+        let node = state.nodes[index].clone();
+        let daemon = self.start_daemon(&node, state.backend, true)?;
+        state.nodes[index].daemon = Some(daemon);
+        self.save(&state)?;
+        Ok(daemon)
+    }
+
+    /// Takes a worker out of the cluster: removes its pods, stops its sandboxd, deletes
+    /// its record and subnet lease from the store (the other nodes then remove their
+    /// routes, neighbours and FDB entries to it), and removes its namespace and cable.
+    pub fn remove_node(&self, name: &str) -> anyhow::Result<()> {
+        let mut state = self.load()?.context("no lab is up")?;
+        if name == CONTROL_PLANE {
+            bail!("{CONTROL_PLANE} runs etcd: it leaves with `lab down`");
+        }
+        let index = state
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .with_context(|| format!("the lab has no node {name}"))?;
+        let node = state.nodes[index].clone();
+        self.remove_pods(&node)?;
+        let store_url = self.store_url();
+        let node_name = name.to_string();
+        self.in_control_plane(async move {
+            let store = crate::cluster::store::open(Some(&store_url), Path::new("/")).await?;
+            crate::cluster::node::remove(store.as_ref(), &node_name).await?;
+            anyhow::Ok(())
+        })
+        .context("delete the node from the cluster store")?;
+        kill_in_namespaces(&[self.node_netns(name)]);
+        let mut underlay = crate::netlink::RouteSocket::open_in(Some(&self.underlay_netns()))?;
+        if let Some(cable) = underlay.link(name)? {
+            underlay.delete_link(cable.index)?;
+        }
+        let link = Path::new(RUN_NETNS).join(name);
+        if std::fs::read_link(&link).is_ok_and(|target| target.starts_with(&self.root)) {
+            let _ = std::fs::remove_file(&link);
+        }
+        unmount_under(&self.node_dir(name))?;
+        std::fs::remove_dir_all(self.node_dir(name))?;
+        state.nodes.remove(index);
+        self.save(&state)
+    }
+
+    /// Stops etcd (the lab's whole cluster store), as an outage would.
+    pub fn stop_etcd(&self) -> anyhow::Result<()> {
+        let mut state = self.load()?.context("no lab is up")?;
+        if let Some(etcd) = state.etcd.take() {
+            stop(etcd);
+        }
+        self.save(&state)
+    }
+
+    /// Starts etcd again on its data.
+    pub fn start_etcd(&self) -> anyhow::Result<()> {
+        let mut state = self.load()?.context("no lab is up")?;
+        if state.etcd.is_some_and(|e| e.is_alive()) {
+            return Ok(());
+        }
+        let master = state.nodes[0].clone();
+        state.etcd = Some(etcd::start(
+            &self.node_netns(&master.name),
+            &master.name,
+            master.ip,
+            &self.node_dir(&master.name).join("etcd"),
+            &self.node_dir(&master.name).join("etcd.log"),
+        )?);
+        self.save(&state)
+    }
+
+    /// Runs `f` on a runtime of its own in the control plane's namespace, where the
+    /// store is reachable.
+    pub fn in_control_plane<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let netns = std::fs::File::open(self.node_netns(CONTROL_PLANE))?;
+        std::thread::spawn(move || {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(f)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread in the control plane's namespace panicked"))?
+    }
+
     /// Removes everything the lab made, reporting each step; a lab that is not up is not
     /// an error.
     pub fn down(&self, progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {

@@ -15,6 +15,11 @@ pub enum LabCommand {
     Down,
     /// Nodes, their addresses, pod subnets and daemons, and etcd's health.
     Status,
+    /// Take a worker out of the cluster: its pods, record, subnet and namespace go, and
+    /// the other nodes drop their routes to it.
+    RemoveNode { name: String },
+    /// Start a node's sandboxd again (after a crash): it keeps its subnet and pods.
+    RestartNode { name: String },
 }
 
 #[derive(clap::Args)]
@@ -59,6 +64,16 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
         }
         LabCommand::Down => lab.down(&mut progress),
         LabCommand::Status => status(&lab),
+        LabCommand::RemoveNode { name } => {
+            lab.remove_node(&name)?;
+            println!("node {name} removed");
+            Ok(())
+        }
+        LabCommand::RestartNode { name } => {
+            let daemon = lab.restart_node(&name)?;
+            println!("sandboxd on {name} started again (pid {})", daemon.pid);
+            Ok(())
+        }
     }
 }
 
