@@ -558,6 +558,10 @@ impl Lab {
                 let _ = std::fs::remove_file(&link);
             }
         }
+        // /run/netns made for the lab's names goes too, if nothing else is named there.
+        if state.as_ref().is_some_and(|s| s.named) {
+            let _ = std::fs::remove_dir(RUN_NETNS);
+        }
         unmount_under(&self.root)?;
         std::fs::remove_dir_all(&self.root)
             .with_context(|| format!("remove {}", self.root.display()))?;
