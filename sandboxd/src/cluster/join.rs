@@ -57,15 +57,93 @@ impl Drop for Membership {
     }
 }
 
-/// Joins `store` as `spec` says, for the daemon configured by `config`.
+/// Joins `store` as `spec` says, for the daemon configured by `config`. A join that fails
+/// part-way gives back what it took.
 pub async fn join(
     config: &Config,
     store: Arc<dyn ClusterStore>,
     spec: JoinSpec,
 ) -> anyhow::Result<Membership> {
     let name = spec.name.clone();
-    let subnet = node::join_subnet(store.as_ref(), &name, spec.cluster_cidr).await?;
+    node::check_name(store.as_ref(), &name, spec.ip).await?;
+    let held = node::held_subnet(store.as_ref(), &name).await?;
+    let subnet = node::lease_subnet(store.as_ref(), spec.cluster_cidr, &name)
+        .await
+        .with_context(|| format!("lease a pod subnet for node {name}"))?;
     let netns = config.node_netns.clone();
+    let network_file = config
+        .cni_conf_dir
+        .join(crate::network::DEFAULT_CONFLIST_FILE);
+    let undo = Undo {
+        store: store.clone(),
+        name: name.clone(),
+        lease_taken: held != Some(subnet),
+        netns: netns.clone(),
+        vtep_made: !vtep_exists(netns.clone()).await?,
+        cluster_cidr: spec.cluster_cidr,
+        network_file: (!network_file.exists()).then(|| network_file.clone()),
+    };
+    match build(config, &store, &spec, subnet, netns).await {
+        Ok(membership) => Ok(membership),
+        Err(e) => {
+            undo.run().await;
+            Err(e)
+        }
+    }
+}
+
+/// What a failed join gives back: the lease it took, the `flannel.1` it made, the network
+/// file it wrote. A node that held them before keeps them.
+struct Undo {
+    store: Arc<dyn ClusterStore>,
+    name: String,
+    lease_taken: bool,
+    netns: Option<PathBuf>,
+    vtep_made: bool,
+    cluster_cidr: Ipv4Cidr,
+    network_file: Option<PathBuf>,
+}
+
+impl Undo {
+    async fn run(self) {
+        if let Some(file) = &self.network_file {
+            let _ = std::fs::remove_file(file);
+        }
+        if self.vtep_made {
+            let (netns, cidr) = (self.netns.clone(), self.cluster_cidr);
+            let removed = tokio::task::spawn_blocking(move || {
+                crate::overlay::teardown(netns.as_deref(), cidr)
+            })
+            .await;
+            if let Ok(Err(e)) = removed {
+                eprintln!("sandboxd: node {}: undo the overlay: {e:#}", self.name);
+            }
+        }
+        if self.lease_taken {
+            if let Err(e) = node::release_subnet(self.store.as_ref(), &self.name).await {
+                eprintln!("sandboxd: node {}: give the subnet back: {e:#}", self.name);
+            }
+        }
+    }
+}
+
+async fn vtep_exists(netns: Option<PathBuf>) -> anyhow::Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        let mut socket = crate::netlink::RouteSocket::open_in(netns.as_deref())?;
+        Ok(socket.link(crate::overlay::vxlan::DEVICE)?.is_some())
+    })
+    .await?
+}
+
+/// The steps after the lease: the overlay, the pod network, the record, the followers.
+async fn build(
+    config: &Config,
+    store: &Arc<dyn ClusterStore>,
+    spec: &JoinSpec,
+    subnet: Ipv4Cidr,
+    netns: Option<PathBuf>,
+) -> anyhow::Result<Membership> {
+    let name = spec.name.clone();
     let overlay = {
         let netns = netns.clone();
         let spec = spec.clone();
@@ -109,7 +187,7 @@ pub async fn join(
     let heartbeat = node::heartbeat(store.clone(), record);
     Ok(Membership {
         node,
-        store,
+        store: store.clone(),
         tasks: vec![follower, heartbeat],
     })
 }

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use super::store::{ClusterStore, Versioned};
@@ -89,6 +89,36 @@ pub fn records<'a>(items: impl IntoIterator<Item = &'a Versioned>) -> Vec<NodeRe
         .collect()
 }
 
+/// The subnet `node` holds a lease on, if any.
+pub async fn held_subnet(store: &dyn ClusterStore, node: &str) -> anyhow::Result<Option<Ipv4Cidr>> {
+    let held = store.list(SUBNETS).await?;
+    let Some(lease) = held.items.iter().find(|v| v.value == node) else {
+        return Ok(None);
+    };
+    let text = lease.key.trim_start_matches(SUBNETS).replacen('-', "/", 1);
+    text.parse()
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("the lease {} is unreadable: {e}", lease.key))
+}
+
+/// Refuses `name` if a live node at another address holds it (checked before a joining
+/// node takes anything, and again when it registers).
+pub async fn check_name(store: &dyn ClusterStore, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    if let Some(existing) = store.get(&format!("{NODES}{name}")).await? {
+        if let Ok(other) = serde_json::from_str::<NodeRecord>(&existing.value) {
+            if other.ip != ip && other.is_ready(now_ms()) {
+                bail!(
+                    "invalid --node-name {name:?}: node {} at {} is alive (heartbeat {} ms ago); pick another name, or stop that node",
+                    other.name,
+                    other.ip,
+                    now_ms() - other.heartbeat_ms
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The /24 `node` holds, or the lowest free one it now leases.
 pub async fn lease_subnet(
     store: &dyn ClusterStore,
@@ -144,17 +174,7 @@ pub async fn register(store: &dyn ClusterStore, record: &NodeRecord) -> anyhow::
         let written = match store.get(&key).await? {
             None => store.create(&key, &value).await?,
             Some(existing) => {
-                if let Ok(other) = serde_json::from_str::<NodeRecord>(&existing.value) {
-                    if other.ip != record.ip && other.is_ready(now_ms()) {
-                        bail!(
-                            "invalid --node-name {:?}: node {} at {} is alive (heartbeat {} ms ago); pick another name, or stop that node",
-                            record.name,
-                            other.name,
-                            other.ip,
-                            now_ms() - other.heartbeat_ms
-                        );
-                    }
-                }
+                check_name(store, &record.name, record.ip).await?;
                 store.update(&key, &value, existing.revision).await?
             }
         };
@@ -209,16 +229,4 @@ pub fn heartbeat(store: Arc<dyn ClusterStore>, record: NodeRecord) -> tokio::tas
             }
         }
     })
-}
-
-/// Joins `store` as `name` at `ip`: leases (or finds) its subnet. What the node then
-/// builds (overlay, CNI network) needs the subnet, so this comes first.
-pub async fn join_subnet(
-    store: &dyn ClusterStore,
-    name: &str,
-    cluster_cidr: Ipv4Cidr,
-) -> anyhow::Result<Ipv4Cidr> {
-    lease_subnet(store, cluster_cidr, name)
-        .await
-        .with_context(|| format!("lease a pod subnet for node {name}"))
 }
