@@ -10,7 +10,7 @@ set -euo pipefail
 
 packages=(
   build-essential pkg-config ca-certificates curl file
-  iproute2 util-linux procps iputils-ping
+  iproute2 util-linux procps iputils-ping ethtool
   iptables nftables containernetworking-plugins
   protobuf-compiler busybox-static
   python3 python3-grpcio python3-protobuf python3-venv runc
