@@ -18,6 +18,7 @@
 //! * [`network`]: the node's default pod network config;
 //! * [`image`]: the local image store and imports of OCI and docker archives;
 //! * [`container`]: a container's overlayfs rootfs and its OCI bundle, joined to the pod;
+//! * [`kube`]: Kubernetes `v1` manifests (Pods, Services) and what a Pod becomes in CRI;
 //! * [`store`]: records on disk, one dir per id, written atomically and fsynced;
 //!   [`lockfile`]: the flock both the socket and the image store are guarded by;
 //! * [`rollback`]: undoing the finished steps of a failed operation; intents (beside the
@@ -25,7 +26,11 @@
 //! * [`process`]: processes named by pid and start time, signalled and awaited;
 //! * [`error`]: the daemon's errors and their gRPC codes;
 //! * [`fault`]: fault points, where tests make the daemon kill itself mid-verb;
-//! * [`client`]: connecting to a CRI socket, for `sandboxctl` and tests.
+//! * [`client`]: connecting to a CRI socket, for `sandboxctl` and tests;
+//! * [`cluster`]: what nodes share (the store, node records, subnet leases, joining);
+//!   [`overlay`]: the pod network between nodes (VXLAN, host-gw); [`netlink`]: the
+//!   kernel's configuration socket; [`cidr`]: IPv4 networks; [`lab`]: the seeds' cluster
+//!   on one machine.
 //!
 //! Binaries: `sandboxd` (the daemon), `sandboxctl` (the CLI) and `sandboxd-monitor` (one per
 //! container: its output and exit code), all thin over this library.
@@ -40,6 +45,7 @@ pub mod cri_image;
 pub mod error;
 pub mod fault;
 pub mod image;
+pub mod kube;
 pub mod lab;
 pub mod lockfile;
 pub mod netlink;

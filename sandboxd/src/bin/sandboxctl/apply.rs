@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use k8s_cri::v1 as cri;
 
-use crate::kube::{self, applied_digest, Object, Pod, APPLIED_DIGEST};
 use crate::{Client, ServicesClient};
+use sandboxd::kube::{self, applied_digest, Object, Pod, APPLIED_DIGEST};
 
 /// How long an init container may run.
 const INIT_TIMEOUT: Duration = Duration::from_secs(300);

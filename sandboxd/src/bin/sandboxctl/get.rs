@@ -8,9 +8,9 @@ use anyhow::bail;
 use k8s_cri::v1 as cri;
 use serde_json::json;
 
-use crate::kube::{INIT_LABEL, LAST_APPLIED};
 use crate::output::{print_doc, table, Format};
 use crate::{Client, ServicesClient};
+use sandboxd::kube::{INIT_LABEL, LAST_APPLIED};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GetFormat {

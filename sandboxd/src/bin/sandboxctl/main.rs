@@ -9,7 +9,7 @@ mod get;
 mod images;
 mod inspect;
 mod inspectp;
-mod kube;
+
 mod lab;
 mod logs;
 mod lookup;

@@ -9,9 +9,9 @@ use sandboxd::services_api::v1::{
 use serde_json::json;
 
 use crate::get::{age, rfc3339, GetFormat};
-use crate::kube::ServiceObject;
 use crate::output::{print_doc, table, Format};
 use crate::ServicesClient;
+use sandboxd::kube::ServiceObject;
 
 fn namespace_of(spec: &ServiceSpec) -> &str {
     if spec.namespace.is_empty() {

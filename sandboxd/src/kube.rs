@@ -12,11 +12,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::service::endpoints::CONTAINER_PORTS_ANNOTATION;
+use crate::services_api::v1::service_port::TargetPort;
+use crate::services_api::v1::{ServicePort, ServiceSpec};
 use anyhow::{bail, Context};
 use k8s_cri::v1 as cri;
-use sandboxd::service::endpoints::CONTAINER_PORTS_ANNOTATION;
-use sandboxd::services_api::v1::service_port::TargetPort;
-use sandboxd::services_api::v1::{ServicePort, ServiceSpec};
 use serde::Deserialize;
 
 /// Labels the kubelet puts on sandboxes and containers.
@@ -25,7 +25,7 @@ pub const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 pub const CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
 /// Marks init containers (the kubelet tells them apart by its own records).
-pub use sandboxd::service::verbs::INIT_CONTAINER_LABEL as INIT_LABEL;
+pub use crate::service::verbs::INIT_CONTAINER_LABEL as INIT_LABEL;
 /// The manifest a pod was applied from, as kubectl keeps it.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// The sha256 of the applied document, which `apply` compares to say "unchanged".
