@@ -46,6 +46,7 @@ pub mod error;
 pub mod fault;
 pub mod image;
 pub mod kube;
+pub mod kubelet;
 pub mod lab;
 pub mod lockfile;
 pub mod netlink;

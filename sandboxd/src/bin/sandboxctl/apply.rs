@@ -8,16 +8,12 @@
 //! fails half-way is removed whole, so a failed apply leaves nothing behind.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use k8s_cri::v1 as cri;
+use anyhow::bail;
 
 use crate::{Client, ServicesClient};
-use sandboxd::kube::{self, applied_digest, Object, Pod, APPLIED_DIGEST};
-
-/// How long an init container may run.
-const INIT_TIMEOUT: Duration = Duration::from_secs(300);
+use sandboxd::kube::{self, Object};
+use sandboxd::kubelet;
 
 #[derive(clap::Args)]
 pub struct ApplyArgs {
@@ -49,43 +45,6 @@ pub fn read(path: &std::path::Path) -> anyhow::Result<Vec<Object>> {
     kube::parse(&text, &source)
 }
 
-/// The sandboxes of a pod (any attempt), newest first.
-pub async fn sandboxes_of(
-    client: &mut Client,
-    namespace: &str,
-    name: &str,
-) -> anyhow::Result<Vec<cri::PodSandbox>> {
-    let filter = cri::PodSandboxFilter {
-        label_selector: [
-            (kube::POD_NAME_LABEL.to_string(), name.to_string()),
-            (kube::POD_NAMESPACE_LABEL.to_string(), namespace.to_string()),
-        ]
-        .into(),
-        ..Default::default()
-    };
-    Ok(client
-        .list_pod_sandbox(cri::ListPodSandboxRequest {
-            filter: Some(filter),
-        })
-        .await?
-        .into_inner()
-        .items)
-}
-
-async fn remove_sandbox(client: &mut Client, id: &str) -> anyhow::Result<()> {
-    client
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await?;
-    client
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await?;
-    Ok(())
-}
-
 pub async fn apply(
     client: &mut Client,
     services: &mut ServicesClient,
@@ -93,127 +52,12 @@ pub async fn apply(
 ) -> anyhow::Result<()> {
     for object in read(&args.filename)? {
         let outcome = match &object {
-            Object::Pod(pod) => apply_pod(client, pod).await?,
+            Object::Pod(pod) => kubelet::run_pod(client, pod).await?,
             Object::Service(service) => crate::services::apply(services, service).await?,
         };
         println!("{} {outcome}", object.describe());
     }
     Ok(())
-}
-
-async fn apply_pod(client: &mut Client, pod: &Pod) -> anyhow::Result<&'static str> {
-    let existing = sandboxes_of(client, pod.namespace(), &pod.metadata.name).await?;
-    let ready = existing
-        .iter()
-        .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32);
-    if let Some(running) = ready {
-        let same = running.annotations.get(APPLIED_DIGEST) == Some(&applied_digest(&pod.document));
-        if same {
-            return Ok("unchanged");
-        }
-        bail!(
-            "{} exists with another spec; a pod's spec cannot change: delete it first (sandboxctl delete -f)",
-            pod.describe()
-        );
-    }
-    // A pod that stopped (its pause died) is replaced, as the kubelet makes a new attempt.
-    let attempt = existing
-        .iter()
-        .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1))
-        .max()
-        .unwrap_or(0);
-    for old in &existing {
-        remove_sandbox(client, &old.id).await?;
-    }
-    let uid = pod.metadata.uid.clone().unwrap_or_else(kube::new_uid);
-    let sandbox_config = pod.sandbox_config(&uid, attempt)?;
-    let sandbox = client
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: run the pod sandbox: {}", pod.describe(), e.message()))?
-        .into_inner()
-        .pod_sandbox_id;
-    match start_containers(client, pod, &uid, &sandbox, &sandbox_config).await {
-        Ok(()) => Ok("created"),
-        Err(e) => {
-            if let Err(undo) = remove_sandbox(client, &sandbox).await {
-                eprintln!(
-                    "sandboxctl: removing the half-made {} failed too: {undo:#}",
-                    pod.describe()
-                );
-            }
-            Err(e.context(pod.describe()))
-        }
-    }
-}
-
-async fn start_containers(
-    client: &mut Client,
-    pod: &Pod,
-    uid: &str,
-    sandbox: &str,
-    sandbox_config: &cri::PodSandboxConfig,
-) -> anyhow::Result<()> {
-    let init = pod.spec.init_containers.iter().map(|c| (c, true));
-    let app = pod.spec.containers.iter().map(|c| (c, false));
-    for (container, is_init) in init.chain(app) {
-        let at = || format!("container {}", container.name);
-        let id = client
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sandbox.into(),
-                config: Some(pod.container_config(container, uid, is_init)),
-                sandbox_config: Some(sandbox_config.clone()),
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))
-            .with_context(at)?
-            .into_inner()
-            .container_id;
-        client
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))
-            .with_context(at)?;
-        if is_init {
-            wait_for_success(client, &id).await.with_context(at)?;
-        }
-    }
-    Ok(())
-}
-
-/// Waits for an init container to exit 0.
-async fn wait_for_success(client: &mut Client, id: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + INIT_TIMEOUT;
-    loop {
-        let status = client
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await?
-            .into_inner()
-            .status
-            .unwrap_or_default();
-        if status.state == cri::ContainerState::ContainerExited as i32 {
-            if status.exit_code == 0 {
-                return Ok(());
-            }
-            bail!(
-                "the init container exited with {} (sandboxctl logs {})",
-                status.exit_code,
-                sandboxd::sandbox::short(id)
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("the init container still runs after {INIT_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 pub async fn delete(
@@ -234,32 +78,16 @@ pub async fn delete(
                 continue;
             }
         };
-        let sandboxes = sandboxes_of(client, pod.namespace(), &pod.metadata.name).await?;
-        if sandboxes.is_empty() {
+        if !kubelet::remove_pod(
+            client,
+            pod.namespace(),
+            &pod.metadata.name,
+            args.grace_period,
+        )
+        .await?
+        {
             missing.push(pod.describe());
             continue;
-        }
-        for sandbox in sandboxes {
-            // Containers get their grace period; the sandbox stop then kills what is left.
-            let containers = client
-                .list_containers(cri::ListContainersRequest {
-                    filter: Some(cri::ContainerFilter {
-                        pod_sandbox_id: sandbox.id.clone(),
-                        ..Default::default()
-                    }),
-                })
-                .await?
-                .into_inner()
-                .containers;
-            for c in containers {
-                client
-                    .stop_container(cri::StopContainerRequest {
-                        container_id: c.id,
-                        timeout: args.grace_period,
-                    })
-                    .await?;
-            }
-            remove_sandbox(client, &sandbox.id).await?;
         }
         println!("pod \"{}\" deleted", pod.metadata.name);
     }
