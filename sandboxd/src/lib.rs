@@ -38,6 +38,7 @@
 pub mod cidr;
 pub mod client;
 pub mod cluster;
+pub mod cluster_api;
 pub mod config;
 pub mod container;
 pub mod cri;

@@ -88,7 +88,7 @@ impl Daemon {
             .await
             .expect("start the runtime");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(sandboxd::server::serve(runtime, socket, async {
+        let task = tokio::spawn(sandboxd::server::serve(runtime, None, socket, async {
             let _ = stopped.await;
         }));
         self.server = Some((stop, task));

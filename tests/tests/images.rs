@@ -355,7 +355,7 @@ async fn the_cri_image_service_and_sandboxctl_serve_the_store() {
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sandboxd::server::serve(runtime, socket, async {
+    let server = tokio::spawn(sandboxd::server::serve(runtime, None, socket, async {
         let _ = stopped.await;
     }));
     let endpoint = format!("unix://{}", config.socket.display());

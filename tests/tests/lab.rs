@@ -246,3 +246,96 @@ fn a_node_killed_and_restarted_keeps_its_subnet_and_pods_and_a_removed_node_leav
     assert!(!status.contains("k8s-node2"), "{status}");
     lab.down_and_check();
 }
+
+/// The seeds' manifests, applied unchanged through k8s-master, land on the nodes their
+/// nodeSelectors name (the kubelet's model: stored in etcd, run by their node); `get pods
+/// -o wide` on any node lists the cluster; `delete -f` from another node removes them.
+#[test]
+fn pods_are_desired_state_placed_by_node_selector_and_run_by_their_node() {
+    let lab = TestLab::up(3, Backend::Vxlan);
+    let dest = format!("{MANIFESTS}/pod-dest.yaml");
+    let src = format!("{MANIFESTS}/pod-src.yaml");
+    assert_eq!(
+        lab.ok(&["apply", "-f", &dest]).trim(),
+        "pod/pod-dest created"
+    );
+    assert_eq!(lab.ok(&["apply", "-f", &src]).trim(), "pod/pod-src created");
+    assert_eq!(
+        lab.ok(&["apply", "-f", &src]).trim(),
+        "pod/pod-src unchanged"
+    );
+    for node in ["k8s-master", "k8s-node1", "k8s-node2"] {
+        let wide = lab.ok(&["--node", node, "get", "pods", "-o", "wide"]);
+        let rows: Vec<Vec<&str>> = wide
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows.len(), 2, "{wide}");
+        assert_eq!(rows[0][0], "pod-dest");
+        assert_eq!(rows[0][2], "Running");
+        assert_eq!(rows[0][6], "k8s-node1", "{wide}");
+        assert!(rows[0][5].starts_with("10.244.1."), "{wide}");
+        assert_eq!(rows[1][0], "pod-src");
+        assert_eq!(rows[1][6], "k8s-node2", "{wide}");
+    }
+    // The crictl verbs stay node-local: node1 runs pod-dest only.
+    let local = lab.ok(&["--node", "k8s-node1", "pods", "--name", "pod-src", "-q"]);
+    assert_eq!(local.trim(), "");
+    let dest_ip = lab
+        .ok(&["get", "pods", "pod-dest", "-o", "wide"])
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(5)
+        .unwrap()
+        .to_string();
+    let fetch = fetch_in(&lab.pod_netns("k8s-node2"), &format!("{dest_ip}:8080"));
+    assert_eq!(fetch.body, "pod-dest");
+
+    // A nodeSelector naming no node is refused, naming the field and the nodes.
+    let bad = std::fs::read_to_string(&dest)
+        .unwrap()
+        .replace("k8s-node1", "k8s-node9")
+        .replace("pod-dest", "pod-nowhere");
+    let out = std::process::Command::new(sandboxd_tests::workspace_binary("sandboxctl"))
+        .args(["apply", "-f", "-"])
+        .env("SANDBOXD_LAB_DIR", lab.root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(bad.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("invalid spec.nodeSelector of pod/pod-nowhere: kubernetes.io/hostname=k8s-node9 names no node of the cluster (its nodes: k8s-master, k8s-node1, k8s-node2)"),
+        "{err}"
+    );
+
+    // delete -f from another node: the pods' own nodes remove them.
+    assert_eq!(
+        lab.ok(&["--node", "k8s-node2", "delete", "-f", &dest])
+            .trim(),
+        "pod \"pod-dest\" deleted"
+    );
+    assert_eq!(
+        lab.ok(&["--node", "k8s-node2", "pods", "-q"])
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(lab.ok(&["--node", "k8s-node1", "pods", "-q"]).trim(), "");
+    let wide = lab.ok(&["get", "pods", "-o", "wide"]);
+    assert!(
+        !wide.contains("pod-dest") && wide.contains("pod-src"),
+        "{wide}"
+    );
+    lab.down_and_check();
+}

@@ -175,10 +175,30 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("start the runtime")?;
     eprintln!(
-        "sandboxd: serving CRI v1 and sandboxd.services.v1 on {}",
+        "sandboxd: serving CRI v1, sandboxd.services.v1{} on {}",
+        if _membership.is_some() {
+            " and sandboxd.cluster.v1"
+        } else {
+            ""
+        },
         config.socket.display()
     );
-    sandboxd::server::serve(runtime, socket, shutdown_signal()).await
+    // A cluster node runs the pods placed on it, through its own CRI socket.
+    let (cluster_api, _placed) = match &_membership {
+        Some(membership) => (
+            Some(sandboxd::cluster_api::ClusterApi::new(
+                membership.store.clone(),
+                membership.node.name.clone(),
+            )),
+            sandboxd::cluster::placed::start(
+                membership.store.clone(),
+                membership.node.name.clone(),
+                format!("unix://{}", config.socket.display()),
+            ),
+        ),
+        None => (None, Vec::new()),
+    };
+    sandboxd::server::serve(runtime, cluster_api, socket, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

@@ -4,6 +4,8 @@
 //! * [`store`]: the store trait; [`etcd`] and [`local`] its two implementations;
 //! * [`node`]: node records, pod subnet leases and the heartbeat; [`join`]: a node
 //!   joining (subnet, overlay, pod network, record) and following the others;
+//! * [`pods`]: Pods as desired state and their placement; [`placed`]: a node running
+//!   the pods placed on it;
 //! * [`follow`]: list-then-watch a prefix, resuming after disconnects and compactions.
 //!
 //! Keys (values are JSON):
@@ -14,6 +16,8 @@ pub mod etcd;
 pub mod join;
 pub mod local;
 pub mod node;
+pub mod placed;
+pub mod pods;
 pub mod store;
 
 use std::collections::BTreeMap;

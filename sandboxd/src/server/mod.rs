@@ -19,6 +19,8 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
+use crate::cluster_api::v1::cluster_server::ClusterServer;
+use crate::cluster_api::ClusterApi;
 use crate::cri::CriService;
 use crate::cri_image::CriImageService;
 use crate::runtime::Runtime;
@@ -68,8 +70,10 @@ pub fn bind(path: &Path) -> anyhow::Result<Socket> {
 
 /// Serves the CRI API, and sandboxd's Services API beside it, on `socket` until
 /// `shutdown` completes.
+/// A node that joined a cluster also serves the cluster API (`cluster`).
 pub async fn serve(
     runtime: Arc<Runtime>,
+    cluster: Option<ClusterApi>,
     socket: Socket,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -85,6 +89,7 @@ pub async fn serve(
         .add_service(RuntimeServiceServer::new(CriService::new(runtime.clone())))
         .add_service(ImageServiceServer::new(images))
         .add_service(ServicesServer::new(ServicesApi::new(runtime)))
+        .add_optional_service(cluster.map(ClusterServer::new))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener)
                 .map(|conn| conn.map(authority::AuthorityRewrite::new)),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
-use crate::{Client, ServicesClient};
+use crate::{Client, ClusterClient, ServicesClient};
 use sandboxd::kube::{self, Object};
 use sandboxd::kubelet;
 
@@ -20,6 +20,9 @@ pub struct ApplyArgs {
     /// The manifest: a file, or `-` for stdin.
     #[arg(long, short = 'f', required = true)]
     filename: PathBuf,
+    /// In a cluster, return once the pods are stored, without waiting for them to run.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 #[derive(clap::Args)]
@@ -48,14 +51,31 @@ pub fn read(path: &std::path::Path) -> anyhow::Result<Vec<Object>> {
 pub async fn apply(
     client: &mut Client,
     services: &mut ServicesClient,
+    cluster: &mut ClusterClient,
     args: ApplyArgs,
 ) -> anyhow::Result<()> {
-    for object in read(&args.filename)? {
-        let outcome = match &object {
-            Object::Pod(pod) => kubelet::run_pod(client, pod).await?,
-            Object::Service(service) => crate::services::apply(services, service).await?,
+    let objects = read(&args.filename)?;
+    let member = crate::cluster::is_member(cluster).await?;
+    let mut placed = Vec::new();
+    for object in &objects {
+        let outcome = match object {
+            Object::Pod(pod) if member => {
+                let (outcome, _node) = crate::cluster::apply_pod(cluster, pod)
+                    .await
+                    .map_err(|e| e.context(pod.describe()))?;
+                placed.push((pod.namespace().to_string(), pod.metadata.name.clone()));
+                outcome
+            }
+            Object::Pod(pod) => kubelet::run_pod(client, pod).await?.to_string(),
+            Object::Service(service) => {
+                crate::services::apply(services, service).await?.to_string()
+            }
         };
         println!("{} {outcome}", object.describe());
+    }
+    // As on a node alone, apply returns once its pods run (or says why one cannot).
+    if !placed.is_empty() && !args.no_wait {
+        crate::cluster::wait_running(cluster, &placed).await?;
     }
     Ok(())
 }
@@ -63,8 +83,10 @@ pub async fn apply(
 pub async fn delete(
     client: &mut Client,
     services: &mut ServicesClient,
+    cluster: &mut ClusterClient,
     args: DeleteArgs,
 ) -> anyhow::Result<()> {
+    let member = crate::cluster::is_member(cluster).await?;
     let mut missing = Vec::new();
     for object in read(&args.filename)? {
         let pod = match object {
@@ -78,14 +100,18 @@ pub async fn delete(
                 continue;
             }
         };
-        if !kubelet::remove_pod(
-            client,
-            pod.namespace(),
-            &pod.metadata.name,
-            args.grace_period,
-        )
-        .await?
-        {
+        let existed = if member {
+            crate::cluster::delete_pod(cluster, pod.namespace(), &pod.metadata.name).await?
+        } else {
+            kubelet::remove_pod(
+                client,
+                pod.namespace(),
+                &pod.metadata.name,
+                args.grace_period,
+            )
+            .await?
+        };
+        if !existed {
             missing.push(pod.describe());
             continue;
         }

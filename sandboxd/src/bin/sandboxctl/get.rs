@@ -9,7 +9,7 @@ use k8s_cri::v1 as cri;
 use serde_json::json;
 
 use crate::output::{print_doc, table, Format};
-use crate::{Client, ServicesClient};
+use crate::{Client, ClusterClient, ServicesClient};
 use sandboxd::kube::{INIT_LABEL, LAST_APPLIED};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -236,6 +236,7 @@ fn object(view: &PodView, node: &str) -> serde_json::Value {
 pub async fn run(
     client: &mut Client,
     services: &mut ServicesClient,
+    cluster: &mut ClusterClient,
     args: Args,
 ) -> anyhow::Result<()> {
     let service_args = || crate::services::GetArgs {
@@ -263,6 +264,17 @@ pub async fn run(
         .map(String::from)
         .collect();
     let label_selector = crate::output::labels("-l", &pairs)?;
+    if crate::cluster::is_member(cluster).await? {
+        let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
+        return crate::cluster::get_pods(
+            cluster,
+            &args.names,
+            namespace,
+            &label_selector,
+            args.output,
+        )
+        .await;
+    }
     let sandboxes = client
         .list_pod_sandbox(cri::ListPodSandboxRequest {
             filter: Some(cri::PodSandboxFilter {

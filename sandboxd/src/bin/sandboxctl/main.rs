@@ -3,6 +3,7 @@
 //! verbs work against any CRI runtime, containerd included.
 
 mod apply;
+mod cluster;
 mod containers;
 mod exec;
 mod get;
@@ -136,6 +137,7 @@ fn endpoint(cli_endpoint: Option<String>, node: Option<String>) -> anyhow::Resul
 pub type Client = RuntimeServiceClient<Channel>;
 pub type ServicesClient = sandboxd::services_api::v1::services_client::ServicesClient<Channel>;
 pub type ImageClient = ImageServiceClient<Channel>;
+pub type ClusterClient = sandboxd::cluster_api::v1::cluster_client::ClusterClient<Channel>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -164,7 +166,8 @@ async fn main() -> ExitCode {
         let channel = sandboxd::client::channel(&endpoint).await?;
         let mut client = RuntimeServiceClient::new(channel.clone());
         let mut images = ImageServiceClient::new(channel.clone());
-        let mut services = ServicesClient::new(channel);
+        let mut services = ServicesClient::new(channel.clone());
+        let mut cluster = ClusterClient::new(channel);
         match command {
             Command::Version(args) => version::version(&mut client, args).await,
             Command::Info(args) => version::info(&mut client, args).await,
@@ -188,9 +191,13 @@ async fn main() -> ExitCode {
                 Ok(())
             }
             Command::Logs(args) => logs::run(&mut client, args).await,
-            Command::Apply(args) => apply::apply(&mut client, &mut services, args).await,
-            Command::Delete(args) => apply::delete(&mut client, &mut services, args).await,
-            Command::Get(args) => get::run(&mut client, &mut services, args).await,
+            Command::Apply(args) => {
+                apply::apply(&mut client, &mut services, &mut cluster, args).await
+            }
+            Command::Delete(args) => {
+                apply::delete(&mut client, &mut services, &mut cluster, args).await
+            }
+            Command::Get(args) => get::run(&mut client, &mut services, &mut cluster, args).await,
             Command::Images(args) => images::list(&mut images, args).await,
             Command::Inspecti(args) => images::inspect(&mut images, args).await,
             Command::Pull(args) => images::pull(&mut images, args).await,
