@@ -154,6 +154,29 @@ pub fn run_in<T: Send + 'static>(
     })
 }
 
+/// Runs `future` to completion on a single-threaded runtime of its own, on a thread that
+/// entered the network namespace at `netns`: every socket it opens (a store client's, a
+/// listener's) is opened there, whichever namespace the caller is in.
+pub fn block_on_in<T: Send + 'static>(
+    netns: &Path,
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> io::Result<T> {
+    let file = std::fs::File::open(netns)?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(runtime.block_on(future))
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(io::Error::other(
+            "the thread in the network namespace panicked",
+        ))
+    })
+}
+
 /// Unmounts the netns dir itself (see [`prepare_dir`]) if no pin is left in it.
 pub fn release_dir(dir: &Path) -> Result<(), NetnsError> {
     let empty = std::fs::read_dir(dir)

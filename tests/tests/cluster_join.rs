@@ -80,24 +80,18 @@ impl Node {
         )
     }
 
-    fn run<T: Send + 'static>(&self, f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
-        let file = std::fs::File::open(self.ns.path()).unwrap();
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-        .join()
-        .unwrap()
+    /// Runs `future` inside the namespace, where the store is reachable.
+    fn run<T: Send + 'static>(
+        &self,
+        future: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        sandboxd::netns::block_on_in(&self.ns.path(), future).unwrap()
     }
 
     /// Nothing of a join is left: no flannel.1, no lease of `name`, no network file.
     fn assert_nothing_left(&self, name: &'static str) {
         assert!(!self.ns.exec(&["ip", "link"]).contains("flannel.1"));
-        let held = self.run(async move || {
+        let held = self.run(async move {
             let store = store::open(Some(STORE), Path::new("/")).await.unwrap();
             node::held_subnet(store.as_ref(), name).await.unwrap()
         });
@@ -115,7 +109,7 @@ impl Drop for Node {
 #[test]
 fn a_name_taken_by_a_live_node_is_refused_and_nothing_is_taken() {
     let node = Node::new();
-    node.run(async || {
+    node.run(async {
         let store = store::open(Some(STORE), Path::new("/")).await.unwrap();
         let other = NodeRecord {
             name: "k8s-node1".into(),
@@ -145,7 +139,7 @@ fn a_name_taken_by_a_live_node_is_refused_and_nothing_is_taken() {
 #[test]
 fn a_cluster_cidr_with_no_free_subnet_is_an_error_and_nothing_is_made() {
     let node = Node::new();
-    node.run(async || {
+    node.run(async {
         let store = store::open(Some(STORE), Path::new("/")).await.unwrap();
         let cidr: Ipv4Cidr = "10.250.0.0/24".parse().unwrap();
         node::lease_subnet(store.as_ref(), cidr, "first")

@@ -56,20 +56,12 @@ impl Etcd {
         }
     }
 
-    /// Runs `f` on a single-threaded runtime inside etcd's namespace, so the client's
-    /// connections are made there.
-    fn run<T: Send + 'static>(&self, f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
-        let file = std::fs::File::open(self.ns.path()).unwrap();
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-        .join()
-        .unwrap()
+    /// Runs `future` inside etcd's namespace, so the client's connections are made there.
+    fn run<T: Send + 'static>(
+        &self,
+        future: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        sandboxd::netns::block_on_in(&self.ns.path(), future).unwrap()
     }
 }
 
@@ -243,7 +235,7 @@ async fn leases(store: Arc<dyn ClusterStore>) {
 #[test]
 fn etcd_keeps_the_contract_and_leases_never_collide() {
     let etcd = Etcd::start();
-    etcd.run(async || {
+    etcd.run(async {
         let store = store::open(Some(URL), Path::new("/nonexistent"))
             .await
             .unwrap();
@@ -284,25 +276,16 @@ fn the_local_store_keeps_the_same_contract_and_its_contents_across_a_restart() {
 #[test]
 fn a_store_nobody_answers_at_is_a_clear_error() {
     let ns = Netns::new("sbt-nostore");
-    let file = std::fs::File::open(ns.path()).unwrap();
-    let error = std::thread::spawn(move || {
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let error = sandboxd::netns::block_on_in(&ns.path(), async {
+        let started = std::time::Instant::now();
+        let e = store::open(Some(URL), Path::new("/nonexistent"))
+            .await
+            .err()
             .unwrap()
-            .block_on(async {
-                let started = std::time::Instant::now();
-                let e = store::open(Some(URL), Path::new("/nonexistent"))
-                    .await
-                    .err()
-                    .unwrap()
-                    .to_string();
-                assert!(started.elapsed() < Duration::from_secs(10));
-                e
-            })
+            .to_string();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        e
     })
-    .join()
     .unwrap();
     assert!(error.contains("etcd://127.0.0.1:2379"), "{error}");
     for url in ["etcd://", "consul://x:1"] {
@@ -333,25 +316,19 @@ fn following_a_prefix_survives_an_etcd_outage_and_resumes() {
     };
     let ns_path = etcd.ns.path();
     let follower = std::thread::spawn(move || {
-        let file = std::fs::File::open(ns_path).unwrap();
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let store = store::open(Some(URL), Path::new("/nonexistent"))
-                    .await
-                    .unwrap();
-                let task = sandboxd::cluster::follow(store, "/sandboxd/f/", move |copy| {
-                    let _ = tx.send(copy.keys().cloned().collect());
-                });
-                // Runs until the test ends (the thread is left behind with the runtime).
-                let _ = task.await;
-            })
+        sandboxd::netns::block_on_in(&ns_path, async move {
+            let store = store::open(Some(URL), Path::new("/nonexistent"))
+                .await
+                .unwrap();
+            let task = sandboxd::cluster::follow(store, "/sandboxd/f/", move |copy| {
+                let _ = tx.send(copy.keys().cloned().collect());
+            });
+            // Runs until the test ends (the thread is left behind with the runtime).
+            let _ = task.await;
+        })
     });
     let put = |etcd: &Etcd, key: &'static str| {
-        etcd.run(async move || {
+        etcd.run(async move {
             let store = store::open(Some(URL), Path::new("/nonexistent"))
                 .await
                 .unwrap();

@@ -511,16 +511,7 @@ impl Lab {
         &self,
         f: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let netns = std::fs::File::open(self.node_netns(CONTROL_PLANE))?;
-        std::thread::spawn(move || {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(f)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread in the control plane's namespace panicked"))?
+        crate::netns::block_on_in(&self.node_netns(CONTROL_PLANE), f)?
     }
 
     /// Removes everything the lab made, reporting each step; a lab that is not up is not
