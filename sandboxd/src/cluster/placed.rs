@@ -41,6 +41,9 @@ pub fn start(
     let runner = tokio::spawn(async move {
         let mut client: Option<Client> = None;
         let mut failures: BTreeMap<String, Instant> = BTreeMap::new();
+        // Reported when it starts or changes, not every period (an etcd outage would
+        // otherwise fill the log).
+        let mut last_error: Option<String> = None;
         loop {
             let _ = tokio::time::timeout(RESYNC, on_change.changed()).await;
             let desired = on_change.borrow_and_update().clone();
@@ -48,9 +51,19 @@ pub fn start(
                 client = crate::client::connect(&endpoint).await.ok();
             }
             let Some(c) = client.as_mut() else { continue };
-            if let Err(e) = reconcile(c, store.as_ref(), &desired, &mut failures).await {
-                eprintln!("sandboxd: node {node}: run the pods placed here: {e:#}");
-                client = None;
+            match reconcile(c, store.as_ref(), &desired, &mut failures).await {
+                Ok(()) => {
+                    if last_error.take().is_some() {
+                        eprintln!("sandboxd: node {node}: the pods placed here are in step again");
+                    }
+                }
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        eprintln!("sandboxd: node {node}: run the pods placed here: {text}");
+                        last_error = Some(text);
+                    }
+                }
             }
         }
     });
