@@ -33,6 +33,9 @@ pub enum Error {
         #[source]
         source: anyhow::Error,
     },
+    /// The cluster store failed or cannot be reached.
+    #[error(transparent)]
+    Store(#[from] crate::cluster::store::StoreError),
     /// An operation failed and undoing its finished steps failed too.
     #[error("{failure}; rolling back also failed: {}", .undo.join("; "))]
     RollbackFailed {
@@ -74,6 +77,10 @@ impl Error {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Step { .. } => Code::Internal,
+            Error::Store(crate::cluster::store::StoreError::Unavailable { .. }) => {
+                Code::Unavailable
+            }
+            Error::Store(_) => Code::Internal,
             Error::RollbackFailed { failure, .. } => failure.code(),
         }
     }

@@ -30,11 +30,12 @@
 //! * [`cluster`]: what nodes share (the store, node records, subnet leases, joining);
 //!   [`overlay`]: the pod network between nodes (VXLAN, host-gw); [`netlink`]: the
 //!   kernel's configuration socket; [`cidr`]: IPv4 networks; [`lab`]: the seeds' cluster
-//!   on one machine.
+//!   on one machine; [`capture`]: packets on an interface, VXLAN decoded.
 //!
 //! Binaries: `sandboxd` (the daemon), `sandboxctl` (the CLI) and `sandboxd-monitor` (one per
 //! container: its output and exit code), all thin over this library.
 
+pub mod capture;
 pub mod cidr;
 pub mod client;
 pub mod cluster;

@@ -56,13 +56,22 @@ pub struct Runtime {
     pub(crate) monitor_binary: PathBuf,
     pub(crate) oci_runtime: PathBuf,
     /// The service proxy, once recovery has made the pods known (None without one).
-    pub(crate) services:
-        std::sync::OnceLock<Option<std::sync::Mutex<crate::service::registry::Registry>>>,
+    pub(crate) services: std::sync::OnceLock<Option<crate::service::verbs::Services>>,
 }
 
 impl Runtime {
-    /// Builds the runtime and recovers what an earlier daemon left (see `sandbox::recover`).
+    /// Builds the runtime of a node alone and recovers what an earlier daemon left (see
+    /// `sandbox::recover`).
     pub async fn start(config: Config) -> anyhow::Result<Arc<Runtime>> {
+        Self::start_with(config, None).await
+    }
+
+    /// Builds the runtime; a cluster node's (`cluster` given) keeps its services in the
+    /// cluster store.
+    pub async fn start_with(
+        config: Config,
+        cluster: Option<Arc<dyn crate::cluster::store::ClusterStore>>,
+    ) -> anyhow::Result<Arc<Runtime>> {
         let pause_binary = crate::pause::locate(config.pause_binary.as_deref())?;
         let monitor_binary = crate::container::monitor::locate(config.monitor_binary.as_deref())?;
         let oci_runtime = match &config.oci_runtime {
@@ -109,7 +118,10 @@ impl Runtime {
             services: std::sync::OnceLock::new(),
         });
         runtime.recover().await?;
-        runtime.start_services().await?;
+        match cluster {
+            Some(store) => runtime.start_cluster_services(store).await?,
+            None => runtime.start_services().await?,
+        }
         Ok(runtime)
     }
 

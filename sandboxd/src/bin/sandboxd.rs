@@ -171,9 +171,12 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let runtime = Runtime::start(config.clone())
-        .await
-        .context("start the runtime")?;
+    let runtime = Runtime::start_with(
+        config.clone(),
+        _membership.as_ref().map(|m| m.store.clone()),
+    )
+    .await
+    .context("start the runtime")?;
     eprintln!(
         "sandboxd: serving CRI v1, sandboxd.services.v1{} on {}",
         if _membership.is_some() {

@@ -6,11 +6,15 @@
 //!   joining (subnet, overlay, pod network, record) and following the others;
 //! * [`pods`]: Pods as desired state and their placement; [`placed`]: a node running
 //!   the pods placed on it;
+//! * [`services`]: Services and their ClusterIP and node port allocations (the API half);
+//!   [`proxier`]: a node programming every service with endpoints from every node's pods
+//!   (the node-proxy half);
 //! * [`follow`]: list-then-watch a prefix, resuming after disconnects and compactions.
 //!
 //! Keys (values are JSON):
 //! `/sandboxd/nodes/<name>` a node; `/sandboxd/subnets/<a.b.c.d-len>` the node holding that
-//! pod subnet.
+//! pod subnet; `/sandboxd/pods/<ns>/<name>` a Pod; `/sandboxd/services/<ns>/<name>` a
+//! Service; `/sandboxd/allocations/{clusterips,nodeports}/<value>` the service holding it.
 
 pub mod etcd;
 pub mod join;
@@ -18,6 +22,8 @@ pub mod local;
 pub mod node;
 pub mod placed;
 pub mod pods;
+pub mod proxier;
+pub mod services;
 pub mod store;
 
 use std::collections::BTreeMap;

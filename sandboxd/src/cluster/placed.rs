@@ -147,6 +147,7 @@ async fn run_or_observe(
                     ip: String::new(),
                     ready: 0,
                     total: object.status.total,
+                    sandbox_id: String::new(),
                 });
             }
             failures.remove(&object.uid);
@@ -214,5 +215,6 @@ async fn observe(
         ip,
         ready: running,
         total,
+        sandbox_id: sandbox.id.clone(),
     })
 }

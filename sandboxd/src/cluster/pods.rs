@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::node::{self, NodeRecord};
 use super::store::{ClusterStore, Versioned};
 use crate::kube::{applied_digest, Object, Pod};
+use crate::service::endpoints::{ContainerPort, ReadyPod};
+use crate::service::Protocol;
 
 pub const PODS: &str = "/sandboxd/pods/";
 /// The label nodeSelectors name a node by.
@@ -31,6 +33,9 @@ pub struct PodStatus {
     pub ip: String,
     pub ready: u32,
     pub total: u32,
+    /// The sandbox it runs in on its node.
+    #[serde(default)]
+    pub sandbox_id: String,
 }
 
 /// A Pod in the store.
@@ -88,6 +93,49 @@ pub fn objects<'a>(items: impl IntoIterator<Item = &'a Versioned>) -> Vec<(PodOb
                 eprintln!("sandboxd: pod record {} is unreadable: {e}", v.key);
                 None
             }
+        })
+        .collect()
+}
+
+/// The pods of the cluster that can be endpoints, as their nodes report them: Running,
+/// every app container ready, an address; with their labels and container ports (for
+/// named target ports) from their documents.
+pub fn ready_pods<'a>(objects: impl IntoIterator<Item = &'a PodObject>) -> Vec<ReadyPod> {
+    objects
+        .into_iter()
+        .filter(|p| {
+            !p.deleting
+                && p.status.phase == "Running"
+                && p.status.total > 0
+                && p.status.ready == p.status.total
+        })
+        .filter_map(|object| {
+            let ip = object.status.ip.parse().ok()?;
+            let pod = object.pod().ok()?;
+            let ports = pod
+                .spec
+                .containers
+                .iter()
+                .flat_map(|c| &c.ports)
+                .filter_map(|p| {
+                    Some(ContainerPort {
+                        name: p.name.clone().unwrap_or_default(),
+                        container_port: u16::try_from(p.container_port).ok()?,
+                        protocol: match p.protocol.as_deref() {
+                            Some("UDP") => Protocol::Udp,
+                            _ => Protocol::Tcp,
+                        },
+                    })
+                })
+                .collect();
+            Some(ReadyPod {
+                sandbox_id: object.status.sandbox_id.clone(),
+                namespace: object.namespace.clone(),
+                name: object.name.clone(),
+                labels: pod.metadata.labels,
+                ip,
+                ports,
+            })
         })
         .collect()
 }

@@ -81,6 +81,20 @@ impl Pool {
         Err(AllocationError::Exhausted(self.what))
     }
 
+    fn resume(&mut self, used: impl IntoIterator<Item = (u32, String)>) {
+        self.used.extend(
+            used.into_iter()
+                .filter(|(value, _)| (self.first..=self.last).contains(value)),
+        );
+        if let Some(highest) = self.used.keys().next_back() {
+            self.next = if *highest >= self.last {
+                self.first
+            } else {
+                highest + 1
+            };
+        }
+    }
+
     fn release(&mut self, value: u32) {
         self.used.remove(&value);
     }
@@ -112,6 +126,27 @@ impl Default for Allocator {
 }
 
 impl Allocator {
+    /// An allocator with these addresses and ports in use, handing out next the first
+    /// free one after the highest in use (how a cluster's API half plans from the store's
+    /// allocations).
+    pub fn resuming(
+        cluster_ips: impl IntoIterator<Item = (Ipv4Addr, String)>,
+        node_ports: impl IntoIterator<Item = (u16, String)>,
+    ) -> Allocator {
+        let mut allocator = Allocator::default();
+        allocator.ips.resume(
+            cluster_ips
+                .into_iter()
+                .map(|(ip, owner)| (u32::from(ip), owner)),
+        );
+        allocator.ports.resume(
+            node_ports
+                .into_iter()
+                .map(|(port, owner)| (u32::from(port), owner)),
+        );
+        allocator
+    }
+
     /// The ClusterIP for `owner`: `requested` if it is free (or already `owner`'s), else
     /// the next free one.
     pub fn cluster_ip(
@@ -191,6 +226,25 @@ mod tests {
             a.cluster_ip("default/d", None).unwrap(),
             Ipv4Addr::new(10, 96, 0, 5)
         );
+    }
+
+    #[test]
+    fn a_resumed_allocator_continues_after_the_highest_in_use() {
+        let mut a = Allocator::resuming(
+            [
+                (Ipv4Addr::new(10, 96, 0, 2), "default/a".to_string()),
+                (Ipv4Addr::new(10, 96, 0, 9), "default/b".to_string()),
+            ],
+            [(32767, "default/c".to_string())],
+        );
+        assert_eq!(
+            a.cluster_ip("default/d", None).unwrap(),
+            Ipv4Addr::new(10, 96, 0, 10)
+        );
+        assert!(a
+            .cluster_ip("default/d", Some(Ipv4Addr::new(10, 96, 0, 9)))
+            .is_err());
+        assert_eq!(a.node_port("default/d", None).unwrap(), 30000);
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! * this module: the Service as users write it (a `v1` Service manifest's fields) and its
 //!   validation, every error naming the field;
 //! * [`allocate`]: ClusterIPs from the service CIDR and node ports from their range;
-//! * [`registry`]: the daemon's services: records, allocations, endpoints, and the verbs
-//!   (create, update, delete, get, list) that keep them and the kernel in step; [`verbs`]:
-//!   the runtime's side (ready pods, resync); [`endpoints`]: which pods serve a service;
+//! * the API half (validate, allocate, persist): [`registry`] on a node alone (records in
+//!   the state dir; each verb programs its service before it answers), and
+//!   [`crate::cluster::services`] on a cluster node (objects and allocations in the
+//!   cluster store); [`verbs`]: the runtime's side (which half, ready pods, resync);
+//! * the node-proxy half every node runs: [`node_proxy`] (services and ready pods → this
+//!   node's data plane and node-port sockets); [`endpoints`]: which pods serve a service;
 //!   [`node_port`]: node ports held open; [`proxy`]: the data plane of either mode;
 //! * [`plan`]: the data plane, kube-proxy's nftables design (KEP-3866), as operations on
 //!   sandboxd's table; sent by [`crate::netlink::nftables`] as one nf_tables batch per change, or rendered
@@ -18,6 +21,7 @@ pub mod endpoints;
 pub mod iptables;
 pub mod nftables;
 pub mod node_port;
+pub mod node_proxy;
 pub mod plan;
 pub mod proxy;
 pub mod registry;

@@ -56,6 +56,11 @@ impl NodePorts {
         self.held.remove(&(protocol, port));
     }
 
+    /// The ports held, by protocol.
+    pub fn held(&self) -> impl Iterator<Item = (Protocol, u16)> + '_ {
+        self.held.keys().copied()
+    }
+
     pub fn is_held(&self, protocol: Protocol, port: u16) -> bool {
         self.held.contains_key(&(protocol, port))
     }

@@ -1,5 +1,7 @@
-//! The daemon's Services: their records (persisted, one per service), the ClusterIPs and
-//! node ports they hold, their endpoints, and the data plane that forwards to them.
+//! The Services of a node alone, the API half: their records (persisted, one per service)
+//! and the ClusterIPs and node ports they hold, over the node-proxy half
+//! ([`NodeProxy`]) that forwards to their endpoints. (A cluster node keeps its services in
+//! the cluster store instead: [`crate::cluster::services`].)
 //!
 //! Every verb is all-or-nothing: a create or update that fails at some step gives back
 //! what the earlier steps took (addresses, ports, sockets, the record) and leaves the
@@ -13,10 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::service::allocate::{AllocationError, Allocator};
-use crate::service::endpoints::{self, Endpoint, ReadyPod};
-use crate::service::node_port::NodePorts;
+use crate::service::endpoints::{Endpoint, ReadyPod};
+use crate::service::node_proxy::{node_ports, NodeProxy};
 use crate::service::plan::Cluster;
-use crate::service::proxy::{Proxy, ProxyMode};
+use crate::service::proxy::ProxyMode;
 use crate::service::{Protocol, Service, ServiceInput, ServiceType};
 use crate::store::Store;
 
@@ -42,11 +44,7 @@ pub struct Registry {
     store: Store,
     allocator: Allocator,
     records: BTreeMap<String, ServiceRecord>,
-    endpoints: BTreeMap<String, Vec<Endpoint>>,
-    proxy: Proxy,
-    node_ports: NodePorts,
-    /// Services whose last resync failed: reported once, not every period.
-    failing: BTreeSet<String>,
+    proxy: NodeProxy,
 }
 
 /// The store id of a service: namespace and name are DNS labels, which have no '_'.
@@ -80,10 +78,7 @@ impl Registry {
             store: Store::new(services_dir, RECORD_FILE),
             allocator: Allocator::default(),
             records: BTreeMap::new(),
-            endpoints: BTreeMap::new(),
-            proxy: Proxy::open(mode, netns, cluster)?,
-            node_ports: NodePorts::new(netns),
-            failing: BTreeSet::new(),
+            proxy: NodeProxy::open(mode, netns, cluster)?,
         };
         let loaded = registry.store.load_all::<ServiceRecord>()?;
         for (id, error) in loaded.unreadable {
@@ -97,58 +92,28 @@ impl Registry {
             }
             registry.records.insert(key, record);
         }
-        registry.refresh_endpoints(pods);
-        let programmed = registry
-            .records
-            .iter()
-            .map(|(key, record)| (key.clone(), registry.programmed_of(key, record)))
-            .collect();
         registry
             .proxy
-            .sync_all(programmed)
-            .map_err(|e| anyhow::anyhow!("program the services: {e:#}"))?;
+            .sync_all(registry.records.values().map(|r| &r.service), pods)?;
         Ok(registry)
     }
 
-    /// A persisted service's ClusterIP and node ports, taken again after a restart; its
-    /// sockets too (a port some process took meanwhile is reported, and still forwarded).
+    /// A persisted service's ClusterIP and node ports, taken again after a restart.
     fn retake(&mut self, record: &ServiceRecord) -> anyhow::Result<()> {
         let service = &record.service;
         let key = service.key();
         self.allocator.cluster_ip(&key, service.cluster_ip)?;
-        for port in &service.ports {
-            if let Some(node_port) = port.node_port {
-                self.allocator.node_port(&key, Some(node_port))?;
-                if let Err(e) = self.node_ports.hold(port.protocol, node_port) {
-                    eprintln!("sandboxd: {}: {e:#}", object(&key));
-                }
-            }
+        for (_, node_port) in node_ports(service) {
+            self.allocator.node_port(&key, Some(node_port))?;
         }
         Ok(())
-    }
-
-    fn programmed_of(
-        &self,
-        key: &str,
-        record: &ServiceRecord,
-    ) -> crate::service::plan::ProgrammedService {
-        let none = Vec::new();
-        endpoints::programmed(&record.service, self.endpoints.get(key).unwrap_or(&none))
-    }
-
-    fn refresh_endpoints(&mut self, pods: &[ReadyPod]) {
-        self.endpoints = self
-            .records
-            .iter()
-            .map(|(key, record)| (key.clone(), endpoints::resolve(&record.service, pods)))
-            .collect();
     }
 
     fn view(&self, key: &str) -> Option<ServiceView> {
         let record = self.records.get(key)?;
         Some(ServiceView {
             record: record.clone(),
-            endpoints: self.endpoints.get(key).cloned().unwrap_or_default(),
+            endpoints: self.proxy.endpoints(key),
         })
     }
 
@@ -215,7 +180,7 @@ impl Registry {
     fn release_node_ports(&mut self, old: &Service, new: Option<&Service>) {
         let kept: BTreeSet<(Protocol, u16)> = new.map(node_ports).into_iter().flatten().collect();
         for (protocol, port) in node_ports(old).filter(|p| !kept.contains(p)) {
-            self.node_ports.release(protocol, port);
+            self.proxy.release_node_port(protocol, port);
             // A number is per node, whatever the protocol: free only if no port keeps it.
             if !kept.iter().any(|(_, number)| *number == port) {
                 self.allocator.release_node_port(port);
@@ -290,10 +255,11 @@ impl Registry {
                     taken.node_ports.push(number);
                 }
                 port.node_port = Some(number);
-                if !self.node_ports.is_held(port.protocol, number) {
-                    self.node_ports
-                        .hold(port.protocol, number)
-                        .map_err(|e| invalid(&field, format!("{e:#}")))?;
+                if self
+                    .proxy
+                    .hold_node_port(port.protocol, number)
+                    .map_err(|e| invalid(&field, format!("{e:#}")))?
+                {
                     taken.sockets.push((port.protocol, number));
                 }
             }
@@ -311,9 +277,7 @@ impl Registry {
         crate::fault::point("service-sync/record-saved");
 
         // 4. The data plane, in one transaction; on failure the old record goes back.
-        let endpoints = endpoints::resolve(&record.service, pods);
-        let programmed = endpoints::programmed(&record.service, &endpoints);
-        if let Err(e) = self.proxy.apply(&key, Some(programmed)) {
+        if let Err(e) = self.proxy.program(&record.service, pods) {
             let restored = match old {
                 Some(old) => self.store.save(&store_id(&key), old),
                 None => self.store.remove(&store_id(&key)),
@@ -325,13 +289,12 @@ impl Registry {
         }
         crate::fault::point("service-sync/programmed");
         self.records.insert(key.clone(), record);
-        self.endpoints.insert(key.clone(), endpoints);
         Ok(self.view(&key).expect("just inserted"))
     }
 
     fn give_back(&mut self, taken: Taken) {
         for (protocol, port) in taken.sockets {
-            self.node_ports.release(protocol, port);
+            self.proxy.release_node_port(protocol, port);
         }
         for port in taken.node_ports {
             self.allocator.release_node_port(port);
@@ -349,14 +312,12 @@ impl Registry {
         })?;
         // The data plane first: if it refuses, the service stays whole.
         self.proxy
-            .apply(&key, None)
+            .remove(&key)
             .map_err(|e| Error::step("remove from the data plane", object(&key), e))?;
         self.store
             .remove(&store_id(&key))
             .map_err(|e| Error::step("remove the record", object(&key), e))?;
         self.records.remove(&key);
-        self.endpoints.remove(&key);
-        self.failing.remove(&key);
         self.release_node_ports(&record.service, None);
         if let Some(ip) = record.service.cluster_ip {
             self.allocator.release_cluster_ip(ip);
@@ -367,41 +328,13 @@ impl Registry {
     /// Recomputes every service's endpoints from `pods` and reprograms the services whose
     /// endpoints changed (each its own transaction; one failing leaves the others done).
     pub fn resync(&mut self, pods: &[ReadyPod]) {
-        let keys: Vec<String> = self.records.keys().cloned().collect();
-        for key in keys {
-            let record = &self.records[&key];
-            let endpoints = endpoints::resolve(&record.service, pods);
-            if self.endpoints.get(&key) == Some(&endpoints) && self.proxy.programmed(&key).is_some()
-            {
-                continue;
-            }
-            let programmed = endpoints::programmed(&record.service, &endpoints);
-            match self.proxy.apply(&key, Some(programmed)) {
-                Ok(()) => {
-                    if self.failing.remove(&key) {
-                        eprintln!("sandboxd: {}: endpoints programmed again", object(&key));
-                    }
-                    self.endpoints.insert(key, endpoints);
-                }
-                Err(e) => {
-                    if self.failing.insert(key.clone()) {
-                        eprintln!(
-                            "sandboxd: {}: program the new endpoints (retried every {:?}): {e:#}",
-                            object(&key),
-                            crate::service::verbs::RESYNC_PERIOD
-                        );
-                    }
-                }
-            }
-        }
+        let services: BTreeMap<String, Service> = self
+            .records
+            .iter()
+            .map(|(key, record)| (key.clone(), record.service.clone()))
+            .collect();
+        self.proxy.converge(&services, pods);
     }
-}
-
-fn node_ports(service: &Service) -> impl Iterator<Item = (Protocol, u16)> + '_ {
-    service
-        .ports
-        .iter()
-        .filter_map(|p| p.node_port.map(|n| (p.protocol, n)))
 }
 
 fn validate(input: ServiceInput) -> Result<Service> {

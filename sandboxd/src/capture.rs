@@ -1,0 +1,281 @@
+//! Packets seen on one interface of any network namespace, through a packet socket (what
+//! `tcpdump -i IFACE` opens), decoded as far as the seeds look at them: the IPv4 header,
+//! TCP/UDP ports, and — for VXLAN on flannel's port 8472 or the IANA port 4789 — the VNI
+//! and the packet inside.
+//!
+//! Only what crosses the interface after `open` is seen; the socket is bound to the
+//! interface, so other interfaces' traffic never reaches it.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// UDP ports VXLAN is decoded on: flannel's (the Linux default) and IANA's.
+pub const VXLAN_PORTS: [u16; 2] = [8472, 4789];
+
+const ETH_P_ALL: u16 = 0x0003;
+const ETH_P_IP: u16 = 0x0800;
+const ETHERNET_HEADER: usize = 14;
+const VXLAN_HEADER: usize = 8;
+
+pub struct Capture {
+    socket: OwnedFd,
+    interface: String,
+}
+
+/// One frame as the socket saw it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Sent by this host (rather than received).
+    pub outgoing: bool,
+    pub data: Vec<u8>,
+}
+
+/// An IPv4 packet's addresses and, for TCP and UDP, its ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Summary {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// 6 TCP, 17 UDP, 1 ICMP, …
+    pub protocol: u8,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+}
+
+/// A decoded frame: its IPv4 packet and, when that is VXLAN, what it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    pub outer: Ipv4Summary,
+    /// The VNI and the inner packet.
+    pub vxlan: Option<(u32, Ipv4Summary)>,
+}
+
+impl Capture {
+    /// Starts capturing on `interface` of the namespace at `netns` (None: the caller's).
+    pub fn open(netns: Option<&Path>, interface: &str) -> io::Result<Capture> {
+        let name = interface.to_string();
+        let socket = crate::netns::run_in(netns, move || {
+            let index = nix::net::if_::if_nametoindex(name.as_str())
+                .map_err(|e| io::Error::new(io::ErrorKind::NotFound, format!("{name}: {e}")))?;
+            // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    i32::from(ETH_P_ALL.to_be()),
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: fd is a fresh descriptor nothing else owns.
+            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+            let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            address.sll_family = libc::AF_PACKET as u16;
+            address.sll_protocol = ETH_P_ALL.to_be();
+            address.sll_ifindex = index as i32;
+            // SAFETY: address is a valid sockaddr_ll of the size given.
+            let bound = unsafe {
+                libc::bind(
+                    socket.as_raw_fd(),
+                    (&address as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if bound < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(socket)
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("capture on {interface}: {e}")))?;
+        Ok(Capture {
+            socket,
+            interface: interface.to_string(),
+        })
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// The next frame, waiting at most `timeout`; None when none came.
+    pub fn next(&mut self, timeout: Duration) -> io::Result<Option<Frame>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [nix::poll::PollFd::new(
+                self.socket.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            match nix::poll::poll(&mut fds, millis) {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let mut data = vec![0u8; 65536];
+            // SAFETY: as in open; recvfrom fills at most the sizes given.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            let received = unsafe {
+                libc::recvfrom(
+                    self.socket.as_raw_fd(),
+                    data.as_mut_ptr().cast(),
+                    data.len(),
+                    libc::MSG_DONTWAIT,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut from_len,
+                )
+            };
+            if received < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::WouldBlock
+                    || error.kind() == io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                return Err(error);
+            }
+            data.truncate(received as usize);
+            return Ok(Some(Frame {
+                outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
+                data,
+            }));
+        }
+    }
+
+    /// Frames until `found` accepts one's packet (returned) or `timeout` passes (None).
+    pub fn until(
+        &mut self,
+        timeout: Duration,
+        mut found: impl FnMut(&Packet) -> bool,
+    ) -> io::Result<Option<(Frame, Packet)>> {
+        let deadline = Instant::now() + timeout;
+        while let Some(frame) = self.next(deadline.saturating_duration_since(Instant::now()))? {
+            if let Some(packet) = Packet::parse(&frame.data) {
+                if found(&packet) {
+                    return Ok(Some((frame, packet)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Packet {
+    /// Decodes an Ethernet frame; None when it holds no IPv4 packet.
+    pub fn parse(frame: &[u8]) -> Option<Packet> {
+        let (outer, payload) = ipv4_in_ethernet(frame)?;
+        let vxlan = match outer.dst_port {
+            Some(port) if outer.protocol == 17 && VXLAN_PORTS.contains(&port) => {
+                let vxlan = payload.get(8..)?;
+                // The I flag says the VNI is valid.
+                if vxlan.len() < VXLAN_HEADER || vxlan[0] & 0x08 == 0 {
+                    None
+                } else {
+                    let vni = u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]);
+                    ipv4_in_ethernet(&vxlan[VXLAN_HEADER..]).map(|(inner, _)| (vni, inner))
+                }
+            }
+            _ => None,
+        };
+        Some(Packet { outer, vxlan })
+    }
+}
+
+/// The IPv4 packet of an Ethernet frame, and its payload (from the L4 header on).
+fn ipv4_in_ethernet(frame: &[u8]) -> Option<(Ipv4Summary, &[u8])> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    if ethertype != ETH_P_IP {
+        return None;
+    }
+    let ip = frame.get(ETHERNET_HEADER..)?;
+    if ip.len() < 20 || ip[0] >> 4 != 4 {
+        return None;
+    }
+    let header = usize::from(ip[0] & 0x0f) * 4;
+    let protocol = ip[9];
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let payload = ip.get(header..)?;
+    // Ports only in a first fragment's TCP or UDP header.
+    let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+    let (src_port, dst_port) = match protocol {
+        6 | 17 if first_fragment && payload.len() >= 4 => (
+            Some(u16::from_be_bytes([payload[0], payload[1]])),
+            Some(u16::from_be_bytes([payload[2], payload[3]])),
+        ),
+        _ => (None, None),
+    };
+    Some((
+        Ipv4Summary {
+            src,
+            dst,
+            protocol,
+            src_port,
+            dst_port,
+        },
+        payload,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet frame around an IPv4 header (no options) and `l4`.
+    fn frame(src: [u8; 4], dst: [u8; 4], protocol: u8, l4: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+        let total = (20 + l4.len()) as u16;
+        f.extend_from_slice(&[0x45, 0, total.to_be_bytes()[0], total.to_be_bytes()[1]]);
+        f.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(l4);
+        f
+    }
+
+    #[test]
+    fn vxlan_is_decoded_to_the_vni_and_the_inner_packet() {
+        // The inner TCP SYN from a pod to another node's pod.
+        let inner = frame(
+            [10, 244, 2, 2],
+            [10, 244, 1, 2],
+            6,
+            &[0xa4, 0x10, 0x1f, 0x90],
+        );
+        let mut udp = vec![0xc3, 0x50, 0x21, 0x18, 0, 0, 0, 0]; // 50000 → 8472
+        udp.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 1, 0]); // I flag, VNI 1
+        udp.extend_from_slice(&inner);
+        let outer = frame([192, 168, 102, 12], [192, 168, 102, 11], 17, &udp);
+        let packet = Packet::parse(&outer).unwrap();
+        assert_eq!(packet.outer.dst_port, Some(8472));
+        let (vni, inner) = packet.vxlan.unwrap();
+        assert_eq!(vni, 1);
+        assert_eq!(inner.dst, Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(inner.dst_port, Some(8080));
+        assert_eq!(inner.src_port, Some(42000));
+    }
+
+    #[test]
+    fn other_frames_are_plain_or_nothing() {
+        let udp = frame(
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+            17,
+            &[0, 53, 0, 53, 0, 8, 0, 0],
+        );
+        let packet = Packet::parse(&udp).unwrap();
+        assert_eq!(packet.vxlan, None);
+        assert_eq!(packet.outer.dst_port, Some(53));
+        let mut arp = udp.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(Packet::parse(&arp), None);
+        assert_eq!(Packet::parse(&udp[..20]), None);
+    }
+}
