@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The lab benchmark of BENCHMARKS.md, as root on Debian 12: `sandboxctl lab up` and
 # `lab down` wall time for 3 and 10 nodes (median of ROUNDS), the time of an apply that
-# runs a pod on a worker, and pod-to-pod TCP throughput (iperf3, 10 s) across nodes over
-# VXLAN and over host-gw against two pods of one node, in the same run.
+# runs a pod on a worker, the time from applying a Service through k8s-master until
+# k8s-node2 forwards its ClusterIP, and pod-to-pod TCP throughput (iperf3, 10 s) across
+# nodes over VXLAN and over host-gw against two pods of one node, in the same run.
 # The lab is rooted in a temp dir of its own, so a lab the user has up is not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,10 @@ for backend in vxlan host-gw; do
   t0=$(now); $S apply -f examples/pod-dest.yaml >/dev/null; t1=$(now)
   echo "$backend: apply pod-dest through k8s-master until Running on k8s-node1: $(echo "($t1 - $t0) * 1000" | bc | cut -d. -f1) ms"
   $S --node k8s-node2 apply -f examples/pod-src.yaml >/dev/null
+  t0=$(now); $S apply -f examples/svc-clusterip.yaml >/dev/null
+  until nsenter --net="$SANDBOXD_LAB_DIR/k8s-node2/node.netns" nft list map ip sandboxd service-ips 2>/dev/null | grep -q 'tcp . 8080'; do sleep 0.002; done
+  t1=$(now)
+  echo "$backend: apply svc-clusterip through k8s-master until k8s-node2 forwards it: $(echo "($t1 - $t0) * 1000" | bc | cut -d. -f1) ms"
   echo "$peer" | $S --node k8s-node1 apply -f - >/dev/null
   dest=$(pod_netns k8s-node1 pod-dest); dest_ip=$(pod_ip k8s-node1 pod-dest)
   nsenter --net="$dest" iperf3 -s -D -1 >/dev/null

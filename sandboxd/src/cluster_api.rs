@@ -28,19 +28,6 @@ impl ClusterApi {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-fn failed(e: anyhow::Error) -> Status {
-    let text = format!("{e:#}");
-    if text.starts_with("invalid ") || text.contains(": invalid ") || text.contains("document") {
-        Status::invalid_argument(text)
-    } else if text.contains("exists with another spec") {
-        Status::already_exists(text)
-    } else if text.contains("unreachable") {
-        Status::unavailable(text)
-    } else {
-        Status::failed_precondition(text)
-    }
-}
-
 fn entry(pod: &PodObject) -> v1::PodEntry {
     v1::PodEntry {
         namespace: pod.namespace.clone(),
@@ -75,7 +62,7 @@ impl v1::cluster_server::Cluster for ClusterApi {
         let document = request.into_inner().document_json;
         let (outcome, node) = pods::apply(self.store.as_ref(), &document)
             .await
-            .map_err(failed)?;
+            .map_err(Status::from)?;
         Ok(Response::new(v1::ApplyPodResponse {
             outcome: outcome.into(),
             node,
@@ -94,7 +81,7 @@ impl v1::cluster_server::Cluster for ClusterApi {
         };
         let deleted = pods::mark_deleted(self.store.as_ref(), &namespace, &request.name)
             .await
-            .map_err(failed)?;
+            .map_err(Status::from)?;
         Ok(Response::new(v1::DeletePodResponse { deleted }))
     }
 
@@ -107,7 +94,7 @@ impl v1::cluster_server::Cluster for ClusterApi {
             .store
             .list(pods::PODS)
             .await
-            .map_err(|e| failed(e.into()))?;
+            .map_err(|e| Status::from(crate::error::Error::from(e)))?;
         Ok(Response::new(v1::ListPodsResponse {
             pods: pods::objects(listing.items.iter())
                 .iter()
@@ -122,7 +109,7 @@ impl v1::cluster_server::Cluster for ClusterApi {
             .store
             .list(node::NODES)
             .await
-            .map_err(|e| failed(e.into()))?;
+            .map_err(|e| Status::from(crate::error::Error::from(e)))?;
         let now = node::now_ms();
         Ok(Response::new(v1::ListNodesResponse {
             nodes: node::records(listing.items.iter())

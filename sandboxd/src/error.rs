@@ -12,6 +12,10 @@ pub enum Error {
         field: String,
         problem: String,
     },
+    /// A request's document is malformed; the message names where (parse errors carry
+    /// the document and the field).
+    #[error("{0}")]
+    InvalidDocument(String),
     #[error("{kind} {id} not found")]
     NotFound { kind: &'static str, id: String },
     /// An image name the local store does not hold; says how to get it there.
@@ -71,7 +75,7 @@ impl Error {
 
     pub fn code(&self) -> Code {
         match self {
-            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::InvalidArgument { .. } | Error::InvalidDocument(_) => Code::InvalidArgument,
             Error::NotFound { .. } | Error::ImageNotFound(_) => Code::NotFound,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::AlreadyExists(_) => Code::AlreadyExists,

@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use super::node::{self, NodeRecord};
 use super::store::{ClusterStore, Versioned};
+use crate::error::{Error, Result};
 use crate::kube::{applied_digest, Object, Pod};
 use crate::service::endpoints::{ContainerPort, ReadyPod};
 use crate::service::Protocol;
@@ -64,7 +64,7 @@ impl PodObject {
     }
 
     /// The Pod its document describes.
-    pub fn pod(&self) -> anyhow::Result<Pod> {
+    pub fn pod(&self) -> Result<Pod> {
         let_pod(&self.document.to_string(), &format!("pod/{}", self.name))
     }
 }
@@ -74,12 +74,25 @@ pub fn key(namespace: &str, name: &str) -> String {
 }
 
 /// Parses the one Pod of a JSON document.
-fn let_pod(document: &str, source: &str) -> anyhow::Result<Pod> {
-    let mut objects = crate::kube::parse(document, source)?;
+fn let_pod(document: &str, source: &str) -> Result<Pod> {
+    let mut objects = crate::kube::parse(document, source)
+        .map_err(|e| Error::InvalidDocument(format!("{e:#}")))?;
     match (objects.len(), objects.pop()) {
         (1, Some(Object::Pod(pod))) => Ok(pod),
-        _ => bail!("{source}: the request must hold exactly one Pod"),
+        _ => Err(Error::InvalidDocument(format!(
+            "{source}: the request must hold exactly one Pod"
+        ))),
     }
+}
+
+/// A stored object that does not parse: the store holds something this sandboxd did not
+/// write.
+fn unreadable(key: &str, e: serde_json::Error) -> Error {
+    Error::step(
+        "read the stored object",
+        key.to_string(),
+        anyhow::Error::from(e),
+    )
 }
 
 /// The pods of a listing (unreadable ones reported and skipped).
@@ -146,7 +159,7 @@ pub fn place(
     nodes: &[NodeRecord],
     pods_per_node: &BTreeMap<String, usize>,
     now_ms: i64,
-) -> anyhow::Result<String> {
+) -> Result<String> {
     let named = pod
         .spec
         .node_name
@@ -174,11 +187,14 @@ pub fn place(
         } else {
             wanted.to_string()
         };
-        bail!(
-            "invalid {field} of {}: {label} names no node of the cluster (its nodes: {})",
+        return Err(Error::invalid(
             pod.describe(),
-            names()
-        );
+            field,
+            format!(
+                "{label} names no node of the cluster (its nodes: {})",
+                names()
+            ),
+        ));
     }
     nodes
         .iter()
@@ -186,33 +202,31 @@ pub fn place(
         .min_by_key(|n| (pods_per_node.get(&n.name).copied().unwrap_or(0), n.name.clone()))
         .map(|n| n.name.clone())
         .ok_or_else(|| {
-            anyhow::anyhow!(
+            Error::FailedPrecondition(format!(
                 "{}: no ready worker to place it on (nodes: {}); name one with spec.nodeSelector {HOSTNAME_LABEL}",
                 pod.describe(),
                 names()
-            )
+            ))
         })
 }
 
 /// Stores the Pod of `document`, placed on a node: "created", or "unchanged" when the
 /// same document is stored already; another document under the same name is refused
 /// (Pods are immutable). Returns the outcome and the node.
-pub async fn apply(
-    store: &dyn ClusterStore,
-    document: &str,
-) -> anyhow::Result<(&'static str, String)> {
+pub async fn apply(store: &dyn ClusterStore, document: &str) -> Result<(&'static str, String)> {
     let pod = let_pod(document, "the request")?;
     let digest = applied_digest(&pod.document);
     let key = key(pod.namespace(), &pod.metadata.name);
     if let Some(existing) = store.get(&key).await? {
-        let existing: PodObject = serde_json::from_str(&existing.value)?;
+        let existing: PodObject =
+            serde_json::from_str(&existing.value).map_err(|e| unreadable(&key, e))?;
         if existing.digest == digest {
             return Ok(("unchanged", existing.node));
         }
-        bail!(
+        return Err(Error::AlreadyExists(format!(
             "{} exists with another spec; a pod's spec cannot change: delete it first (sandboxctl delete -f)",
             pod.describe()
-        );
+        )));
     }
     let nodes = node::records(store.list(node::NODES).await?.items.iter());
     let mut per_node = BTreeMap::new();
@@ -239,33 +253,30 @@ pub async fn apply(
         },
         deleting: false,
     };
-    let value = serde_json::to_string(&object)?;
+    let value = serde_json::to_string(&object).expect("a pod object serializes");
     if store.create(&key, &value).await?.is_none() {
-        bail!(
-            "{} was created by someone else meanwhile; apply again",
+        return Err(Error::AlreadyExists(format!(
+            "{} was created by another node meanwhile; apply again",
             pod.describe()
-        );
+        )));
     }
     Ok(("created", placed))
 }
 
 /// Marks the pod for deletion (its node removes it, then the object); whether it existed.
-pub async fn mark_deleted(
-    store: &dyn ClusterStore,
-    namespace: &str,
-    name: &str,
-) -> anyhow::Result<bool> {
+pub async fn mark_deleted(store: &dyn ClusterStore, namespace: &str, name: &str) -> Result<bool> {
     let key = key(namespace, name);
     loop {
         let Some(current) = store.get(&key).await? else {
             return Ok(false);
         };
-        let mut object: PodObject = serde_json::from_str(&current.value)?;
+        let mut object: PodObject =
+            serde_json::from_str(&current.value).map_err(|e| unreadable(&key, e))?;
         if object.deleting {
             return Ok(true);
         }
         object.deleting = true;
-        let value = serde_json::to_string(&object)?;
+        let value = serde_json::to_string(&object).expect("a pod object serializes");
         if store
             .update(&key, &value, current.revision)
             .await?
@@ -284,18 +295,19 @@ pub async fn write_status(
     name: &str,
     uid: &str,
     status: &PodStatus,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let key = key(namespace, name);
     loop {
         let Some(current) = store.get(&key).await? else {
             return Ok(());
         };
-        let mut object: PodObject = serde_json::from_str(&current.value)?;
+        let mut object: PodObject =
+            serde_json::from_str(&current.value).map_err(|e| unreadable(&key, e))?;
         if object.uid != uid || &object.status == status {
             return Ok(());
         }
         object.status = status.clone();
-        let value = serde_json::to_string(&object)?;
+        let value = serde_json::to_string(&object).expect("a pod object serializes");
         if store
             .update(&key, &value, current.revision)
             .await?
