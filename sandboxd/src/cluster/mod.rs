@@ -32,6 +32,27 @@ use std::time::Duration;
 
 use store::{ClusterStore, StoreError, Versioned, WatchEvent};
 
+/// The objects of kind `what` (`"node"`, `"pod"`, …) under `prefix` in a listing, each
+/// with its revision; one that does not parse is reported and skipped (the store holds
+/// something this sandboxd did not write).
+pub fn decode<'a, T: serde::de::DeserializeOwned>(
+    items: impl IntoIterator<Item = &'a Versioned>,
+    prefix: &str,
+    what: &str,
+) -> Vec<(T, i64)> {
+    items
+        .into_iter()
+        .filter(|v| v.key.starts_with(prefix))
+        .filter_map(|v| match serde_json::from_str(&v.value) {
+            Ok(object) => Some((object, v.revision)),
+            Err(e) => {
+                eprintln!("sandboxd: {what} record {} is unreadable: {e}", v.key);
+                None
+            }
+        })
+        .collect()
+}
+
 /// The first and the longest wait between attempts to reach the store again.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);

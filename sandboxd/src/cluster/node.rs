@@ -76,16 +76,9 @@ fn lease_key(subnet: &Ipv4Cidr) -> String {
 
 /// The node records in a listing (unreadable ones reported and skipped).
 pub fn records<'a>(items: impl IntoIterator<Item = &'a Versioned>) -> Vec<NodeRecord> {
-    items
+    super::decode(items, NODES, "node")
         .into_iter()
-        .filter(|v| v.key.starts_with(NODES))
-        .filter_map(|v| match serde_json::from_str(&v.value) {
-            Ok(record) => Some(record),
-            Err(e) => {
-                eprintln!("sandboxd: node record {} is unreadable: {e}", v.key);
-                None
-            }
-        })
+        .map(|(record, _)| record)
         .collect()
 }
 

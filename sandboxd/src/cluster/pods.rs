@@ -97,17 +97,7 @@ fn unreadable(key: &str, e: serde_json::Error) -> Error {
 
 /// The pods of a listing (unreadable ones reported and skipped).
 pub fn objects<'a>(items: impl IntoIterator<Item = &'a Versioned>) -> Vec<(PodObject, i64)> {
-    items
-        .into_iter()
-        .filter(|v| v.key.starts_with(PODS))
-        .filter_map(|v| match serde_json::from_str(&v.value) {
-            Ok(pod) => Some((pod, v.revision)),
-            Err(e) => {
-                eprintln!("sandboxd: pod record {} is unreadable: {e}", v.key);
-                None
-            }
-        })
-        .collect()
+    super::decode(items, PODS, "pod")
 }
 
 /// The pods of the cluster that can be endpoints, as their nodes report them: Running,

@@ -99,11 +99,21 @@ pub fn start(store: Arc<dyn ClusterStore>, proxy: NodeProxy) -> Proxier {
         }
     });
     let repairer = tokio::spawn(async move {
+        // Reported when it starts or changes, not every pass through an etcd outage.
+        let mut last_error = None;
         loop {
             tokio::time::sleep(ORPHAN_GRACE).await;
-            if let Err(e) = services::repair(store.as_ref()).await {
-                eprintln!("sandboxd: give back orphaned service allocations: {e}");
+            let error = services::repair(store.as_ref())
+                .await
+                .err()
+                .map(|e| e.to_string());
+            if error.is_some() && error != last_error {
+                eprintln!(
+                    "sandboxd: give back orphaned service allocations (retried): {}",
+                    error.as_deref().unwrap_or_default()
+                );
             }
+            last_error = error;
         }
     });
     Proxier {

@@ -94,16 +94,9 @@ fn object(key: &str) -> String {
 
 /// The services of a listing (unreadable ones reported and skipped).
 pub fn records<'a>(items: impl IntoIterator<Item = &'a Versioned>) -> Vec<ServiceRecord> {
-    items
+    super::decode(items, SERVICES, "service")
         .into_iter()
-        .filter(|v| v.key.starts_with(SERVICES))
-        .filter_map(|v| match serde_json::from_str(&v.value) {
-            Ok(record) => Some(record),
-            Err(e) => {
-                eprintln!("sandboxd: service record {} is unreadable: {e}", v.key);
-                None
-            }
-        })
+        .map(|(record, _)| record)
         .collect()
 }
 
@@ -322,17 +315,7 @@ async fn allocate(
     taken: &mut Taken,
 ) -> Result<u32> {
     for _ in 0..ATTEMPTS {
-        let listing = store.list(kind.prefix()).await?;
-        let mut holders = BTreeMap::new();
-        for item in &listing.items {
-            let (Some(value), Ok(allocation)) = (
-                kind.parse(&item.key),
-                serde_json::from_str::<Allocation>(&item.value),
-            ) else {
-                continue;
-            };
-            holders.insert(value, (allocation, item.revision));
-        }
+        let holders = allocations(store, kind).await?;
         let planned = plan(kind, owner, requested, &holders);
         let value = match planned {
             Ok(value) => value,
@@ -371,6 +354,24 @@ async fn allocate(
         "{}: allocations kept changing under {field}; apply again",
         object(owner)
     )))
+}
+
+/// The allocations of `kind`: value → holder and the key's revision.
+async fn allocations(
+    store: &dyn ClusterStore,
+    kind: Kind,
+) -> Result<BTreeMap<u32, (Allocation, i64)>> {
+    Ok(store
+        .list(kind.prefix())
+        .await?
+        .items
+        .iter()
+        .filter_map(|item| {
+            let value = kind.parse(&item.key)?;
+            let allocation = serde_json::from_str::<Allocation>(&item.value).ok()?;
+            Some((value, (allocation, item.revision)))
+        })
+        .collect())
 }
 
 /// The value to try for `owner`, given who holds what.
@@ -449,17 +450,12 @@ async fn give_back(store: &dyn ClusterStore, owner: &str, keys: &[String]) {
 pub async fn repair(store: &dyn ClusterStore) -> Result<usize> {
     let mut repaired = 0;
     for kind in [Kind::ClusterIp, Kind::NodePort] {
-        for item in store.list(kind.prefix()).await?.items {
-            let (Some(value), Ok(allocation)) = (
-                kind.parse(&item.key),
-                serde_json::from_str::<Allocation>(&item.value),
-            ) else {
-                continue;
-            };
-            if reclaim_orphan(store, kind, value, &allocation, item.revision).await? {
+        for (value, (allocation, revision)) in allocations(store, kind).await? {
+            if reclaim_orphan(store, kind, value, &allocation, revision).await? {
                 eprintln!(
-                    "sandboxd: gave back {} (held by {}, which does not hold it)",
-                    item.key, allocation.service
+                    "sandboxd: gave back {} (held by service {}, which does not hold it)",
+                    kind.key(value),
+                    allocation.service
                 );
                 repaired += 1;
             }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::service::endpoints::{self, Endpoint, ReadyPod};
 use crate::service::node_port::NodePorts;
-use crate::service::plan::{Cluster, ProgrammedService};
+use crate::service::plan::Cluster;
 use crate::service::proxy::{Proxy, ProxyMode};
 use crate::service::{Protocol, Service};
 
@@ -107,10 +107,6 @@ impl NodeProxy {
     /// The endpoints of `key` as programmed.
     pub fn endpoints(&self, key: &str) -> Vec<Endpoint> {
         self.endpoints.get(key).cloned().unwrap_or_default()
-    }
-
-    pub fn programmed(&self, key: &str) -> Option<&ProgrammedService> {
-        self.proxy.programmed(key)
     }
 
     /// Makes the data plane hold exactly `services` with their endpoints among `pods`:
