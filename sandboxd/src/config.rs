@@ -16,8 +16,10 @@ pub struct Config {
     /// CNI network configs; the first valid one is the pod network.
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
-    /// Run CNI plugins in this netns (a lab node) instead of the daemon's own.
-    pub node_netns: Option<PathBuf>,
+    /// The node: its name (as `get pods -o wide` shows it; by default the machine's
+    /// hostname) and the network namespace its pods, bridge, overlay and service rules live
+    /// in (by default sandboxd's own).
+    pub node: crate::node::Node,
     /// The pause binary; by default the one beside the sandboxd executable.
     pub pause_binary: Option<PathBuf>,
     /// Deadline of each CNI plugin call.
@@ -32,8 +34,6 @@ pub struct Config {
     pub oci_runtime_root: PathBuf,
     /// The per-container monitor; by default the one beside the sandboxd executable.
     pub monitor_binary: Option<PathBuf>,
-    /// The node's name, as `get pods -o wide` shows it; by default the machine's hostname.
-    pub node_name: String,
     /// The service proxy's data plane; None: no service proxy (another one programs
     /// Services on this node).
     pub proxy_mode: Option<crate::service::proxy::ProxyMode>,
@@ -56,14 +56,13 @@ impl Default for Config {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
-            node_netns: None,
+            node: crate::node::Node::new(machine_hostname(), crate::node::NodeNetns::own()),
             pause_binary: None,
             cni_timeout: cni_host::DEFAULT_PLUGIN_TIMEOUT,
             stop_grace: Duration::from_secs(2),
             oci_runtime: None,
             oci_runtime_root: PathBuf::from("/run/sandboxd/runtime"),
             monitor_binary: None,
-            node_name: machine_hostname(),
             proxy_mode: Some(crate::service::proxy::ProxyMode::Nftables),
             cluster_cidr: (std::net::Ipv4Addr::new(10, 244, 0, 0), 16),
         }

@@ -72,13 +72,13 @@ impl RuntimeService for CriService {
         if verbose {
             let config = &self.runtime.config;
             let detail = serde_json::json!({
-                "nodeName": config.node_name,
+                "nodeName": config.node.name,
+                "node": config.node,
                 "ociRuntime": self.runtime.oci_runtime_path(),
                 "cniConfDir": config.cni_conf_dir,
                 "cniBinDirs": config.cni_bin_dirs,
                 "netnsDir": config.netns_dir,
                 "stateDir": config.state_dir,
-                "nodeNetns": config.node_netns,
             });
             info.insert("config".to_string(), detail.to_string());
         }

@@ -54,6 +54,7 @@ pub mod lockfile;
 pub mod netlink;
 pub mod netns;
 pub mod network;
+pub mod node;
 pub mod overlay;
 pub mod pause;
 pub mod process;

@@ -43,7 +43,7 @@ pub struct PodNamespaces {
     pub host_network: bool,
     /// The node's network namespace when it is not the caller's (a lab node): where a
     /// hostNetwork pod's pause goes.
-    pub node_netns: Option<PathBuf>,
+    pub node_netns: crate::node::NodeNetns,
     /// Give the pod a pid namespace of its own with pause as its PID 1, so the pod's
     /// containers see each other and pause reaps their orphans (shareProcessNamespace).
     pub pid_namespace: bool,
@@ -79,9 +79,9 @@ pub fn spawn(binary: &Path, pod: &str, namespaces: &PodNamespaces) -> Result<u32
         .write(true)
         .open("/dev/null")
         .map_err(fail)?;
-    let node_netns = match (&namespaces.node_netns, namespaces.host_network) {
-        (Some(path), true) => Some(std::fs::File::open(path).map_err(fail)?),
-        _ => None,
+    let node_netns = match namespaces.host_network {
+        true => namespaces.node_netns.open().map_err(fail)?,
+        false => None,
     };
     let node_fd = node_netns.as_ref().map_or(-1, |f| f.as_raw_fd());
     let (report_read, report_write) =

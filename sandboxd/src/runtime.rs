@@ -89,12 +89,12 @@ impl Runtime {
                 )
             })?,
         };
-        let exec = match &config.node_netns {
-            Some(netns) => ProcessExec::in_netns(netns),
-            None => ProcessExec::new(),
-        };
-        let cni = CniHost::with_exec(config.cni_bin_dirs.clone(), config.cni_cache_dir(), exec)
-            .plugin_timeout(config.cni_timeout);
+        let cni = CniHost::with_exec(
+            config.cni_bin_dirs.clone(),
+            config.cni_cache_dir(),
+            config.node.netns.plugin_exec(),
+        )
+        .plugin_timeout(config.cni_timeout);
         crate::netns::prepare_dir(&config.netns_dir)?;
         let images = Arc::new(crate::image::ImageStore::open(config.images_dir())?);
         let runtime = Arc::new(Runtime {

@@ -106,8 +106,10 @@ impl TestLab {
 
     /// A command in node `node`'s namespace; its stdout.
     pub fn on_node(&self, node: &str, args: &[&str]) -> String {
-        let net = format!("--net={}", self.lab.node_netns(node).display());
-        crate::run("nsenter", &[&[net.as_str(), "--"][..], args].concat())
+        self.lab
+            .machine(node)
+            .exec(args)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The pinned network namespace of the only pod on `node`.

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use sandboxd::lab::machine::Machine;
+
 /// A name no other test of this run or of a concurrent run uses: `<prefix>-<pid>-<n>`.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -54,12 +56,14 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A network namespace pinned in a temporary dir, removed on drop with everything in it
-/// (interfaces, routes, firewall rules): a test's node or pod. Not under /run/netns, so
-/// tests leave no trace in `ip netns list`; enter it with `nsenter --net=<path>`.
+/// A test's machine (a node, a pod, a client): a [`Machine`] of the lab pinned in a
+/// temporary dir, removed on drop with everything in it (interfaces, routes, firewall
+/// rules), pass or fail. Not under /run/netns, so tests leave no trace in
+/// `ip netns list`; enter it with `nsenter --net=<path>`.
 pub struct Netns {
     pub name: String,
-    dir: tempfile::TempDir,
+    machine: Machine,
+    _dir: tempfile::TempDir,
 }
 
 impl Netns {
@@ -70,32 +74,31 @@ impl Netns {
             .prefix("sbt-netns-")
             .tempdir()
             .expect("temp dir");
-        sandboxd::netns::create(&dir.path().join(&name)).expect("create a netns");
-        let ns = Netns { name, dir };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
+        let machine = Machine::create(dir.path().join(&name)).expect("create a netns");
+        Netns {
+            name,
+            machine,
+            _dir: dir,
+        }
     }
 
     pub fn path(&self) -> PathBuf {
-        self.dir.path().join(&self.name)
+        self.machine.path().to_path_buf()
     }
 
-    /// Runs a command inside the namespace.
+    /// As sandboxd's node network (`--node-netns`).
+    pub fn node_netns(&self) -> sandboxd::node::NodeNetns {
+        self.machine.netns()
+    }
+
+    /// Runs a command inside the namespace; panics with its stderr if it fails.
     pub fn exec(&self, args: &[&str]) -> String {
-        let net = format!("--net={}", self.path().display());
-        let mut all = vec![net.as_str(), "--"];
-        all.extend_from_slice(args);
-        run("nsenter", &all)
+        self.machine.exec(args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Interface names in the namespace, without `lo`.
     pub fn links(&self) -> Vec<String> {
-        self.exec(&["ip", "-o", "link", "show"])
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .filter(|n| n != "lo")
-            .collect()
+        self.machine.links().expect("list the links")
     }
 
     /// A default route out of a veth of its own ("uplink", 192.0.2.1/24, via .254), as a
@@ -134,8 +137,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Err(e) = sandboxd::netns::unpin(&self.path()) {
-            eprintln!("cannot remove test netns {}: {e}", self.name);
+        if let Err(e) = self.machine.clone().remove() {
+            eprintln!("cannot remove test netns {}: {e:#}", self.name);
         }
     }
 }

@@ -46,7 +46,10 @@ impl Daemon {
             netns_dir: dir.path().join("run/netns"),
             cni_conf_dir: dir.path().join("net.d"),
             cni_bin_dirs: vec![dir.path().join("bin"), PathBuf::from(UPSTREAM_BIN_DIR)],
-            node_netns: Some(node.path()),
+            node: sandboxd::node::Node::new(
+                sandboxd::config::machine_hostname(),
+                node.node_netns(),
+            ),
             pause_binary: Some(pause),
             cni_timeout: Duration::from_secs(20),
             stop_grace: Duration::from_secs(2),

@@ -3,12 +3,13 @@
 //! re-syncs and restarts, peers leaving, and switching backends.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sandboxd::cidr::Ipv4Cidr;
+use sandboxd::lab::machine::Machine;
 use sandboxd::lab::underlay;
 use sandboxd::overlay::{Backend, Overlay, Peer};
-use sandboxd_tests::{require_root, run};
+use sandboxd_tests::require_root;
 
 /// Two nodes (.11 with 10.244.1.0/24, .12 with 10.244.2.0/24) on an underlay, each with a
 /// `cni0` bridge holding its subnet's .1 (what the bridge plugin makes); all removed on drop.
@@ -26,10 +27,10 @@ impl TwoNodes {
             .tempdir()
             .unwrap();
         let nodes = TwoNodes { dir };
-        underlay::create(&nodes.underlay()).unwrap();
+        let underlay = underlay::create(&nodes.underlay()).unwrap();
         for n in 1..=2u8 {
             underlay::attach_node(
-                &nodes.underlay(),
+                &underlay,
                 &nodes.node(n),
                 &format!("node{n}"),
                 Ipv4Cidr::new(Ipv4Addr::new(192, 168, 102, 10 + n), 24),
@@ -55,14 +56,19 @@ impl TwoNodes {
         self.dir.path().join(format!("node{n}"))
     }
 
+    fn machine(&self, n: u8) -> Machine {
+        Machine::at(self.node(n))
+    }
+
     fn exec(&self, n: u8, args: &[&str]) -> String {
-        let net = format!("--net={}", self.node(n).display());
-        run("nsenter", &[&[net.as_str(), "--"][..], args].concat())
+        self.machine(n)
+            .exec(args)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     fn overlay(&self, n: u8, backend: Backend) -> Overlay {
         Overlay::open(
-            Some(&self.node(n)),
+            &self.machine(n).netns(),
             backend,
             Ipv4Addr::new(192, 168, 102, 10 + n),
             subnet(n),
@@ -72,9 +78,9 @@ impl TwoNodes {
     }
 
     fn pings(&self, from: u8, to: &str) -> bool {
-        let net = format!("--net={}", self.node(from).display());
-        std::process::Command::new("nsenter")
-            .args([&net, "--", "ping", "-c1", "-W1", to])
+        self.machine(from)
+            .command("ping")
+            .args(["-c1", "-W1", to])
             .output()
             .unwrap()
             .status
@@ -85,7 +91,7 @@ impl TwoNodes {
 impl Drop for TwoNodes {
     fn drop(&mut self) {
         for pin in [self.node(1), self.node(2), self.underlay()] {
-            let _ = sandboxd::netns::unpin(&pin);
+            let _ = Machine::at(pin).remove();
         }
     }
 }
@@ -244,7 +250,7 @@ fn host_gw_routes_via_the_node_and_backends_replace_each_others_objects() {
     one.sync(&[p1, p2]).unwrap();
     assert!(!nodes.exec(1, &["ip", "link"]).contains("flannel.1"));
 
-    sandboxd::overlay::teardown(Some(Path::new(&nodes.node(1))), CLUSTER.parse().unwrap()).unwrap();
+    sandboxd::overlay::teardown(&nodes.machine(1).netns(), CLUSTER.parse().unwrap()).unwrap();
     let routes = nodes.exec(1, &["ip", "route"]);
     assert!(!routes.contains("192.168.102.12"), "{routes}");
 }

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cni_host::{CniHost, NetworkConfigList, ProcessExec, RuntimeConf};
+use cni_host::{CniHost, NetworkConfigList, RuntimeConf};
+use sandboxd::lab::machine::Machine;
 use sandboxd::{netns, pause};
 use sandboxd_examples::{new_id, rss_kib, run};
 use serde_json::json;
@@ -83,8 +84,9 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn node(&self) -> PathBuf {
-        self.dir.path().join("node")
+    /// The node: a lab machine, where the bridge and host-side veths go.
+    fn node(&self) -> Machine {
+        Machine::at(self.dir.path().join("node"))
     }
     fn pod(&self) -> PathBuf {
         self.dir.path().join("pod")
@@ -103,10 +105,11 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        for ns in [self.pod(), self.node()] {
-            if let Err(e) = netns::unpin(&ns) {
-                eprintln!("cni-bench: {e}");
-            }
+        if let Err(e) = netns::unpin(&self.pod()) {
+            eprintln!("cni-bench: {e}");
+        }
+        if let Err(e) = self.node().remove() {
+            eprintln!("cni-bench: {e:#}");
         }
     }
 }
@@ -183,7 +186,7 @@ async fn bench_cni_host(
     let host = CniHost::with_exec(
         std::env::split_paths(&scratch.cni_path()).collect(),
         scratch.dir.path().join("cache-cni-host"),
-        ProcessExec::in_netns(scratch.node()),
+        scratch.node().netns().plugin_exec(),
     );
     // One warm-up cycle creates the bridge and learns the plugins' versions.
     host.add(list, &rt(&scratch.pod(), usize::MAX, scenario))
@@ -217,9 +220,6 @@ fn bench_libcni(
     scenario: Scenario,
 ) -> Result<Series> {
     let mut args = vec![
-        format!("--net={}", scratch.node().display()),
-        "--".into(),
-        harness.display().to_string(),
         conf_dir.display().to_string(),
         scenario.network().into(),
         scratch.pod().display().to_string(),
@@ -234,7 +234,9 @@ fn bench_libcni(
     if let Some(mappings) = scenario.port_mappings() {
         args.push(mappings.to_string());
     }
-    let out = std::process::Command::new("nsenter")
+    let out = scratch
+        .node()
+        .command(&harness.display().to_string())
         .args(&args)
         .env("CNI_PATH", scratch.cni_path())
         .output()
@@ -320,7 +322,7 @@ async fn main() -> Result<()> {
     let scratch = Scratch {
         dir: tempfile::Builder::new().prefix("cni-bench-").tempdir()?,
     };
-    netns::create(&scratch.node())?;
+    Machine::create(scratch.node().path())?;
     netns::create(&scratch.pod())?;
     let conf_dir = scratch.dir.path().join("net.d");
     std::fs::create_dir_all(&conf_dir)?;

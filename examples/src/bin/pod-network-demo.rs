@@ -17,7 +17,7 @@ use cni_host::{CniHost, NetworkConfigList, ProcessExec, RuntimeConf};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sandboxd::{netns, network, pause};
-use sandboxd_examples::{new_id, run, NodeNetns};
+use sandboxd_examples::{create_node, new_id, node, remove_node, run};
 
 const NODE: &str = "demo";
 const STATE_DIR: &str = "/run/sandboxd/demo";
@@ -46,7 +46,7 @@ fn cni_host() -> CniHost<ProcessExec> {
     CniHost::with_exec(
         bin_dirs,
         Path::new(STATE_DIR).join("cni-cache"),
-        ProcessExec::in_netns(NodeNetns::path_of(NODE)),
+        node(NODE).netns().plugin_exec(),
     )
 }
 
@@ -102,7 +102,7 @@ async fn tear_down(created: &Created, reap: bool) -> Result<()> {
         }
     }
     if created.node {
-        if let Err(e) = NodeNetns::remove(NODE) {
+        if let Err(e) = remove_node(NODE) {
             failures.push(e.to_string());
         }
     }
@@ -119,7 +119,7 @@ async fn bring_up(created: &mut Created) -> Result<cni_host::CniResult> {
     let list = default_network()?;
 
     let started = Instant::now();
-    NodeNetns::create(NODE)?;
+    create_node(NODE)?;
     created.node = true;
 
     let pid = pause::spawn(
@@ -184,7 +184,7 @@ async fn main() -> Result<()> {
     };
 
     let pin = created.netns_pin.clone().expect("pinned");
-    let node_net = format!("--net={}", NodeNetns::path_of(NODE).display());
+    let node_net = format!("--net={}", node(NODE).path().display());
     let pid = created.pause_pid.unwrap_or_default().to_string();
     let ip = result
         .ips
@@ -233,7 +233,7 @@ async fn main() -> Result<()> {
         println!(
             "\nkept: pod netns {}, pause pid {pid}, node netns {}",
             pin.display(),
-            NodeNetns::path_of(NODE).display()
+            node(NODE).path().display()
         );
         println!("remove with: pod-network-demo --cleanup");
         return Ok(());

@@ -26,6 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use sandboxd::lab::machine::Machine;
 use sandboxd::netlink::nftables::NftSocket;
 use sandboxd::service::plan::{self, Cluster, ProgrammedPort, ProgrammedService};
 use sandboxd::service::{iptables, nftables, Protocol};
@@ -151,11 +152,9 @@ impl Namespaces {
             server: PathBuf::from(format!("/run/netns/svcb-{pid}-{tag}-srv")),
         };
         // Held from here, so a failure below still removes what was made.
-        sandboxd::netns::create(&ns.node)?;
-        sandboxd::netns::create(&ns.server)?;
+        Machine::create(&ns.node)?;
+        Machine::create(&ns.server)?;
         let server_name = ns.server.file_name().unwrap().to_str().unwrap().to_string();
-        ip(&ns.node, &["link", "set", "lo", "up"])?;
-        ip(&ns.server, &["link", "set", "lo", "up"])?;
         ip(
             &ns.node,
             &[
@@ -205,8 +204,8 @@ impl Namespaces {
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        let _ = sandboxd::netns::unpin(&self.node);
-        let _ = sandboxd::netns::unpin(&self.server);
+        let _ = Machine::at(&self.node).remove();
+        let _ = Machine::at(&self.server).remove();
     }
 }
 

@@ -10,6 +10,7 @@ use clap::Parser;
 use sandboxd::cidr::Ipv4Cidr;
 use sandboxd::cluster::join::{self, JoinSpec};
 use sandboxd::config::Config;
+use sandboxd::node::{Node, NodeNetns};
 use sandboxd::runtime::Runtime;
 use sandboxd::service::proxy::ProxyMode;
 
@@ -103,26 +104,31 @@ enum ProxyModeArg {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let netns = match &args.node_netns {
+        Some(path) => NodeNetns::pinned(path),
+        None => NodeNetns::own(),
+    };
     if args.cleanup {
-        sandboxd::service::proxy::cleanup(args.node_netns.as_deref())?;
+        sandboxd::service::proxy::cleanup(&netns)?;
         eprintln!("sandboxd: removed the service proxy's rules");
         return Ok(());
     }
-    let config = Config {
+    let mut config = Config {
         socket: args.socket,
         state_dir: args.state_dir,
         netns_dir: args.netns_dir,
         cni_conf_dir: args.cni_conf_dir,
         cni_bin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
-        node_netns: args.node_netns,
+        node: Node::new(
+            args.node_name
+                .unwrap_or_else(sandboxd::config::machine_hostname),
+            netns,
+        ),
         pause_binary: args.pause,
         cni_timeout: Duration::from_secs_f64(args.cni_timeout),
         oci_runtime: args.runtime,
         oci_runtime_root: args.runtime_root,
         monitor_binary: args.monitor,
-        node_name: args
-            .node_name
-            .unwrap_or_else(sandboxd::config::machine_hostname),
         proxy_mode: match args.proxy_mode {
             ProxyModeArg::Nftables => Some(ProxyMode::Nftables),
             ProxyModeArg::Iptables => Some(ProxyMode::Iptables),
@@ -132,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
         ..Config::default()
     };
     let joining = args.node_ip.map(|ip| JoinSpec {
-        name: config.node_name.clone(),
+        name: config.node.name.clone(),
         ip,
         backend: args.backend,
         cluster_cidr: args.cluster_cidr,
@@ -157,16 +163,18 @@ async fn main() -> anyhow::Result<()> {
             let store =
                 sandboxd::cluster::store::open(args.store.as_deref(), &config.state_dir).await?;
             let membership = join::join(&config, store, spec).await?;
-            let node = &membership.node;
-            eprintln!(
-                "sandboxd: node {} joined {} at {} ({}), pod subnet {}, {} backend",
-                node.name,
-                membership.store.describe(),
-                node.ip,
-                node.underlay,
-                node.subnet,
-                args.backend.name()
-            );
+            if let Some(at) = &membership.node.addresses {
+                eprintln!(
+                    "sandboxd: node {} joined {} at {} ({}), pod subnet {}, {} backend",
+                    membership.node.name,
+                    membership.store.describe(),
+                    at.ip,
+                    at.underlay,
+                    at.subnet,
+                    args.backend.name()
+                );
+            }
+            config.node = membership.node.clone();
             Some(membership)
         }
         None => None,

@@ -13,6 +13,7 @@ use super::node::{self, NodeRecord};
 use super::store::ClusterStore;
 use crate::cidr::Ipv4Cidr;
 use crate::config::Config;
+use crate::node::{Node, NodeAddresses, NodeNetns};
 use crate::overlay::{Backend, Overlay};
 
 /// What a node is told when it starts.
@@ -26,21 +27,7 @@ pub struct JoinSpec {
     pub schedulable: bool,
 }
 
-/// This node, once joined: who it is and where its network lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    pub name: String,
-    /// The node's network namespace, when it is not sandboxd's own (a test's node).
-    pub netns: Option<PathBuf>,
-    /// Its address on the underlay.
-    pub ip: Ipv4Addr,
-    /// Its pods' /24.
-    pub subnet: Ipv4Cidr,
-    /// The device holding `ip` (`eth1` in the lab and on the seeds' VMs).
-    pub underlay: String,
-}
-
-/// A joined node: the store, and the tasks that keep the node in step with it (stopped
+/// A joined node (its [`Node::addresses`] set): the store, and the tasks that keep the node in step with it (stopped
 /// when this is dropped; the kernel objects stay, as a daemon restart must not cut pods
 /// off).
 pub struct Membership {
@@ -70,7 +57,7 @@ pub async fn join(
     let subnet = node::lease_subnet(store.as_ref(), spec.cluster_cidr, &name)
         .await
         .with_context(|| format!("lease a pod subnet for node {name}"))?;
-    let netns = config.node_netns.clone();
+    let netns = config.node.netns.clone();
     let network_file = config
         .cni_conf_dir
         .join(crate::network::DEFAULT_CONFLIST_FILE);
@@ -98,7 +85,7 @@ struct Undo {
     store: Arc<dyn ClusterStore>,
     name: String,
     lease_taken: bool,
-    netns: Option<PathBuf>,
+    netns: NodeNetns,
     vtep_made: bool,
     cluster_cidr: Ipv4Cidr,
     network_file: Option<PathBuf>,
@@ -111,10 +98,8 @@ impl Undo {
         }
         if self.vtep_made {
             let (netns, cidr) = (self.netns.clone(), self.cluster_cidr);
-            let removed = tokio::task::spawn_blocking(move || {
-                crate::overlay::teardown(netns.as_deref(), cidr)
-            })
-            .await;
+            let removed =
+                tokio::task::spawn_blocking(move || crate::overlay::teardown(&netns, cidr)).await;
             if let Ok(Err(e)) = removed {
                 eprintln!("sandboxd: node {}: undo the overlay: {e:#}", self.name);
             }
@@ -127,9 +112,9 @@ impl Undo {
     }
 }
 
-async fn vtep_exists(netns: Option<PathBuf>) -> anyhow::Result<bool> {
+async fn vtep_exists(netns: NodeNetns) -> anyhow::Result<bool> {
     tokio::task::spawn_blocking(move || {
-        let mut socket = crate::netlink::RouteSocket::open_in(netns.as_deref())?;
+        let mut socket = netns.route_socket()?;
         Ok(socket.link(crate::overlay::vxlan::DEVICE)?.is_some())
     })
     .await?
@@ -141,20 +126,14 @@ async fn build(
     store: &Arc<dyn ClusterStore>,
     spec: &JoinSpec,
     subnet: Ipv4Cidr,
-    netns: Option<PathBuf>,
+    netns: NodeNetns,
 ) -> anyhow::Result<Membership> {
     let name = spec.name.clone();
     let overlay = {
         let netns = netns.clone();
         let spec = spec.clone();
         tokio::task::spawn_blocking(move || {
-            Overlay::open(
-                netns.as_deref(),
-                spec.backend,
-                spec.ip,
-                subnet,
-                spec.cluster_cidr,
-            )
+            Overlay::open(&netns, spec.backend, spec.ip, subnet, spec.cluster_cidr)
         })
         .await??
     };
@@ -179,9 +158,11 @@ async fn build(
     let node = Node {
         name: name.clone(),
         netns,
-        ip: spec.ip,
-        subnet,
-        underlay: overlay.underlay_name().to_string(),
+        addresses: Some(NodeAddresses {
+            ip: spec.ip,
+            subnet,
+            underlay: overlay.underlay_name().to_string(),
+        }),
     };
     let follower = follow_peers(store.clone(), name, overlay);
     let heartbeat = node::heartbeat(store.clone(), record);

@@ -24,6 +24,7 @@ pub mod placed;
 pub mod pods;
 pub mod proxier;
 pub mod services;
+pub mod setup;
 pub mod store;
 
 use std::collections::BTreeMap;

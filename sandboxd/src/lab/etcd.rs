@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::cluster::setup::EtcdSetup;
 use crate::process::ProcessHandle;
 
-pub const CLIENT_PORT: u16 = 2379;
-const PEER_PORT: u16 = 2380;
+pub use crate::cluster::setup::ETCD_CLIENT_PORT as CLIENT_PORT;
 
 /// Starts etcd in the namespace `netns` for clients on `ip` and 127.0.0.1, its data in
 /// `data_dir`, its output in `log`; returns once it accepts connections.
@@ -27,27 +27,13 @@ pub fn start(
         bail!("etcd is not installed (Debian: apt-get install etcd-server; scripts/install-deps.sh does)");
     };
     std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
-    let peer = format!("http://127.0.0.1:{PEER_PORT}");
+    let setup = EtcdSetup {
+        name: name.to_string(),
+        ip,
+        data_dir: data_dir.to_path_buf(),
+    };
     let mut command = Command::new(etcd);
-    command
-        .arg("--name")
-        .arg(name)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--listen-client-urls")
-        .arg(format!(
-            "http://{ip}:{CLIENT_PORT},http://127.0.0.1:{CLIENT_PORT}"
-        ))
-        .arg("--advertise-client-urls")
-        .arg(format!("http://{ip}:{CLIENT_PORT}"))
-        .arg("--listen-peer-urls")
-        .arg(&peer)
-        .arg("--initial-advertise-peer-urls")
-        .arg(&peer)
-        .arg("--initial-cluster")
-        .arg(format!("{name}={peer}"))
-        .arg("--logger=zap")
-        .arg("--log-outputs=stderr");
+    command.args(setup.args());
     let handle = super::spawn::detached(command, netns, log)?;
     if let Err(e) = wait_listening(
         netns,

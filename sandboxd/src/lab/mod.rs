@@ -13,6 +13,7 @@
 //! in the lab's namespaces, and unmounts whatever is mounted under the root.
 
 pub mod etcd;
+pub mod machine;
 pub mod spawn;
 pub mod underlay;
 
@@ -28,8 +29,10 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::cidr::Ipv4Cidr;
+use crate::cluster::setup;
 use crate::overlay::Backend;
 use crate::process::ProcessHandle;
+use machine::Machine;
 
 pub const DEFAULT_ROOT: &str = "/run/sandboxd/lab";
 /// Where `ip netns` looks for names.
@@ -124,8 +127,13 @@ impl Lab {
         self.node_dir(name).join("node.netns")
     }
 
+    /// The node's machine: its namespace, to run commands on or open sockets in.
+    pub fn machine(&self, name: &str) -> Machine {
+        Machine::at(self.node_netns(name))
+    }
+
     pub fn socket(&self, name: &str) -> PathBuf {
-        self.node_dir(name).join("sandboxd.sock")
+        setup::DaemonPaths::under(&self.node_dir(name)).socket
     }
 
     /// The CRI endpoint of a node's sandboxd.
@@ -135,11 +143,7 @@ impl Lab {
 
     /// The store URL every node is given: etcd on the control plane's underlay address.
     pub fn store_url(&self) -> String {
-        format!(
-            "etcd://{}:{}",
-            underlay::node_address(UNDERLAY, 0),
-            etcd::CLIENT_PORT
-        )
+        setup::store_url(underlay::node_address(UNDERLAY, 0))
     }
 
     /// What is up, if anything.
@@ -201,7 +205,7 @@ impl Lab {
             named: self.is_default(),
         };
         self.save(&state)?;
-        underlay::create(&self.underlay_netns()).context("create the underlay")?;
+        let underlay = underlay::create(&self.underlay_netns()).context("create the underlay")?;
         progress(&format!(
             "underlay {UNDERLAY} (bridge {} in its own namespace)",
             underlay::BRIDGE
@@ -211,7 +215,7 @@ impl Lab {
             let ip = underlay::node_address(UNDERLAY, index);
             std::fs::create_dir_all(self.node_dir(&name))?;
             underlay::attach_node(
-                &self.underlay_netns(),
+                &underlay,
                 &self.node_netns(&name),
                 &name,
                 Ipv4Cidr::new(ip, UNDERLAY.prefix),
@@ -301,36 +305,21 @@ impl Lab {
             anyhow::anyhow!("sandboxd not found (looked at {})", searched.join(", "))
         })?;
         let dir = self.node_dir(&node.name);
-        let _ = std::fs::remove_file(self.socket(&node.name));
+        let paths = setup::DaemonPaths::under(&dir);
+        let _ = std::fs::remove_file(&paths.socket);
         let mut command = Command::new(sandboxd);
-        command
-            .arg("--socket")
-            .arg(self.socket(&node.name))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--netns-dir")
-            .arg(dir.join("pods"))
-            .arg("--cni-conf-dir")
-            .arg(dir.join("net.d"))
-            .arg("--runtime-root")
-            .arg(dir.join("runtime"))
-            .arg("--node-name")
-            .arg(&node.name);
         if join {
-            command
-                .arg("--node-ip")
-                .arg(node.ip.to_string())
-                .arg("--store")
-                .arg(self.store_url())
-                .arg("--backend")
-                .arg(backend.name())
-                .arg("--cluster-cidr")
-                .arg(CLUSTER_CIDR.to_string());
-            if node.name == CONTROL_PLANE {
-                command.arg("--control-plane");
-            }
+            let node_setup = setup::NodeSetup {
+                name: node.name.clone(),
+                ip: node.ip,
+                store: self.store_url(),
+                backend,
+                cluster_cidr: CLUSTER_CIDR,
+                control_plane: node.name == CONTROL_PLANE,
+            };
+            command.args(node_setup.sandboxd_args(&paths));
         } else {
-            command.args(["--default-network", "0", "--proxy-mode", "none"]);
+            command.args(setup::standalone_args(&node.name, &paths));
         }
         let log = dir.join("sandboxd.log");
         let daemon = spawn::detached(command, &self.node_netns(&node.name), &log)
@@ -354,10 +343,7 @@ impl Lab {
 
     /// Waits until the node wrote its pod network: it holds its subnet lease.
     fn wait_for_lease(&self, node: &LabNode, daemon: &ProcessHandle) -> anyhow::Result<()> {
-        let network = self
-            .node_dir(&node.name)
-            .join("net.d")
-            .join(crate::network::DEFAULT_CONFLIST_FILE);
+        let network = setup::DaemonPaths::under(&self.node_dir(&node.name)).pod_network();
         let deadline = Instant::now() + READY_TIMEOUT;
         while !network.exists() {
             let log = self.node_dir(&node.name).join("sandboxd.log");
@@ -388,12 +374,7 @@ impl Lab {
                     let log = self.node_dir(&node.name).join("sandboxd.log");
                     bail!("sandboxd on {} exited: {}", node.name, last_lines(&log, 5));
                 }
-                let routes = crate::netns::run_in(Some(&self.node_netns(&node.name)), || {
-                    let mut socket = crate::netlink::RouteSocket::open_in(None)?;
-                    socket
-                        .routes()
-                        .map_err(|e| std::io::Error::other(e.to_string()))
-                })?;
+                let routes = self.machine(&node.name).netns().route_socket()?.routes()?;
                 let overlay_routes = routes
                     .iter()
                     .filter(|r| {
@@ -465,7 +446,7 @@ impl Lab {
         })
         .context("delete the node from the cluster store")?;
         kill_in_namespaces(&[self.node_netns(name)]);
-        let mut underlay = crate::netlink::RouteSocket::open_in(Some(&self.underlay_netns()))?;
+        let mut underlay = Machine::at(self.underlay_netns()).netns().route_socket()?;
         if let Some(cable) = underlay.link(name)? {
             underlay.delete_link(cable.index)?;
         }

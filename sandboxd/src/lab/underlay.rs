@@ -8,21 +8,19 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use super::machine::Machine;
 use crate::cidr::Ipv4Cidr;
 use crate::netlink::address::Address;
-use crate::netlink::RouteSocket;
 
 /// The bridge in the underlay namespace.
 pub const BRIDGE: &str = "underlay";
 /// Each node's interface on the underlay, as on the seeds' VMs.
 pub const NODE_DEVICE: &str = "eth1";
-/// The loopback's index in every namespace.
-const LOOPBACK: u32 = 1;
 
 /// Makes the underlay namespace at `pin` with its bridge up.
-pub fn create(pin: &Path) -> anyhow::Result<()> {
-    crate::netns::create(pin)?;
-    let mut socket = RouteSocket::open_in(Some(pin))?;
+pub fn create(pin: &Path) -> anyhow::Result<Machine> {
+    let underlay = Machine::create(pin)?;
+    let mut socket = underlay.netns().route_socket()?;
     socket
         .add_bridge(BRIDGE)
         .context("create the underlay bridge")?;
@@ -30,22 +28,21 @@ pub fn create(pin: &Path) -> anyhow::Result<()> {
         .link(BRIDGE)?
         .context("the underlay bridge vanished")?;
     socket.set_up(bridge.index).context("set the bridge up")?;
-    Ok(())
+    Ok(underlay)
 }
 
-/// Makes the node namespace at `node_pin` and cables it: `eth1` in the node with
-/// `address`, its peer (named after the node) a port of the underlay bridge; both up,
-/// and the node's loopback up.
+/// Makes the node's machine at `node_pin` and cables it: `eth1` in the node with
+/// `address`, its peer (named after the node) a port of the underlay bridge; both up.
 pub fn attach_node(
-    underlay_pin: &Path,
+    underlay: &Machine,
     node_pin: &Path,
     node: &str,
     address: Ipv4Cidr,
-) -> anyhow::Result<()> {
-    crate::netns::create(node_pin)?;
+) -> anyhow::Result<Machine> {
+    let machine = Machine::create(node_pin)?;
     let node_ns =
         std::fs::File::open(node_pin).with_context(|| format!("open {}", node_pin.display()))?;
-    let mut underlay = RouteSocket::open_in(Some(underlay_pin))?;
+    let mut underlay = underlay.netns().route_socket()?;
     underlay
         .add_veth(node, NODE_DEVICE, Some(node_ns.as_fd()))
         .with_context(|| format!("cable node {node} to the underlay"))?;
@@ -58,7 +55,7 @@ pub fn attach_node(
     underlay.set_master(port.index, bridge.index)?;
     underlay.set_up(port.index)?;
 
-    let mut inside = RouteSocket::open_in(Some(node_pin))?;
+    let mut inside = machine.netns().route_socket()?;
     let eth1 = inside
         .link(NODE_DEVICE)?
         .with_context(|| format!("{NODE_DEVICE} did not arrive in node {node}"))?;
@@ -70,8 +67,7 @@ pub fn attach_node(
         })
         .with_context(|| format!("give {node}'s {NODE_DEVICE} {address}"))?;
     inside.set_up(eth1.index)?;
-    inside.set_up(LOOPBACK).context("set lo up")?;
-    Ok(())
+    Ok(machine)
 }
 
 /// The address node `index` gets: .10 for the control plane, .11, .12, … for workers.

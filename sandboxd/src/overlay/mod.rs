@@ -12,7 +12,6 @@ pub mod host_gw;
 pub mod vxlan;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -21,6 +20,7 @@ use crate::cidr::Ipv4Cidr;
 use crate::netlink::link::Link;
 use crate::netlink::route::Route;
 use crate::netlink::RouteSocket;
+use crate::node::NodeNetns;
 
 /// How packets for another node's pods get there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -83,13 +83,13 @@ impl Overlay {
     /// `node_ip`), makes `flannel.1` under VXLAN (or removes it under host-gw), and turns
     /// on forwarding. Peers are added by [`Overlay::sync`].
     pub fn open(
-        netns: Option<&Path>,
+        netns: &NodeNetns,
         backend: Backend,
         node_ip: Ipv4Addr,
         subnet: Ipv4Cidr,
         cluster_cidr: Ipv4Cidr,
     ) -> anyhow::Result<Overlay> {
-        let mut socket = RouteSocket::open_in(netns).context("open a netlink socket")?;
+        let mut socket = netns.route_socket().context("open a netlink socket")?;
         let underlay = underlay_of(&mut socket, node_ip)?;
         enable_forwarding(netns)?;
         let vtep = match backend {
@@ -170,8 +170,8 @@ impl Overlay {
 
 /// Removes what the overlay made in a namespace: `flannel.1` (its neighbours, FDB entries
 /// and routes go with it) and host-gw's routes into `cluster_cidr`.
-pub fn teardown(netns: Option<&Path>, cluster_cidr: Ipv4Cidr) -> anyhow::Result<()> {
-    let mut socket = RouteSocket::open_in(netns).context("open a netlink socket")?;
+pub fn teardown(netns: &NodeNetns, cluster_cidr: Ipv4Cidr) -> anyhow::Result<()> {
+    let mut socket = netns.route_socket().context("open a netlink socket")?;
     vxlan::remove_device(&mut socket)?;
     for route in socket.routes().context("list the routes")? {
         let dst = Ipv4Cidr::new(route.destination, route.prefix);
@@ -202,13 +202,14 @@ fn underlay_of(socket: &mut RouteSocket, ip: Ipv4Addr) -> anyhow::Result<Link> {
 }
 
 /// Pods' packets to other nodes are routed by the node: forwarding on, in its namespace.
-fn enable_forwarding(netns: Option<&Path>) -> anyhow::Result<()> {
-    crate::netns::run_in(netns, || {
-        const SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
-        if std::fs::read_to_string(SYSCTL)?.trim() != "1" {
-            std::fs::write(SYSCTL, "1")?;
-        }
-        Ok(())
-    })
-    .context("enable IPv4 forwarding (net.ipv4.ip_forward)")
+fn enable_forwarding(netns: &NodeNetns) -> anyhow::Result<()> {
+    netns
+        .run(|| {
+            const SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
+            if std::fs::read_to_string(SYSCTL)?.trim() != "1" {
+                std::fs::write(SYSCTL, "1")?;
+            }
+            Ok(())
+        })
+        .context("enable IPv4 forwarding (net.ipv4.ip_forward)")
 }

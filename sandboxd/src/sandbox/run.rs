@@ -338,7 +338,7 @@ impl Runtime {
         let namespaces = crate::pause::PodNamespaces {
             hostname: Some(record.hostname.clone()),
             host_network: record.host_network,
-            node_netns: self.config.node_netns.clone(),
+            node_netns: self.config.node.netns.clone(),
             pid_namespace: record.pid_namespace,
             sandbox_id: id.to_string(),
         };

@@ -7,20 +7,20 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
 
+use crate::node::NodeNetns;
 use crate::service::Protocol;
 
 pub struct NodePorts {
-    netns: Option<PathBuf>,
+    netns: NodeNetns,
     /// The sockets, kept only to be open: dropping one closes it.
     held: BTreeMap<(Protocol, u16), OwnedFd>,
 }
 
 impl NodePorts {
-    pub fn new(netns: Option<&Path>) -> NodePorts {
+    pub fn new(netns: &NodeNetns) -> NodePorts {
         NodePorts {
-            netns: netns.map(Path::to_path_buf),
+            netns: netns.clone(),
             held: BTreeMap::new(),
         }
     }
@@ -37,7 +37,7 @@ impl NodePorts {
                 Protocol::Udp => UdpSocket::bind(address)?.into(),
             })
         };
-        let held = crate::netns::run_in(self.netns.as_deref(), open);
+        let held = self.netns.run(open);
         let held = held.map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 anyhow::anyhow!(

@@ -8,8 +8,8 @@
 //! change).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
+use crate::node::NodeNetns;
 use crate::service::endpoints::{self, Endpoint, ReadyPod};
 use crate::service::node_port::NodePorts;
 use crate::service::plan::Cluster;
@@ -35,7 +35,7 @@ pub fn node_ports(service: &Service) -> impl Iterator<Item = (Protocol, u16)> + 
 }
 
 impl NodeProxy {
-    pub fn open(mode: ProxyMode, netns: Option<&Path>, cluster: Cluster) -> anyhow::Result<Self> {
+    pub fn open(mode: ProxyMode, netns: &NodeNetns, cluster: Cluster) -> anyhow::Result<Self> {
         Ok(NodeProxy {
             proxy: Proxy::open(mode, netns, cluster)?,
             node_ports: NodePorts::new(netns),

@@ -10,12 +10,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
 use crate::netlink::nftables::NftSocket;
+use crate::node::NodeNetns;
 use crate::service::iptables;
 use crate::service::plan::{self, Cluster, ProgrammedService};
 
@@ -35,7 +35,7 @@ enum Backend {
 
 pub struct Proxy {
     backend: Backend,
-    netns: Option<PathBuf>,
+    netns: NodeNetns,
     cluster: Cluster,
     /// What the kernel holds, by service key.
     programmed: BTreeMap<String, ProgrammedService>,
@@ -45,20 +45,22 @@ impl Proxy {
     /// Opens the data plane of `mode` after removing what the other mode left (a node
     /// switched between modes would otherwise translate with both, as kube-proxy also
     /// cleans up the mode it does not run).
-    pub fn open(mode: ProxyMode, netns: Option<&Path>, cluster: Cluster) -> anyhow::Result<Proxy> {
+    pub fn open(mode: ProxyMode, netns: &NodeNetns, cluster: Cluster) -> anyhow::Result<Proxy> {
         // The other mode's leftovers are removed if they can be; a machine without that
         // mode's tools or kernel parts has none, and must still start.
         let backend = match mode {
             ProxyMode::Nftables => {
-                let socket =
-                    NftSocket::open_in(netns).context("open a netlink socket to nf_tables")?;
+                let socket = netns
+                    .nft_socket()
+                    .context("open a netlink socket to nf_tables")?;
                 if let Err(e) = remove_iptables_rules(netns) {
                     eprintln!("sandboxd: could not remove the iptables mode's rules: {e:#}");
                 }
                 Backend::Nftables(socket)
             }
             ProxyMode::Iptables => {
-                let removed = NftSocket::open_in(netns)
+                let removed = netns
+                    .nft_socket()
                     .map_err(anyhow::Error::from)
                     .and_then(|mut socket| socket.apply(&plan::cleanup()));
                 if let Err(e) = removed {
@@ -69,7 +71,7 @@ impl Proxy {
         };
         Ok(Proxy {
             backend,
-            netns: netns.map(Path::to_path_buf),
+            netns: netns.clone(),
             cluster,
             programmed: BTreeMap::new(),
         })
@@ -84,7 +86,7 @@ impl Proxy {
         let all: Vec<ProgrammedService> = services.values().cloned().collect();
         match &mut self.backend {
             Backend::Nftables(socket) => socket.apply(&plan::full_sync(&self.cluster, &all))?,
-            Backend::Iptables => iptables_sync(self.netns.as_deref(), &self.cluster, &all)?,
+            Backend::Iptables => iptables_sync(&self.netns, &self.cluster, &all)?,
         }
         self.programmed = services;
         Ok(())
@@ -112,7 +114,7 @@ impl Proxy {
                     None => all.remove(key),
                 };
                 let all: Vec<ProgrammedService> = all.into_values().cloned().collect();
-                iptables_sync(self.netns.as_deref(), &self.cluster, &all)?;
+                iptables_sync(&self.netns, &self.cluster, &all)?;
             }
         }
         match new {
@@ -129,8 +131,9 @@ impl Proxy {
 
 /// Removes everything either mode programmed in `netns` (`sandboxd --cleanup`): the table
 /// `ip sandboxd` and the SBX-* chains with the jumps to them.
-pub fn cleanup(netns: Option<&Path>) -> anyhow::Result<()> {
-    NftSocket::open_in(netns)
+pub fn cleanup(netns: &NodeNetns) -> anyhow::Result<()> {
+    netns
+        .nft_socket()
         .context("open a netlink socket to nf_tables")?
         .apply(&plan::cleanup())
         .context("delete the table ip sandboxd")?;
@@ -139,7 +142,7 @@ pub fn cleanup(netns: Option<&Path>) -> anyhow::Result<()> {
 
 /// Removes the SBX-* chains and the jumps to them, if iptables is installed and any are
 /// there.
-fn remove_iptables_rules(netns: Option<&Path>) -> anyhow::Result<()> {
+fn remove_iptables_rules(netns: &NodeNetns) -> anyhow::Result<()> {
     if let Some(saved) = iptables_save(netns)? {
         let text = iptables::cleanup(&saved);
         if !text.is_empty() {
@@ -149,22 +152,13 @@ fn remove_iptables_rules(netns: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn command(netns: Option<&Path>, args: &[&str]) -> Command {
-    match netns {
-        Some(netns) => {
-            let mut command = Command::new("nsenter");
-            command.arg(format!("--net={}", netns.display())).args(args);
-            command
-        }
-        None => {
-            let mut command = Command::new(args[0]);
-            command.args(&args[1..]);
-            command
-        }
-    }
+fn command(netns: &NodeNetns, args: &[&str]) -> Command {
+    let mut command = netns.command(args[0]);
+    command.args(&args[1..]);
+    command
 }
 
-fn run_with_input(netns: Option<&Path>, args: &[&str], input: &str) -> anyhow::Result<()> {
+fn run_with_input(netns: &NodeNetns, args: &[&str], input: &str) -> anyhow::Result<()> {
     let mut child = command(netns, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -189,7 +183,7 @@ fn run_with_input(netns: Option<&Path>, args: &[&str], input: &str) -> anyhow::R
 
 /// The nat and filter tables as iptables-save prints them; None when iptables is not
 /// installed (nothing of ours can be there then).
-fn iptables_save(netns: Option<&Path>) -> anyhow::Result<Option<String>> {
+fn iptables_save(netns: &NodeNetns) -> anyhow::Result<Option<String>> {
     let mut saved = String::new();
     for table in ["nat", "filter"] {
         let output = match command(netns, &["iptables-save", "-t", table]).output() {
@@ -209,7 +203,7 @@ fn iptables_save(netns: Option<&Path>) -> anyhow::Result<Option<String>> {
 }
 
 fn iptables_sync(
-    netns: Option<&Path>,
+    netns: &NodeNetns,
     cluster: &Cluster,
     services: &[ProgrammedService],
 ) -> anyhow::Result<()> {

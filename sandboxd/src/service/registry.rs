@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::node::NodeNetns;
 use crate::service::allocate::{AllocationError, Allocator};
 use crate::service::endpoints::{Endpoint, ReadyPod};
 use crate::service::node_proxy::{node_ports, NodeProxy};
@@ -70,7 +71,7 @@ impl Registry {
     pub fn start(
         services_dir: &Path,
         mode: ProxyMode,
-        netns: Option<&Path>,
+        netns: &NodeNetns,
         cluster: Cluster,
         pods: &[ReadyPod],
     ) -> anyhow::Result<Registry> {

@@ -56,11 +56,11 @@ impl Runtime {
         let proxier = match self.config.proxy_mode {
             None => None,
             Some(mode) => {
-                let netns = self.config.node_netns.clone();
+                let netns = self.config.node.netns.clone();
                 let cluster = Cluster::new(self.config.cluster_cidr);
                 let proxy = tokio::task::spawn_blocking(move || {
-                    ensure_bridge_netfilter(netns.as_deref());
-                    NodeProxy::open(mode, netns.as_deref(), cluster)
+                    ensure_bridge_netfilter(&netns);
+                    NodeProxy::open(mode, &netns, cluster)
                 })
                 .await??;
                 Some(proxier::start(store.clone(), proxy))
@@ -81,14 +81,14 @@ impl Runtime {
             let _ = self.services.set(None);
             return Ok(());
         };
-        ensure_bridge_netfilter(self.config.node_netns.as_deref());
+        ensure_bridge_netfilter(&self.config.node.netns);
         let pods = self.ready_pods().await;
         let runtime = self.clone();
         let registry = tokio::task::spawn_blocking(move || {
             Registry::start(
                 &runtime.config.services_dir(),
                 mode,
-                runtime.config.node_netns.as_deref(),
+                &runtime.config.node.netns,
                 Cluster::new(runtime.config.cluster_cidr),
                 &pods,
             )
@@ -291,7 +291,7 @@ impl Runtime {
 /// routed; its reply is un-NATed only if bridged traffic passes netfilter, as kube-proxy
 /// requires. Set in the node's namespace (the setting is per namespace); a kernel without
 /// br_netfilter gets it loaded first.
-fn ensure_bridge_netfilter(netns: Option<&std::path::Path>) {
+fn ensure_bridge_netfilter(netns: &crate::node::NodeNetns) {
     const SYSCTL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
     if !std::path::Path::new(SYSCTL).exists() {
         let _ = std::process::Command::new("modprobe")
@@ -304,7 +304,7 @@ fn ensure_bridge_netfilter(netns: Option<&std::path::Path>) {
         }
         Ok(())
     };
-    let outcome = crate::netns::run_in(netns, set);
+    let outcome = netns.run(set);
     if let Err(e) = outcome {
         eprintln!(
             "sandboxd: could not set {SYSCTL}=1 ({e}): a pod calling a service whose endpoint is on its own bridge will not get replies"

@@ -106,9 +106,10 @@ fn status(lab: &Lab) -> anyhow::Result<()> {
     let etcd_alive = state.etcd.is_some_and(|e| e.is_alive());
     let etcd_ip = state.nodes[0].ip;
     let answering = etcd_alive
-        && sandboxd::netns::run_in(
-            Some(&lab.node_netns(sandboxd::lab::CONTROL_PLANE)),
-            move || {
+        && lab
+            .machine(sandboxd::lab::CONTROL_PLANE)
+            .netns()
+            .run(move || {
                 let address =
                     std::net::SocketAddr::from((etcd_ip, sandboxd::lab::etcd::CLIENT_PORT));
                 Ok(std::net::TcpStream::connect_timeout(
@@ -116,9 +117,8 @@ fn status(lab: &Lab) -> anyhow::Result<()> {
                     std::time::Duration::from_millis(500),
                 )
                 .is_ok())
-            },
-        )
-        .context("reach etcd")?;
+            })
+            .context("reach etcd")?;
     println!(
         "etcd: {}",
         match (etcd_alive, answering) {

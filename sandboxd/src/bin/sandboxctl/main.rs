@@ -10,7 +10,7 @@ mod get;
 mod images;
 mod inspect;
 mod inspectp;
-
+mod join;
 mod lab;
 mod logs;
 mod lookup;
@@ -105,6 +105,9 @@ enum Command {
     /// The seeds' cluster on this machine: nodes as network namespaces.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Make this machine a cluster node (as kubeadm join): systemd units for sandboxd (and
+    /// etcd on the control plane) with the lab's command lines, started.
+    Join(join::Args),
 }
 
 /// The endpoint to talk to: the one given, a lab node's, the lab's control plane when a
@@ -148,7 +151,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let timeout = match &cli.command {
         // Bringing a lab up or down has its own deadlines at each step.
-        Command::Lab(_) => std::time::Duration::MAX,
+        Command::Lab(_) | Command::Join(_) => std::time::Duration::MAX,
         Command::Logs(args) if args.follow => std::time::Duration::MAX,
         Command::Exec(args) if args.is_interactive() => std::time::Duration::MAX,
         _ => std::time::Duration::from_secs(cli.call_timeout),
@@ -159,6 +162,9 @@ async fn main() -> ExitCode {
             Command::Image(command) => return images::image_command(command),
             Command::Lab(command) => {
                 return tokio::task::spawn_blocking(move || lab::run(command)).await?
+            }
+            Command::Join(args) => {
+                return tokio::task::spawn_blocking(move || join::run(args)).await?
             }
             other => other,
         };
@@ -202,7 +208,7 @@ async fn main() -> ExitCode {
             Command::Inspecti(args) => images::inspect(&mut images, args).await,
             Command::Pull(args) => images::pull(&mut images, args).await,
             Command::Rmi(args) => images::remove(&mut images, args).await,
-            Command::Image(_) | Command::Lab(_) => unreachable!("handled above"),
+            Command::Image(_) | Command::Lab(_) | Command::Join(_) => unreachable!("handled above"),
         }
     };
     match tokio::time::timeout(timeout, outcome).await {
