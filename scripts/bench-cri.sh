@@ -23,7 +23,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   for ns in "$work"/sandboxd-node "$work"/containerd-node; do umount "$ns" 2>/dev/null || true; done
   umount "$work/sandboxd/netns" 2>/dev/null || true
-  grep -o "$work[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  grep -o "${work}[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT

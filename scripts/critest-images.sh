@@ -58,7 +58,8 @@ rm -f "$base/bin/pgrep.busybox"
 
 pack() {
   local name="$1"; shift
-  local out="$work/img-$(echo "$name" | tr '/:' '--')"
+  local out
+  out="$work/img-$(echo "$name" | tr '/:' '--')"
   "$bin/oci-pack" --gzip --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --label "org.opencontainers.image.title=$name" --name "$name" --out "$out" "$@" >/dev/null
   "$bin/sandboxctl" image import "$out" --store "$store" >/dev/null

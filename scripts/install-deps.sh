@@ -6,6 +6,11 @@
 # types (the CRI and etcd bindings are generated at build time), runc (the other OCI
 # runtime), busybox-static (the demo images),
 # and Rust itself through rustup if cargo is missing. Safe to run again.
+#
+#   install-deps.sh [--checks]
+#
+# --checks adds what the tests check the Vagrant cluster with (a machine that runs the
+# cluster does not need them): shellcheck, vagrant and its libvirt plugin.
 set -euo pipefail
 
 packages=(
@@ -16,6 +21,12 @@ packages=(
   python3 python3-grpcio python3-protobuf python3-venv runc
   etcd-server etcd-client libprotobuf-dev
 )
+
+case "${1:-}" in
+  --checks) packages+=(shellcheck vagrant vagrant-libvirt) ;;
+  "") ;;
+  *) echo "install-deps.sh: unknown argument $1 (usage: install-deps.sh [--checks])" >&2; exit 2 ;;
+esac
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh: run as root (it installs Debian packages)" >&2
