@@ -42,6 +42,81 @@ pub struct Ipv4Summary {
     pub protocol: u8,
     pub src_port: Option<u16>,
     pub dst_port: Option<u16>,
+    /// TCP's flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, …).
+    pub tcp_flags: Option<u8>,
+    /// What the L4 header carries: TCP's or UDP's payload bytes, else the IP payload's.
+    pub length: usize,
+}
+
+impl Ipv4Summary {
+    /// The flags as tcpdump writes them: `S`, `S.`, `P.`, `F.`, `.` (ACK alone).
+    pub fn tcp_flags_text(&self) -> Option<String> {
+        let flags = self.tcp_flags?;
+        let mut text = String::new();
+        for (bit, letter) in [
+            (0x01, 'F'),
+            (0x02, 'S'),
+            (0x04, 'R'),
+            (0x08, 'P'),
+            (0x20, 'U'),
+            (0x40, 'E'),
+            (0x80, 'W'),
+            (0x10, '.'),
+        ] {
+            if flags & bit != 0 {
+                text.push(letter);
+            }
+        }
+        if text.is_empty() {
+            text.push_str("none");
+        }
+        Some(text)
+    }
+}
+
+/// One line as tcpdump prints it: `IP 10.244.2.2.58274 > 10.244.1.2.8080: Flags [S],
+/// length 0`.
+impl std::fmt::Display for Ipv4Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let end = |ip: Ipv4Addr, port: Option<u16>| match port {
+            Some(port) => format!("{ip}.{port}"),
+            None => ip.to_string(),
+        };
+        write!(
+            f,
+            "IP {} > {}: ",
+            end(self.src, self.src_port),
+            end(self.dst, self.dst_port)
+        )?;
+        match (self.protocol, self.tcp_flags_text()) {
+            (6, Some(flags)) => write!(f, "Flags [{flags}], length {}", self.length),
+            (17, _) => write!(f, "UDP, length {}", self.length),
+            (1, _) => write!(f, "ICMP, length {}", self.length),
+            (protocol, _) => write!(f, "ip-proto-{protocol} {}", self.length),
+        }
+    }
+}
+
+/// As tcpdump prints VXLAN (`-T vxlan`): the envelope's line, then the packet inside.
+impl std::fmt::Display for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.vxlan {
+            Some((vni, inner)) => {
+                let outer = self.outer;
+                let end = |ip: Ipv4Addr, port: Option<u16>| match port {
+                    Some(port) => format!("{ip}.{port}"),
+                    None => ip.to_string(),
+                };
+                write!(
+                    f,
+                    "IP {} > {}: VXLAN, flags [I] (0x08), vni {vni}\n{inner}",
+                    end(outer.src, outer.src_port),
+                    end(outer.dst, outer.dst_port)
+                )
+            }
+            None => self.outer.fmt(f),
+        }
+    }
 }
 
 /// A decoded frame: its IPv4 packet and, when that is VXLAN, what it carries.
@@ -198,10 +273,14 @@ fn ipv4_in_ethernet(frame: &[u8]) -> Option<(Ipv4Summary, &[u8])> {
         return None;
     }
     let header = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let protocol = ip[9];
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
     let payload = ip.get(header..)?;
+    // The IP header's length, not the frame's: a short frame is padded on the wire, and
+    // a GSO frame a socket sees may be larger than one packet.
+    let ip_payload = total.saturating_sub(header);
     // Ports only in a first fragment's TCP or UDP header.
     let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
     let (src_port, dst_port) = match protocol {
@@ -211,6 +290,14 @@ fn ipv4_in_ethernet(frame: &[u8]) -> Option<(Ipv4Summary, &[u8])> {
         ),
         _ => (None, None),
     };
+    let (tcp_flags, length) = match protocol {
+        6 if first_fragment && payload.len() >= 14 => {
+            let offset = usize::from(payload[12] >> 4) * 4;
+            (Some(payload[13]), ip_payload.saturating_sub(offset))
+        }
+        17 if first_fragment => (None, ip_payload.saturating_sub(8)),
+        _ => (None, ip_payload),
+    };
     Some((
         Ipv4Summary {
             src,
@@ -218,6 +305,8 @@ fn ipv4_in_ethernet(frame: &[u8]) -> Option<(Ipv4Summary, &[u8])> {
             protocol,
             src_port,
             dst_port,
+            tcp_flags,
+            length,
         },
         payload,
     ))
@@ -260,6 +349,33 @@ mod tests {
         assert_eq!(inner.dst, Ipv4Addr::new(10, 244, 1, 2));
         assert_eq!(inner.dst_port, Some(8080));
         assert_eq!(inner.src_port, Some(42000));
+    }
+
+    #[test]
+    fn packets_print_as_tcpdump_prints_them() {
+        // A SYN-ACK with a 20-byte TCP header and no data, inside VXLAN.
+        let mut tcp = vec![0x1f, 0x90, 0xe3, 0xa2, 0, 0, 0, 1, 0, 0, 0, 2, 0x50, 0x12];
+        tcp.extend_from_slice(&[0u8; 6]);
+        let inner = frame([10, 244, 1, 2], [10, 244, 2, 2], 6, &tcp);
+        let mut udp = vec![0x86, 0xc5, 0x21, 0x18, 0, 0, 0, 0];
+        udp.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 1, 0]);
+        udp.extend_from_slice(&inner);
+        let outer = frame([192, 168, 102, 11], [192, 168, 102, 12], 17, &udp);
+        let packet = Packet::parse(&outer).unwrap();
+        assert_eq!(
+            packet.to_string(),
+            "IP 192.168.102.11.34501 > 192.168.102.12.8472: VXLAN, flags [I] (0x08), vni 1\n\
+             IP 10.244.1.2.8080 > 10.244.2.2.58274: Flags [S.], length 0"
+        );
+        // Data with PSH and ACK: the length is the payload's, after the TCP header.
+        let mut data = tcp.clone();
+        data[13] = 0x18;
+        data.extend_from_slice(b"GET /hostname");
+        let plain = Packet::parse(&frame([10, 244, 2, 2], [10, 244, 1, 2], 6, &data)).unwrap();
+        assert_eq!(
+            plain.to_string(),
+            "IP 10.244.2.2.8080 > 10.244.1.2.58274: Flags [P.], length 13"
+        );
     }
 
     #[test]

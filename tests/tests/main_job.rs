@@ -1,5 +1,5 @@
-//! The README's main command runs `examples/pod-pause-demo.sh` and
-//! `examples/service-demo.sh`; this keeps them working.
+//! The seeds' walk-throughs on a node alone, `examples/pod-pause-demo.sh` and
+//! `examples/service-demo.sh` (the main job, on a lab, is `tests/lab_demo.rs`).
 //! Needs root; uses the fixed paths the demo documents (`/run/sandboxd/nodes/node1`,
 //! `/run/sandboxd/demo.sock`) and removes everything it starts.
 

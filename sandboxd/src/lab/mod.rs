@@ -12,6 +12,7 @@
 //! restarts a dead node daemon on its state to remove its pods, kills whatever still runs
 //! in the lab's namespaces, and unmounts whatever is mounted under the root.
 
+pub mod demo;
 pub mod etcd;
 pub mod machine;
 pub mod spawn;

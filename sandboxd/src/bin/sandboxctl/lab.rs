@@ -20,6 +20,13 @@ pub enum LabCommand {
     RemoveNode { name: String },
     /// Start a node's sandboxd again (after a crash): it keeps its subnet and pods.
     RestartNode { name: String },
+    /// The seeds' walk-through on the lab: their manifests applied unchanged, every
+    /// observation they make shown and checked (exits non-zero naming a failed step).
+    Demo {
+        /// The dir holding the seeds' manifests.
+        #[arg(long, default_value = "examples")]
+        manifests: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -73,6 +80,9 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             let daemon = lab.restart_node(&name)?;
             println!("sandboxd on {name} started again (pid {})", daemon.pid);
             Ok(())
+        }
+        LabCommand::Demo { manifests } => {
+            sandboxd::lab::demo::run(&lab, &manifests, &mut std::io::stdout().lock())
         }
     }
 }
