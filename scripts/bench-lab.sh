@@ -3,12 +3,15 @@
 # `lab down` wall time for 3 and 10 nodes (median of ROUNDS), the time of an apply that
 # runs a pod on a worker, the time from applying a Service through k8s-master until
 # k8s-node2 forwards its ClusterIP, and pod-to-pod TCP throughput (iperf3, 10 s) across
-# nodes over VXLAN and over host-gw against two pods of one node, in the same run.
+# nodes over VXLAN and over host-gw against two pods of one node, in the same run; then
+# the main job's `lab demo` wall time, and `sandboxctl trace` against the seeds' way of
+# following a request (tcpdump started on the same five interfaces, the request, tcpdump
+# stopped).
 # The lab is rooted in a temp dir of its own, so a lab the user has up is not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh >/dev/null
-apt-get install -y --no-install-recommends iperf3 bc >/dev/null
+apt-get install -y --no-install-recommends iperf3 bc tcpdump curl >/dev/null
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace
 ROUNDS="${ROUNDS:-5}"
@@ -66,3 +69,45 @@ for backend in vxlan host-gw; do
   echo "$backend: pod-to-pod across nodes $cross Gbit/s; same node $same Gbit/s; ratio $(echo "scale=2; $cross * 100 / $same" | bc) %"
   $S lab down >/dev/null
 done
+
+$S lab up --images "$work/images" >/dev/null
+demos=()
+for _ in $(seq 3); do
+  t0=$(now); $S lab demo --manifests examples >/dev/null; t1=$(now)
+  demos+=("$(echo "$t1 - $t0" | bc)")
+done
+echo "lab demo (12 steps, 3 nodes, vxlan): median $(printf '%s\n' "${demos[@]}" | median) s over 3 (${demos[*]})"
+
+for f in pod-dest pod-src svc-clusterip; do $S apply -f "examples/$f.yaml" >/dev/null; done
+cluster_ip=$($S get svc | awk '$1 == "svc-clusterip" {print $3}')
+src=$(pod_netns k8s-node2 pod-src)
+veth_of() { # NODE POD: the pod's host-side veth, from its eth0's peer index
+  local peer
+  peer=$(nsenter --net="$(pod_netns "$1" "$2")" cat /sys/class/net/eth0/iflink 2>/dev/null ||
+    nsenter --net="$(pod_netns "$1" "$2")" ip -o link show eth0 | sed -n 's/.*@if\([0-9]*\).*/\1/p')
+  nsenter --net="$SANDBOXD_LAB_DIR/$1/node.netns" ip -o link | awk -F': ' -v i="$peer" '$1 == i {split($2, n, "@"); print n[1]}'
+}
+n1="$SANDBOXD_LAB_DIR/k8s-node1/node.netns"; n2="$SANDBOXD_LAB_DIR/k8s-node2/node.netns"
+hops=("$src eth0" "$n2 $(veth_of k8s-node2 pod-src)" "$n2 eth1" "$n1 eth1" "$n1 $(veth_of k8s-node1 pod-dest)")
+traces=(); dumps=()
+for round in $(seq 10); do
+  t0=$(now); $S trace pod-src svc-clusterip:8080 >/dev/null; t1=$(now)
+  traces+=("$(echo "($t1 - $t0) * 1000" | bc)")
+  t0=$(now); pids=(); i=0
+  for hop in "${hops[@]}"; do
+    read -r ns dev <<<"$hop"; i=$((i + 1))
+    nsenter --net="$ns" tcpdump -n -U -i "$dev" -w "$work/hop$round-$i.pcap" 2>"$work/hop$round-$i.err" &
+    pids+=($!)
+  done
+  for i in $(seq ${#hops[@]}); do
+    until grep -q "listening on" "$work/hop$round-$i.err" 2>/dev/null; do sleep 0.002; done
+  done
+  nsenter --net="$src" curl -s -o /dev/null "http://$cluster_ip:8080/"
+  sleep 0.05
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+  t1=$(now)
+  dumps+=("$(echo "($t1 - $t0) * 1000" | bc)")
+done
+echo "sandboxctl trace pod-src svc-clusterip:8080 (5 interfaces, conntrack of 3 nodes): median $(printf '%s\n' "${traces[@]}" | median) ms over 10"
+echo "tcpdump on the same 5 interfaces + curl + stop (no summary): median $(printf '%s\n' "${dumps[@]}" | median) ms over 10"
+$S lab down >/dev/null

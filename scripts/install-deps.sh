@@ -4,7 +4,7 @@
 # nftables (the Services data plane), python3-venv (the tests' current grpcio from PyPI),
 # etcd (the cluster store; etcdctl to look into it), protoc and protobuf's well-known
 # types (the CRI and etcd bindings are generated at build time), runc (the other OCI
-# runtime), busybox-static (the demo images),
+# runtime), busybox-static (the demo images), tcpdump (reads `sandboxctl trace -w` files),
 # and Rust itself through rustup if cargo is missing. Safe to run again.
 #
 #   install-deps.sh [--checks]
@@ -19,7 +19,7 @@ packages=(
   iptables nftables containernetworking-plugins
   protobuf-compiler busybox-static
   python3 python3-grpcio python3-protobuf python3-venv runc
-  etcd-server etcd-client libprotobuf-dev
+  etcd-server etcd-client libprotobuf-dev tcpdump
 )
 
 case "${1:-}" in

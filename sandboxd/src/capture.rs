@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 pub const VXLAN_PORTS: [u16; 2] = [8472, 4789];
 
 const ETH_P_ALL: u16 = 0x0003;
+/// A frame's largest size as a packet socket hands it over (a GSO frame included).
+const RECEIVE_BUFFER: usize = 65_536 + 256;
+// asm-generic/socket.h (x86_64: a timespec with 64-bit fields, the "old" layout).
+const SO_TIMESTAMPNS: i32 = 35;
 const ETH_P_IP: u16 = 0x0800;
 const ETHERNET_HEADER: usize = 14;
 const VXLAN_HEADER: usize = 8;
@@ -23,6 +27,8 @@ const VXLAN_HEADER: usize = 8;
 pub struct Capture {
     socket: OwnedFd,
     interface: String,
+    /// Where frames are received, before they are copied out at their size.
+    buffer: Vec<u8>,
 }
 
 /// One frame as the socket saw it.
@@ -30,6 +36,9 @@ pub struct Capture {
 pub struct Frame {
     /// Sent by this host (rather than received).
     pub outgoing: bool,
+    /// When the kernel saw it (since the Unix epoch), so frames of several interfaces
+    /// and namespaces can be put in the order they crossed them.
+    pub at: Duration,
     pub data: Vec<u8>,
 }
 
@@ -130,45 +139,26 @@ pub struct Packet {
 impl Capture {
     /// Starts capturing on `interface` of the namespace at `netns` (None: the caller's).
     pub fn open(netns: Option<&Path>, interface: &str) -> io::Result<Capture> {
-        let name = interface.to_string();
-        let socket = crate::netns::run_in(netns, move || {
-            let index = nix::net::if_::if_nametoindex(name.as_str())
-                .map_err(|e| io::Error::new(io::ErrorKind::NotFound, format!("{name}: {e}")))?;
-            // SAFETY: socket(2) with constant arguments; the fd is owned at once.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    i32::from(ETH_P_ALL.to_be()),
-                )
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: fd is a fresh descriptor nothing else owns.
-            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: sockaddr_ll is plain data; zero is a valid start.
-            let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            address.sll_family = libc::AF_PACKET as u16;
-            address.sll_protocol = ETH_P_ALL.to_be();
-            address.sll_ifindex = index as i32;
-            // SAFETY: address is a valid sockaddr_ll of the size given.
-            let bound = unsafe {
-                libc::bind(
-                    socket.as_raw_fd(),
-                    (&address as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            if bound < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(socket)
-        })
-        .map_err(|e| io::Error::new(e.kind(), format!("capture on {interface}: {e}")))?;
-        Ok(Capture {
-            socket,
-            interface: interface.to_string(),
+        Ok(Capture::open_all(netns, &[interface.to_string()])?.remove(0))
+    }
+
+    /// Starts capturing on each of `interfaces` of one namespace, entering it once
+    /// (entering a network namespace costs milliseconds).
+    pub fn open_all(netns: Option<&Path>, interfaces: &[String]) -> io::Result<Vec<Capture>> {
+        let names = interfaces.to_vec();
+        crate::netns::run_in(netns, move || {
+            names
+                .iter()
+                .map(|name| {
+                    Ok(Capture {
+                        socket: packet_socket(name).map_err(|e| {
+                            io::Error::new(e.kind(), format!("capture on {name}: {e}"))
+                        })?,
+                        interface: name.clone(),
+                        buffer: vec![0; RECEIVE_BUFFER],
+                    })
+                })
+                .collect()
         })
     }
 
@@ -192,20 +182,25 @@ impl Capture {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
-            let mut data = vec![0u8; 65536];
-            // SAFETY: as in open; recvfrom fills at most the sizes given.
+            let data = &mut self.buffer;
+            // SAFETY: plain data; zero is a valid start for each.
             let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            let received = unsafe {
-                libc::recvfrom(
-                    self.socket.as_raw_fd(),
-                    data.as_mut_ptr().cast(),
-                    data.len(),
-                    libc::MSG_DONTWAIT,
-                    (&mut from as *mut libc::sockaddr_ll).cast(),
-                    &mut from_len,
-                )
+            let mut control = [0u64; 8];
+            let mut iov = libc::iovec {
+                iov_base: data.as_mut_ptr().cast(),
+                iov_len: data.len(),
             };
+            // SAFETY: as above.
+            let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+            message.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+            message.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            message.msg_iov = &mut iov;
+            message.msg_iovlen = 1;
+            message.msg_control = control.as_mut_ptr().cast();
+            message.msg_controllen = std::mem::size_of_val(&control);
+            // SAFETY: every pointer in message points at a live buffer of the size given.
+            let received =
+                unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut message, libc::MSG_DONTWAIT) };
             if received < 0 {
                 let error = io::Error::last_os_error();
                 if error.kind() == io::ErrorKind::WouldBlock
@@ -215,10 +210,10 @@ impl Capture {
                 }
                 return Err(error);
             }
-            data.truncate(received as usize);
             return Ok(Some(Frame {
                 outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
-                data,
+                at: stamp_of(&message),
+                data: data[..received as usize].to_vec(),
             }));
         }
     }
@@ -241,6 +236,78 @@ impl Capture {
     }
 }
 
+/// A packet socket bound to `name` in the caller's namespace, stamping what it receives.
+fn packet_socket(name: &str) -> io::Result<OwnedFd> {
+    let index = nix::net::if_::if_nametoindex(name)
+        .map_err(|e| io::Error::new(io::ErrorKind::NotFound, format!("{name}: {e}")))?;
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ALL.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = ETH_P_ALL.to_be();
+    address.sll_ifindex = index as i32;
+    // SAFETY: address is a valid sockaddr_ll of the size given.
+    let bound = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&address as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if bound < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Every frame stamped by the kernel on arrival, handed over with it.
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with an int of the size given.
+    let stamped = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if stamped < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+/// The kernel's time stamp of a received frame (the SO_TIMESTAMPNS control message);
+/// now, if it carries none.
+fn stamp_of(message: &libc::msghdr) -> Duration {
+    // SAFETY: the CMSG_* macros walk the control buffer recvmsg filled, within the length
+    // it set; the payload is read unaligned.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == SO_TIMESTAMPNS {
+                let stamp: libc::timespec =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(header).cast());
+                return Duration::new(stamp.tv_sec as u64, stamp.tv_nsec as u32);
+            }
+            header = libc::CMSG_NXTHDR(message, header);
+        }
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 impl Packet {
     /// Decodes an Ethernet frame; None when it holds no IPv4 packet.
     pub fn parse(frame: &[u8]) -> Option<Packet> {
@@ -260,6 +327,40 @@ impl Packet {
         };
         Some(Packet { outer, vxlan })
     }
+}
+
+/// pcap's magic for time stamps in nanoseconds (tcpdump reads it; `-r` prints them).
+const PCAP_MAGIC_NANOS: u32 = 0xa1b2_3c4d;
+/// LINKTYPE_ETHERNET: every interface a trace captures on (veths, eth1) frames Ethernet.
+const LINKTYPE_ETHERNET: u32 = 1;
+/// Larger than any frame a packet socket hands over (a GSO frame may exceed 64 KiB).
+const PCAP_SNAPLEN: u32 = 262_144;
+
+/// Writes `frames` as a pcap file (`tcpdump -r FILE` reads it), in the order given.
+pub fn write_pcap<'a>(
+    out: &mut impl std::io::Write,
+    frames: impl IntoIterator<Item = &'a Frame>,
+) -> io::Result<()> {
+    let mut header = Vec::with_capacity(24);
+    header.extend_from_slice(&PCAP_MAGIC_NANOS.to_le_bytes());
+    header.extend_from_slice(&2u16.to_le_bytes());
+    header.extend_from_slice(&4u16.to_le_bytes());
+    header.extend_from_slice(&0i32.to_le_bytes()); // thiszone
+    header.extend_from_slice(&0u32.to_le_bytes()); // sigfigs
+    header.extend_from_slice(&PCAP_SNAPLEN.to_le_bytes());
+    header.extend_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
+    out.write_all(&header)?;
+    for frame in frames {
+        let length = frame.data.len().min(PCAP_SNAPLEN as usize) as u32;
+        let mut record = Vec::with_capacity(16);
+        record.extend_from_slice(&(frame.at.as_secs() as u32).to_le_bytes());
+        record.extend_from_slice(&frame.at.subsec_nanos().to_le_bytes());
+        record.extend_from_slice(&length.to_le_bytes());
+        record.extend_from_slice(&(frame.data.len() as u32).to_le_bytes());
+        out.write_all(&record)?;
+        out.write_all(&frame.data[..length as usize])?;
+    }
+    out.flush()
 }
 
 /// The IPv4 packet of an Ethernet frame, and its payload (from the L4 header on).
@@ -376,6 +477,28 @@ mod tests {
             plain.to_string(),
             "IP 10.244.2.2.8080 > 10.244.1.2.58274: Flags [P.], length 13"
         );
+    }
+
+    #[test]
+    fn a_pcap_file_holds_a_header_and_one_record_per_frame() {
+        let frames = [Frame {
+            outgoing: true,
+            at: Duration::new(1_796_000_000, 123_456_789),
+            data: frame(
+                [10, 0, 0, 1],
+                [10, 0, 0, 2],
+                17,
+                &[0, 53, 0, 53, 0, 8, 0, 0],
+            ),
+        }];
+        let mut file = Vec::new();
+        write_pcap(&mut file, &frames).unwrap();
+        assert_eq!(file.len(), 24 + 16 + frames[0].data.len());
+        assert_eq!(file[..4], PCAP_MAGIC_NANOS.to_le_bytes());
+        assert_eq!(file[20..24], LINKTYPE_ETHERNET.to_le_bytes());
+        assert_eq!(file[24..28], 1_796_000_000u32.to_le_bytes());
+        assert_eq!(file[28..32], 123_456_789u32.to_le_bytes());
+        assert_eq!(&file[40..], &frames[0].data[..]);
     }
 
     #[test]

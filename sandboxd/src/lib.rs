@@ -65,3 +65,4 @@ pub mod server;
 pub mod service;
 pub mod services_api;
 pub mod store;
+pub mod trace;

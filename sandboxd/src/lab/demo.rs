@@ -3,23 +3,21 @@
 //! kubeadm cluster — the pause container and `container:<pause-id>`, `lsns`, the pod's
 //! interface, each node's routes, bridge ports, flannel.1's neighbours and FDB entries, a
 //! request from pod-src to pod-dest across the overlay, the same through svc-clusterip,
-//! svc-nodeport held on every node and reached from k8s-master — with a capture of each
-//! cross-node path on the nodes' eth1. Every step checks what it shows; the first check
+//! svc-nodeport held on every node and reached from k8s-master — with `sandboxctl trace`
+//! following each cross-node path hop by hop. Every step checks what it shows; the first check
 //! that fails ends the demo with an error naming the step.
 
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use serde_json::Value;
 
 use super::{Lab, LabState, CONTROL_PLANE};
-use crate::capture::{Capture, Packet};
 use crate::cidr::Ipv4Cidr;
 use crate::cluster::setup::DaemonPaths;
 use crate::overlay::Backend;
@@ -255,10 +253,9 @@ impl Demo<'_> {
 
         self.begin();
         let url = format!("http://{}:8080/hostname", dest.ip);
-        let seen = self.fetch_seen("k8s-node2", &src_container, &url, "k8s-node2", |p| {
-            touches(p, dest.ip)
-        })?;
-        self.check_envelope(&seen, dest.ip, None)?;
+        self.fetch("k8s-node2", &src_container, &url)?;
+        let trace = self.ctl(&["trace", "pod-src", "pod-dest:8080"])?;
+        self.check_crossing(&trace, dest.ip)?;
 
         self.begin();
         self.apply("svc-clusterip.yaml")?;
@@ -268,10 +265,24 @@ impl Demo<'_> {
             .context_step(self.step, "svc-clusterip has no ClusterIP in `get svc`")?;
         self.ctl(&["get", "endpoints", "svc-clusterip"])?;
         let url = format!("http://{cluster_ip}:8080/hostname");
-        let seen = self.fetch_seen("k8s-node2", &src_container, &url, "k8s-node2", |p| {
-            touches(p, dest.ip) || touches(p, cluster_ip)
-        })?;
-        self.check_envelope(&seen, dest.ip, Some(cluster_ip))?;
+        self.fetch("k8s-node2", &src_container, &url)?;
+        let trace = self.ctl(&["trace", "pod-src", "svc-clusterip:8080"])?;
+        self.check(
+            trace.contains(&format!(
+                "translated on k8s-node2 (conntrack): destination {cluster_ip}:8080 → {}:8080 (DNAT)",
+                dest.ip
+            )),
+            &format!("k8s-node2 translated {cluster_ip}:8080 to pod-dest's {}:8080", dest.ip),
+        )?;
+        self.check_crossing(&trace, dest.ip)?;
+        self.check(
+            !trace
+                .lines()
+                .skip_while(|l| !l.contains("k8s-node2 eth1"))
+                .take_while(|l| !l.starts_with("reply:"))
+                .any(|l| l.contains(&format!("> {cluster_ip}."))),
+            &format!("the ClusterIP {cluster_ip} never left k8s-node2"),
+        )?;
 
         self.begin();
         self.apply("svc-nodeport.yaml")?;
@@ -286,30 +297,38 @@ impl Demo<'_> {
         self.begin();
         let node2 = self.node_ip("k8s-node2")?;
         let url = format!("http://{node2}:31080/hostname");
-        let node2_subnet = self.subnet("k8s-node2")?;
-        let mut capture = self.capture("k8s-node1")?;
         let body = self.on_node(CONTROL_PLANE, &["curl", "-sS", "--max-time", "5", &url])?;
         self.check(
             body.trim() == "pod-dest",
             "k8s-master reached pod-dest through k8s-node2:31080",
         )?;
-        let seen = self.drain(&mut capture, "k8s-node1", |p| touches(p, dest.ip))?;
+        let trace = self.ctl(&[
+            "trace",
+            "--from-node",
+            CONTROL_PLANE,
+            &format!("{node2}:31080"),
+        ])?;
         // Masqueraded to k8s-node2's address toward k8s-node1: flannel.1's under VXLAN,
         // eth1's under host-gw.
-        let (masqueraded, vxlan) = match self.state.backend {
-            Backend::Vxlan => (node2_subnet.addr, true),
-            Backend::HostGw => (node2, false),
+        let masqueraded = match self.state.backend {
+            Backend::Vxlan => self.subnet("k8s-node2")?.addr,
+            Backend::HostGw => node2,
         };
         self.check(
-            seen.iter().any(|p| match p.vxlan {
-                Some((vni, inner)) => {
-                    vxlan && vni == 1 && inner.src == masqueraded && inner.dst == dest.ip
-                }
-                None => !vxlan && p.outer.src == masqueraded && p.outer.dst == dest.ip,
+            trace.lines().any(|l| {
+                l.contains("translated on k8s-node2")
+                    && l.contains(&format!("→ {}:8080 (DNAT)", dest.ip))
+                    && l.contains(&format!("→ {masqueraded}:"))
             }),
             &format!(
-                "on k8s-node1's eth1 the request comes from {masqueraded} (k8s-node2 masqueraded it, so the reply returns through k8s-node2)"
+                "k8s-node2 sent it to pod-dest from {masqueraded} (masqueraded, so the reply returns through k8s-node2)"
             ),
+        )?;
+        self.check(
+            trace
+                .lines()
+                .any(|l| l.starts_with("  reply path:") && l.ends_with("k8s-master eth1")),
+            "the reply went back to k8s-master the way the request came",
         )?;
         Ok(())
     }
@@ -539,105 +558,45 @@ impl Demo<'_> {
         Ok(())
     }
 
-    fn capture(&self, node: &str) -> Step<Capture> {
-        Capture::open(Some(self.lab.machine(node).path()), "eth1")
-            .map_err(|e| self.fail(format!("capture on {node}'s eth1: {e}")))
-    }
-
-    /// A request from a pod's container, with a capture on `capture_node`'s eth1 during it.
-    fn fetch_seen(
-        &mut self,
-        node: &str,
-        container: &str,
-        url: &str,
-        capture_node: &str,
-        relevant: impl Fn(&Packet) -> bool,
-    ) -> Step<Vec<Packet>> {
-        let mut capture = self.capture(capture_node)?;
+    /// The seeds' request: wget from a container of the source pod.
+    fn fetch(&mut self, node: &str, container: &str, url: &str) -> Step<()> {
         let body = self.ctl(&["--node", node, "exec", container, "wget", "-qO-", url])?;
-        self.check(body.trim() == "pod-dest", "pod-dest answered")?;
-        self.drain(&mut capture, capture_node, relevant)
+        self.check(body.trim() == "pod-dest", "pod-dest answered")
     }
 
-    /// What the capture holds of the request, shown as tcpdump shows it.
-    fn drain(
-        &mut self,
-        capture: &mut Capture,
-        node: &str,
-        relevant: impl Fn(&Packet) -> bool,
-    ) -> Step<Vec<Packet>> {
-        let mut seen = Vec::new();
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while let Some(frame) = capture
-            .next(deadline.saturating_duration_since(Instant::now()))
-            .map_err(|e| self.fail(format!("capture on {node}'s eth1: {e}")))?
-        {
-            if let Some(packet) = Packet::parse(&frame.data).filter(|p| relevant(p)) {
-                seen.push(packet);
-            }
-        }
-        let mut text = String::new();
-        for packet in seen.iter().take(6) {
-            let _ = writeln!(text, "{packet}");
-        }
-        if seen.len() > 6 {
-            let _ = writeln!(text, "… ({} packets of the request in all)", seen.len());
-        }
-        let filter = if self.state.backend == Backend::Vxlan {
-            "-T vxlan udp port 8472"
-        } else {
-            "tcp port 8080 or tcp port 31080"
-        };
-        let prefix = if self.state.named {
-            format!("ip netns exec {node} ")
-        } else {
-            String::new()
-        };
-        self.show(
-            &format!(
-                "{prefix}tcpdump -n -i eth1 {filter}   # {node}, during the request (a packet socket of sandboxd::capture)"
-            ),
-            &text,
-        );
-        Ok(seen)
-    }
-
-    /// The request crossed in VXLAN VNI 1 from k8s-node2 to k8s-node1, addressed to the
-    /// pod; through a Service, never to the ClusterIP (k8s-node2 translated it first).
-    fn check_envelope(
-        &mut self,
-        seen: &[Packet],
-        pod: Ipv4Addr,
-        cluster_ip: Option<Ipv4Addr>,
-    ) -> Step<()> {
+    /// From a trace of pod-src's request: it left k8s-node2 for k8s-node1 addressed to
+    /// the pod, in VXLAN VNI 1 (or routed, under host-gw).
+    fn check_crossing(&mut self, trace: &str, pod: Ipv4Addr) -> Step<()> {
         let (node2, node1) = (self.node_ip("k8s-node2")?, self.node_ip("k8s-node1")?);
-        if self.state.backend == Backend::Vxlan {
-            self.check(
-                seen.iter().any(|p| {
-                    p.outer.src == node2
-                        && p.outer.dst == node1
-                        && p.outer.dst_port == Some(8472)
-                        && p.vxlan.is_some_and(|(vni, inner)| vni == 1 && inner.dst == pod && inner.dst_port == Some(8080))
+        let request: Vec<&str> = trace
+            .lines()
+            .skip_while(|l| *l != "request:")
+            .take_while(|l| *l != "reply:")
+            .collect();
+        let at_eth1 = request.iter().position(|l| l.contains("k8s-node2 eth1"));
+        match self.state.backend {
+            Backend::Vxlan => {
+                let envelope = at_eth1.is_some_and(|i| {
+                    request[i].contains(&format!(
+                        "IP {node2}."
+                    )) && request[i].contains(&format!("> {node1}.8472: VXLAN, flags [I] (0x08), vni 1"))
+                        && request
+                            .get(i + 1)
+                            .is_some_and(|inner| inner.contains(&format!("> {pod}.8080: Flags [S]")))
+                });
+                self.check(
+                    envelope,
+                    &format!("on k8s-node2's eth1: UDP {node2} → {node1}:8472, VNI 1, inside it the request to the pod {pod}:8080"),
+                )
+            }
+            Backend::HostGw => self.check(
+                at_eth1.is_some_and(|i| {
+                    request[i].contains(&format!("> {pod}.8080: Flags [S]"))
+                        && !request[i].contains("VXLAN")
                 }),
-                &format!("on k8s-node2's eth1: UDP {node2} → {node1}:8472, VNI 1, inside it the request to the pod {pod}:8080"),
-            )?;
-        } else {
-            self.check(
-                seen.iter().any(|p| p.outer.dst == pod && p.outer.dst_port == Some(8080)),
                 &format!("on k8s-node2's eth1: the request to the pod {pod}:8080, routed without a tunnel"),
-            )?;
+            ),
         }
-        if let Some(cluster_ip) = cluster_ip {
-            self.check(
-                !seen.iter().any(|p| {
-                    p.outer.dst == cluster_ip || p.vxlan.is_some_and(|(_, i)| i.dst == cluster_ip)
-                }),
-                &format!(
-                    "the ClusterIP {cluster_ip} never left k8s-node2: it was translated there"
-                ),
-            )?;
-        }
-        Ok(())
     }
 
     /// Deletes what the walk-through applied.
@@ -657,14 +616,6 @@ impl Demo<'_> {
             );
         }
     }
-}
-
-/// Whether `ip` is an end of the packet, or of the packet inside its VXLAN envelope.
-fn touches(packet: &Packet, ip: Ipv4Addr) -> bool {
-    [packet.outer.src, packet.outer.dst].contains(&ip)
-        || packet
-            .vxlan
-            .is_some_and(|(_, inner)| [inner.src, inner.dst].contains(&ip))
 }
 
 /// Arguments as a shell would need them typed (quoted where they hold spaces or

@@ -15,6 +15,7 @@ const RTM_GETLINK: u16 = 18;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
@@ -38,6 +39,9 @@ pub struct Link {
     pub up: bool,
     /// The bridge it is a port of.
     pub master: Option<u32>,
+    /// The index of the link it is tied to, in the peer's namespace: a veth's other end
+    /// (the `@if7` of `eth0@if7`).
+    pub peer_index: Option<u32>,
     /// `veth`, `bridge`, `vxlan`, …; None for physical devices and loopback.
     pub kind: Option<String>,
     pub vxlan: Option<Vxlan>,
@@ -95,6 +99,7 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
         mac: None,
         up: u32_at(payload, 8) & IFF_UP != 0,
         master: None,
+        peer_index: None,
         kind: None,
         vxlan: None,
     };
@@ -107,6 +112,7 @@ fn parse_link(payload: &[u8]) -> Option<Link> {
             IFLA_MTU if value.len() >= 4 => link.mtu = u32_at(value, 0),
             IFLA_ADDRESS if value.len() == 6 => link.mac = value.try_into().ok(),
             IFLA_MASTER if value.len() >= 4 => link.master = Some(u32_at(value, 0)),
+            IFLA_LINK if value.len() >= 4 => link.peer_index = Some(u32_at(value, 0)),
             IFLA_LINKINFO => parse_link_info(value, &mut link),
             _ => {}
         }

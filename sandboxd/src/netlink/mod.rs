@@ -4,12 +4,14 @@
 //! * this module: the socket (opened in a chosen network namespace), message encoding
 //!   ([`Encoder`]: headers, attributes, nesting), replies (acknowledgements with the
 //!   kernel's extended-ack text; multi-part dumps) and attribute parsing ([`attributes`]);
-//! * [`nftables`]: nf_tables batches (the service proxy's data plane);
+//! * [`nftables`]: nf_tables batches (the service proxy's data plane); [`conntrack`]: the
+//!   tracked connections (`conntrack -L`), read by `sandboxctl trace`;
 //! * rtnetlink, one module per kernel object kind, each request documented with the `ip`
 //!   or `bridge` command it matches: [`link`] (veth, bridge, vxlan; up, master, netns),
 //!   [`address`], [`route`], [`neighbour`] (ARP entries and bridge FDB entries).
 
 pub mod address;
+pub mod conntrack;
 pub mod link;
 pub mod neighbour;
 pub mod nftables;

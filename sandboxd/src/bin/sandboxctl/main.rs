@@ -21,6 +21,7 @@ mod rmp;
 mod runp;
 mod services;
 mod stopp;
+mod trace;
 mod version;
 
 use std::process::ExitCode;
@@ -108,6 +109,9 @@ enum Command {
     /// Make this machine a cluster node (as kubeadm join): systemd units for sandboxd (and
     /// etcd on the control plane) with the lab's command lines, started.
     Join(join::Args),
+    /// Send one request and show it at every interface on its path (the seeds' tcpdump
+    /// walk): where it was translated, encapsulated, and the way back.
+    Trace(trace::Args),
 }
 
 /// The endpoint to talk to: the one given, a lab node's, the lab's control plane when a
@@ -151,7 +155,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let timeout = match &cli.command {
         // Bringing a lab up or down has its own deadlines at each step.
-        Command::Lab(_) | Command::Join(_) => std::time::Duration::MAX,
+        Command::Lab(_) | Command::Join(_) | Command::Trace(_) => std::time::Duration::MAX,
         Command::Logs(args) if args.follow => std::time::Duration::MAX,
         Command::Exec(args) if args.is_interactive() => std::time::Duration::MAX,
         _ => std::time::Duration::from_secs(cli.call_timeout),
@@ -166,6 +170,7 @@ async fn main() -> ExitCode {
             Command::Join(args) => {
                 return tokio::task::spawn_blocking(move || join::run(args)).await?
             }
+            Command::Trace(args) => return trace::run(cli.runtime_endpoint, args).await,
             other => other,
         };
         let endpoint = endpoint(cli.runtime_endpoint, cli.node)?;
@@ -208,7 +213,9 @@ async fn main() -> ExitCode {
             Command::Inspecti(args) => images::inspect(&mut images, args).await,
             Command::Pull(args) => images::pull(&mut images, args).await,
             Command::Rmi(args) => images::remove(&mut images, args).await,
-            Command::Image(_) | Command::Lab(_) | Command::Join(_) => unreachable!("handled above"),
+            Command::Image(_) | Command::Lab(_) | Command::Join(_) | Command::Trace(_) => {
+                unreachable!("handled above")
+            }
         }
     };
     match tokio::time::timeout(timeout, outcome).await {
