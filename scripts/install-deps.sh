@@ -5,12 +5,14 @@
 # etcd (the cluster store; etcdctl to look into it), protoc and protobuf's well-known
 # types (the CRI and etcd bindings are generated at build time), runc (the other OCI
 # runtime), busybox-static (the demo images), tcpdump (reads `sandboxctl trace -w` files),
+# graphviz (lays out `sandboxctl lab graph`),
 # and Rust itself through rustup if cargo is missing. Safe to run again.
 #
 #   install-deps.sh [--checks]
 #
-# --checks adds what the tests check the Vagrant cluster with (a machine that runs the
-# cluster does not need them): shellcheck, vagrant and its libvirt plugin.
+# --checks adds what only the tests use (a machine that runs the cluster does not need
+# them): shellcheck, vagrant and its libvirt plugin (the Vagrant cluster's checks), and
+# chromium (renders `lab graph`'s SVG headless).
 set -euo pipefail
 
 packages=(
@@ -19,11 +21,11 @@ packages=(
   iptables nftables containernetworking-plugins
   protobuf-compiler busybox-static
   python3 python3-grpcio python3-protobuf python3-venv runc
-  etcd-server etcd-client libprotobuf-dev tcpdump
+  etcd-server etcd-client libprotobuf-dev tcpdump graphviz
 )
 
 case "${1:-}" in
-  --checks) packages+=(shellcheck vagrant vagrant-libvirt) ;;
+  --checks) packages+=(shellcheck vagrant vagrant-libvirt chromium) ;;
   "") ;;
   *) echo "install-deps.sh: unknown argument $1 (usage: install-deps.sh [--checks])" >&2; exit 2 ;;
 esac

@@ -14,6 +14,7 @@
 
 pub mod demo;
 pub mod etcd;
+pub mod graph;
 pub mod machine;
 pub mod spawn;
 pub mod underlay;

@@ -27,6 +27,16 @@ pub enum LabCommand {
         #[arg(long, default_value = "examples")]
         manifests: std::path::PathBuf,
     },
+    /// Draw the live cluster (nodes, eth1, flannel.1, cni0, each pod's veth pair, the
+    /// tunnels, Services and their endpoints), laid out by Graphviz.
+    Graph {
+        /// Where to write it (default: standard output).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+        /// svg (laid out by Graphviz's dot), png, or dot (the graph itself).
+        #[arg(long, default_value = "svg", value_parser = ["svg", "png", "dot"])]
+        format: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -83,6 +93,24 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
         }
         LabCommand::Demo { manifests } => {
             sandboxd::lab::demo::run(&lab, &manifests, &mut std::io::stdout().lock())
+        }
+        LabCommand::Graph { output, format } => {
+            let topology = tokio::runtime::Handle::current().block_on(topology(&lab))?;
+            let dot = topology.dot();
+            let bytes = match format.as_str() {
+                "dot" => dot.into_bytes(),
+                format => sandboxd::lab::graph::render(&dot, format)?,
+            };
+            match output {
+                Some(path) => std::fs::write(&path, bytes)
+                    .with_context(|| format!("write {}", path.display())),
+                None => {
+                    use std::io::Write;
+                    std::io::stdout()
+                        .write_all(&bytes)
+                        .context("write the graph")
+                }
+            }
         }
     }
 }
@@ -150,4 +178,89 @@ fn pod_subnet(lab: &Lab, node: &str) -> Option<String> {
     doc["plugins"][0]["ipam"]["ranges"][0][0]["subnet"]
         .as_str()
         .map(str::to_string)
+}
+
+/// What the picture shows, read from the lab's kernels and its store.
+async fn topology(lab: &Lab) -> anyhow::Result<sandboxd::lab::graph::Topology> {
+    use k8s_cri::v1 as cri;
+    use sandboxd::lab::graph::{read_node, PodPin, ServiceView, Topology};
+    let state = lab
+        .load()?
+        .context("no lab is up: run `sandboxctl lab up` first")?;
+    let mut nodes = Vec::new();
+    for node in &state.nodes {
+        let channel = sandboxd::client::channel(&lab.endpoint(&node.name)).await?;
+        let mut client = cri::runtime_service_client::RuntimeServiceClient::new(channel);
+        let sandboxes = client
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await?
+            .into_inner()
+            .items;
+        let mut pods = Vec::new();
+        for sandbox in sandboxes {
+            if sandbox.state != cri::PodSandboxState::SandboxReady as i32 {
+                continue;
+            }
+            let status = client
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: sandbox.id.clone(),
+                    verbose: true,
+                })
+                .await?
+                .into_inner();
+            let info: serde_json::Value = status
+                .info
+                .get("info")
+                .and_then(|i| serde_json::from_str(i).ok())
+                .unwrap_or_default();
+            if let Some(netns) = info["netnsPath"].as_str() {
+                pods.push(PodPin {
+                    name: sandbox.metadata.map(|m| m.name).unwrap_or_default(),
+                    netns: netns.into(),
+                });
+            }
+        }
+        let machine = lab.machine(&node.name);
+        let name = node.name.clone();
+        nodes.push(tokio::task::spawn_blocking(move || read_node(&name, &machine, &pods)).await??);
+    }
+    let channel = sandboxd::client::channel(&lab.endpoint(sandboxd::lab::CONTROL_PLANE)).await?;
+    let services = crate::ServicesClient::new(channel)
+        .list_services(sandboxd::services_api::v1::ListServicesRequest {
+            namespace: String::new(),
+        })
+        .await?
+        .into_inner()
+        .services
+        .into_iter()
+        .filter_map(|service| {
+            let spec = service.spec?;
+            Some(ServiceView {
+                name: spec.name,
+                cluster_ip: spec.cluster_ip,
+                ports: spec
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let protocol = if p.protocol.is_empty() {
+                            "TCP"
+                        } else {
+                            &p.protocol
+                        };
+                        match p.node_port {
+                            0 => format!("{}/{protocol}", p.port),
+                            node_port => format!("{}:{node_port}/{protocol}", p.port),
+                        }
+                    })
+                    .collect(),
+                endpoints: service.endpoints.into_iter().map(|e| e.pod_name).collect(),
+            })
+        })
+        .collect();
+    Ok(Topology {
+        backend: state.backend,
+        underlay: sandboxd::lab::UNDERLAY,
+        nodes,
+        services,
+    })
 }
