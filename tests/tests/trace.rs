@@ -190,3 +190,29 @@ fn a_destination_nobody_answers_ends_in_time_and_says_where_it_was_last_seen() {
     assert_eq!(code, Some(1));
     assert!(err.contains("invalid --from-node \"k8s-node9\""), "{err}");
 }
+
+#[test]
+fn on_a_node_alone_the_trace_follows_a_service_between_its_own_pods() {
+    let daemon = sandboxd_tests::daemon::SandboxdProcess::start();
+    let manifest = daemon.path("pods.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client, labels: {app: client}}\n\
+         spec: {containers: [{name: c, image: kubetm/p8000}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: server, labels: {app: server}}\n\
+         spec: {containers: [{name: c, image: kubetm/p8080}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: svc-server}\n\
+         spec: {selector: {app: server}, ports: [{port: 80, targetPort: 8080}]}\n",
+    )
+    .unwrap();
+    let (code, out, err) = daemon.sandboxctl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = daemon.sandboxctl(&["trace", "client", "svc-server:80"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("answered \"HTTP/1.1"), "{out}");
+    let request = request_lines(&out);
+    assert!(request[0].contains("client eth0"), "{out}");
+    assert!(request.iter().any(|l| l.contains("(server)")), "{out}");
+    assert!(out.contains(":80 → 10.244.1."), "the DNAT: {out}");
+    assert!(!out.contains("VXLAN"), "{out}");
+}

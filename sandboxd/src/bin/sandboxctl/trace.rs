@@ -38,7 +38,8 @@ struct NodeView {
     endpoint: String,
     netns: Option<PathBuf>,
     ip: Option<Ipv4Addr>,
-    underlay: String,
+    /// The device other nodes are reached by; a node alone has none.
+    underlay: Option<String>,
     pods: Vec<PodView>,
 }
 
@@ -119,12 +120,14 @@ pub async fn run(endpoint: Option<String>, args: Args) -> anyhow::Result<()> {
                 });
             }
         }
-        hops.push(Hop {
-            node: node.name.clone(),
-            label: node.underlay.clone(),
-            netns: node.netns.clone(),
-            interface: node.underlay.clone(),
-        });
+        if let Some(underlay) = &node.underlay {
+            hops.push(Hop {
+                node: node.name.clone(),
+                label: underlay.clone(),
+                netns: node.netns.clone(),
+                interface: underlay.clone(),
+            });
+        }
     }
     let plan = Plan {
         client: format!("{client} on {client_node}"),
@@ -203,7 +206,7 @@ async fn nodes(endpoint: Option<String>) -> anyhow::Result<Vec<NodeView>> {
                 endpoint: lab.endpoint(&n.name),
                 netns: Some(lab.node_netns(&n.name)),
                 ip: Some(n.ip),
-                underlay: sandboxd::lab::underlay::NODE_DEVICE.into(),
+                underlay: Some(sandboxd::lab::underlay::NODE_DEVICE.into()),
                 pods: Vec::new(),
             })
             .collect());
@@ -229,7 +232,7 @@ async fn nodes(endpoint: Option<String>) -> anyhow::Result<Vec<NodeView>> {
         endpoint,
         netns,
         ip: addresses["ip"].as_str().and_then(|ip| ip.parse().ok()),
-        underlay: addresses["underlay"].as_str().unwrap_or("eth0").to_string(),
+        underlay: addresses["underlay"].as_str().map(str::to_string),
         pods: Vec::new(),
     }])
 }
