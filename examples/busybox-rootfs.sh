@@ -19,6 +19,27 @@ cp /bin/busybox "$base/bin/busybox"
 for applet in $(/bin/busybox --list); do
   [ "$applet" = busybox ] || ln -s busybox "$base/bin/$applet"
 done
+# Debian's busybox-static is built without pgrep, which the upstream busybox image has
+# (critest looks for leftover processes with `pgrep sleep`): the same lookup over /proc,
+# matching process names against an extended regular expression as pgrep does.
+if [ ! -e "$base/bin/pgrep" ]; then
+  cat > "$base/bin/pgrep" <<'SCRIPT'
+#!/bin/sh
+# pgrep PATTERN: the pids of the processes whose name matches PATTERN (an ERE).
+[ $# -eq 1 ] || { echo "usage: pgrep PATTERN" >&2; exit 2; }
+found=1
+for dir in /proc/[0-9]*; do
+  # A process may end while the list is read: its name is then gone, silently.
+  name=$(cat "$dir/comm" 2>/dev/null) || continue
+  if echo "$name" | grep -qE -- "$1"; then
+    echo "${dir#/proc/}"
+    found=0
+  fi
+done
+exit $found
+SCRIPT
+  chmod 755 "$base/bin/pgrep"
+fi
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$base/etc/passwd"
 printf 'root:x:0:\nnobody:x:65534:\n' > "$base/etc/group"
 chmod 1777 "$base/tmp"

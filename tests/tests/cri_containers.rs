@@ -41,6 +41,7 @@ with_both_runtimes!(
     containers_survive_a_kill_9_of_sandboxd,
     bad_container_requests_are_refused_and_leave_nothing,
     container_cycles_leak_nothing,
+    a_rotated_log_is_reopened_and_a_timed_out_exec_leaves_no_process,
 );
 
 fn pod_config(name: &str) -> cri::PodSandboxConfig {
@@ -775,4 +776,82 @@ async fn sandboxctl_applies_the_seed_manifest_and_drives_its_containers() {
     assert!(err.contains("not found"), "{err}");
     assert!(!std::path::Path::new(netns).exists(), "the pin is left");
     assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}
+
+/// critest's log rotation and ExecSync-timeout checks: ReopenContainerLog returns with the
+/// new file in place, and the command of an ExecSync that ran past its timeout is gone.
+async fn a_rotated_log_is_reopened_and_a_timed_out_exec_leaves_no_process(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
+    let mut client = daemon.client().await;
+    let pod = run_pod(&mut client, "rotating").await;
+    let ticker = run_container(
+        &mut client,
+        &pod,
+        container_config(
+            "ticker",
+            "busybox",
+            &["sh", "-c", "while true; do echo tick; sleep 0.05; done"],
+        ),
+    )
+    .await;
+    let (running, _) = status(&mut client, &ticker).await;
+    let log = std::path::PathBuf::from(&running.log_path);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log at {}",
+            log.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    client
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: ticker.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(log.exists(), "the new log is there when the call returns");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = std::fs::read_to_string(&rotated).unwrap().len();
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains(" stdout F tick\n"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap().len(),
+        before,
+        "the rotated log no longer grows"
+    );
+
+    let timed_out = client
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: ticker.clone(),
+            cmd: vec!["sleep".into(), "4321".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        timed_out.code(),
+        tonic::Code::DeadlineExceeded,
+        "{timed_out:?}"
+    );
+    let left = exec(
+        &mut client,
+        &ticker,
+        &[
+            "sh",
+            "-c",
+            "pgrep 'sleep' | while read p; do cat /proc/$p/cmdline; echo; done",
+        ],
+    )
+    .await;
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.contains("4321"),
+        "the timed-out command still runs: {left}"
+    );
 }

@@ -1051,3 +1051,98 @@ async fn a_pod_can_have_its_own_pid_namespace_or_the_nodes_network() {
     }
     daemon.assert_clean();
 }
+
+/// Reads a sysctl inside the IPC and network namespaces of a process.
+fn sysctl_of(pid: u64, path: &str) -> String {
+    sandboxd_tests::run(
+        "nsenter",
+        &[
+            &format!("--ipc=/proc/{pid}/ns/ipc"),
+            &format!("--net=/proc/{pid}/ns/net"),
+            "cat",
+            path,
+        ],
+    )
+    .split_whitespace()
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+#[tokio::test]
+async fn a_pods_sysctls_are_set_in_its_namespaces_and_a_node_wide_one_is_refused() {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.client().await;
+    let host_shm = std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced").unwrap();
+    let mut config = pod_config("tuned", "u-sysctl");
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: [
+            ("kernel.shm_rmid_forced", "1"),
+            ("fs.mqueue.msg_max", "100"),
+            ("net.ipv4.ip_local_port_range", "20000 30000"),
+            ("net/ipv4/ip_unprivileged_port_start", "80"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..Default::default()
+    });
+    let id = run_pod(&mut client, config)
+        .await
+        .expect("run with sysctls");
+    let (_, info) = status(&mut client, &id).await.unwrap();
+    let pid = info["pid"].as_u64().unwrap();
+    assert_eq!(sysctl_of(pid, "/proc/sys/kernel/shm_rmid_forced"), "1");
+    assert_eq!(sysctl_of(pid, "/proc/sys/fs/mqueue/msg_max"), "100");
+    assert_eq!(
+        sysctl_of(pid, "/proc/sys/net/ipv4/ip_local_port_range"),
+        "20000 30000"
+    );
+    assert_eq!(
+        sysctl_of(pid, "/proc/sys/net/ipv4/ip_unprivileged_port_start"),
+        "80"
+    );
+    // The node's own are untouched.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced").unwrap(),
+        host_shm
+    );
+
+    // A sysctl no pod namespace scopes, and a network one on the node's network: refused
+    // by name, nothing made.
+    for (sysctls, network, expected) in [
+        (
+            [("vm.swappiness", "10")],
+            cri::NamespaceMode::Pod,
+            "linux.sysctls[\"vm.swappiness\"]",
+        ),
+        (
+            [("net.ipv4.ip_forward", "1")],
+            cri::NamespaceMode::Node,
+            "the pod uses the node's network",
+        ),
+    ] {
+        let mut config = with_namespaces(
+            pod_config("untuned", "u-sysctl-2"),
+            network,
+            cri::NamespaceMode::Container,
+        );
+        config.linux.as_mut().unwrap().sysctls = sysctls
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let error = run_pod(&mut client, config).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+        assert!(error.message().contains(expected), "{}", error.message());
+    }
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
+    daemon.assert_clean();
+}

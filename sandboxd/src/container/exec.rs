@@ -10,6 +10,9 @@ use crate::container::ContainerState;
 use crate::error::{Error, Result};
 use crate::runtime::{new_id, Runtime};
 
+/// How long the monitor gets to reopen a container's log.
+const REOPEN_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Default)]
 pub struct ExecOutput {
     pub stdout: Vec<u8>,
@@ -64,18 +67,39 @@ impl Runtime {
         })
     }
 
+    /// Has the monitor reopen the log at its path, and returns once the file is there
+    /// again (the kubelet's log rotation renames it, calls this, and reads the new one at
+    /// once, as containerd, which reopens in-process, lets it).
     pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
         let (_, entry) = self.lookup_container(id)?;
         let mut record = entry.lock().await;
         self.observe(&mut record)?;
-        match (record.state, record.monitor) {
-            (ContainerState::Running, Some(monitor)) => monitor
-                .signal(Signal::SIGUSR1)
-                .map_err(|e| Error::step("reopen the log", record.describe(), e)),
-            _ => Err(Error::FailedPrecondition(format!(
+        let Some(monitor) = record
+            .monitor
+            .filter(|_| record.state == ContainerState::Running)
+        else {
+            return Err(Error::FailedPrecondition(format!(
                 "{} is not running; its log is closed",
                 record.describe()
-            ))),
+            )));
+        };
+        monitor
+            .signal(Signal::SIGUSR1)
+            .map_err(|e| Error::step("reopen the log", record.describe(), e))?;
+        let deadline = tokio::time::Instant::now() + REOPEN_TIMEOUT;
+        while !record.log_path.exists() {
+            if tokio::time::Instant::now() > deadline || !monitor.is_alive() {
+                return Err(Error::step(
+                    "reopen the log",
+                    record.describe(),
+                    anyhow::anyhow!(
+                        "the monitor did not reopen {} within {REOPEN_TIMEOUT:?}",
+                        record.log_path.display()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        Ok(())
     }
 }

@@ -17,6 +17,7 @@ mod remove;
 mod run;
 mod status;
 mod stop;
+pub mod sysctl;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -115,6 +116,9 @@ pub struct SandboxRecord {
     /// The pod's /dev/shm tmpfs, while it is mounted.
     #[serde(default)]
     pub shm: Option<PathBuf>,
+    /// The sysctls set in its IPC and network namespaces.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 impl SandboxRecord {

@@ -28,6 +28,7 @@ struct PodSpec {
     host_network: bool,
     pid_namespace: bool,
     dns: Option<cri::DnsConfig>,
+    sysctls: BTreeMap<String, String>,
 }
 
 /// Names end up in paths, CNI_ARGS and messages: no separators, no `.`/`..`, no controls.
@@ -194,6 +195,13 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         }
     }
 
+    let sysctls: BTreeMap<String, String> = config
+        .linux
+        .as_ref()
+        .map(|l| l.sysctls.clone().into_iter().collect())
+        .unwrap_or_default();
+    super::sysctl::validate(&object, &sysctls, host_network)?;
+
     Ok(PodSpec {
         metadata: PodMetadata {
             name: meta.name,
@@ -209,6 +217,7 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         host_network,
         pid_namespace,
         dns: config.dns_config,
+        sysctls,
     })
 }
 
@@ -309,6 +318,7 @@ impl Runtime {
             additional_ips: Vec::new(),
             cni_result: None,
             shm: None,
+            sysctls: spec.sysctls,
         };
 
         // 2. The intent: what the next steps will make, before they make it.
@@ -358,6 +368,10 @@ impl Runtime {
         });
         record.pause = Some(pause);
         fault::point("run-pod-sandbox/pause-started");
+
+        // The pod's sysctls, in the namespaces its containers will join (they go with them).
+        super::sysctl::apply(pid, &record.sysctls)
+            .map_err(|e| Error::step("apply the pod's sysctls", &object, e))?;
 
         if let Some(network) = network {
             // 4. Pin the netns.
