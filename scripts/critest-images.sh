@@ -3,8 +3,9 @@
 # under the names its sources give, and imports them into an image store. Every image is
 # busybox-static with what the specs look for:
 #
-#   registry.k8s.io/e2e-test-images/busybox:1.29-2   busybox, plus pgrep and ipcs (Debian's
-#                                                    busybox-static lacks both) as scripts
+#   registry.k8s.io/e2e-test-images/busybox:1.29-2   busybox, plus ipcs (Debian's
+#                                                    busybox-static lacks it) as a script, and
+#                                                    the base's pgrep (examples/busybox-rootfs.sh)
 #   …/nginx:1.14-2, …/hostnet-nginx-amd64            hostname-server named nginx, on 80 or 12003
 #   …/httpd:2.4.39-4                                  hostname-server on 80, logging as httpd does
 #   …/nonewprivs:1.3                                  a setuid-root program printing its euid
@@ -33,16 +34,6 @@ trap 'rm -rf "$work"' EXIT
 base="$work/base"
 examples/busybox-rootfs.sh "$base"
 
-# pgrep PATTERN: pids whose command name matches, as procps prints them.
-cat > "$base/bin/pgrep" <<'SH'
-#!/bin/sh
-found=1
-for dir in /proc/[0-9]*; do
-  name=$(cat "$dir/comm" 2>/dev/null) || continue
-  case "$name" in *$1*) echo "${dir#/proc/}"; found=0 ;; esac
-done
-exit $found
-SH
 # ipcs: the System V IPC objects of this ipc namespace, from /proc/sysvipc.
 # (busybox sh runs its own applets before any file in PATH, so only names busybox lacks
 # can be given this way; the httpd script below execs its server by path for that reason.)
@@ -53,8 +44,7 @@ for kind in shm msg sem; do
   tail -n +2 "/proc/sysvipc/$kind" 2>/dev/null
 done
 SH
-chmod 755 "$base/bin/pgrep" "$base/bin/ipcs"
-rm -f "$base/bin/pgrep.busybox"
+chmod 755 "$base/bin/ipcs"
 
 pack() {
   local name="$1"; shift

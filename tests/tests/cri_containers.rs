@@ -839,19 +839,21 @@ async fn a_rotated_log_is_reopened_and_a_timed_out_exec_leaves_no_process(runtim
         tonic::Code::DeadlineExceeded,
         "{timed_out:?}"
     );
+    // Not running, and not a zombie either (its comm would still say sleep): the ticker's
+    // own short sleeps are the only ones.
     let left = exec(
         &mut client,
         &ticker,
         &[
             "sh",
             "-c",
-            "pgrep 'sleep' | while read p; do cat /proc/$p/cmdline; echo; done",
+            "for p in $(pgrep sleep); do cat /proc/$p/stat; tr '\\0' ' ' < /proc/$p/cmdline; echo; done",
         ],
     )
     .await;
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(
-        !left.contains("4321"),
-        "the timed-out command still runs: {left}"
+        !left.contains("4321") && !left.contains(") Z "),
+        "the timed-out command is still there: {left}"
     );
 }

@@ -113,34 +113,41 @@ impl OciRuntime {
             .with_context(|| format!("run {}", self.binary.display()))?;
         let stdout = read_capped(child.stdout.take().expect("piped stdout"));
         let stderr = read_capped(child.stderr.take().expect("piped stderr"));
-        let output = async { tokio::join!(stdout, stderr, child.wait()) };
-        let (stdout, stderr, status, timed_out) = match timeout {
-            None => {
-                let (o, e, s) = output.await;
-                (o, e, s, false)
+        let finished = match timeout {
+            None => Some(tokio::join!(stdout, stderr, child.wait())),
+            Some(limit) => {
+                let output = async { tokio::join!(stdout, stderr, child.wait()) };
+                tokio::time::timeout(limit, output).await.ok()
             }
-            Some(limit) => match tokio::time::timeout(limit, output).await {
-                Ok((o, e, s)) => (o, e, s, false),
-                Err(_) => {
-                    // runc exec waits for the process it started: kill that, not runc.
-                    if let Some(pid) = std::fs::read_to_string(pid_file)
-                        .ok()
-                        .and_then(|t| t.trim().parse::<i32>().ok())
-                    {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    let _ = std::fs::remove_file(pid_file);
-                    return Ok(ExecResult {
-                        timed_out: true,
-                        exit_code: -1,
-                        ..Default::default()
-                    });
-                }
-            },
         };
+        let Some((stdout, stderr, status)) = finished else {
+            // The runtime's exec waits for the process it started: kill that, not the
+            // runtime, then wait for the runtime to reap it and exit, so no trace of the
+            // command (not even a zombie in the container's pid namespace) outlives the
+            // call.
+            if let Some(pid) = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if tokio::time::timeout(EXEC_REAP_TIMEOUT, child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.start_kill();
+            }
+            let _ = std::fs::remove_file(pid_file);
+            return Ok(ExecResult {
+                timed_out: true,
+                exit_code: -1,
+                ..Default::default()
+            });
+        };
+        let timed_out = false;
         let _ = std::fs::remove_file(pid_file);
         let status = status.with_context(|| format!("wait for {}", self.binary.display()))?;
         use std::os::unix::process::ExitStatusExt;
@@ -156,6 +163,9 @@ impl OciRuntime {
         })
     }
 }
+
+/// How long the runtime gets to reap a timed-out exec's process it was told to kill.
+const EXEC_REAP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads a stream to its end, keeping its first [`MAX_EXEC_OUTPUT`] bytes (and draining the
 /// rest, so the writer never blocks on a full pipe).
