@@ -270,15 +270,21 @@ impl RuntimeService for CriService {
     }
     async fn container_stats(
         &self,
-        _: Request<cri::ContainerStatsRequest>,
+        request: Request<cri::ContainerStatsRequest>,
     ) -> Reply<cri::ContainerStatsResponse> {
-        unimplemented("ContainerStats")
+        let request = request.into_inner();
+        let stats = self.runtime.container_stats(&request.container_id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> Reply<cri::ListContainerStatsResponse> {
-        unimplemented("ListContainerStats")
+        let filter = crate::container::StatsFilter::from_cri(request.into_inner().filter);
+        let stats = self.runtime.list_container_stats(&filter).await?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
     async fn pod_sandbox_stats(
         &self,

@@ -42,6 +42,7 @@ with_both_runtimes!(
     bad_container_requests_are_refused_and_leave_nothing,
     container_cycles_leak_nothing,
     a_rotated_log_is_reopened_and_a_timed_out_exec_leaves_no_process,
+    container_stats_come_from_its_cgroups_and_its_upper_dir,
 );
 
 fn pod_config(name: &str) -> cri::PodSandboxConfig {
@@ -856,4 +857,116 @@ async fn a_rotated_log_is_reopened_and_a_timed_out_exec_leaves_no_process(runtim
         !left.contains("4321") && !left.contains(") Z "),
         "the timed-out command is still there: {left}"
     );
+}
+
+/// ContainerStats and ListContainerStats: CPU and memory from the container's cgroups,
+/// the writable layer from its upper dir, filters as ListContainers has them.
+async fn container_stats_come_from_its_cgroups_and_its_upper_dir(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
+    let mut client = daemon.client().await;
+    let pod = run_pod(&mut client, "measured").await;
+    let other = run_pod(&mut client, "unmeasured").await;
+    let busy = run_container(
+        &mut client,
+        &pod,
+        container_config(
+            "busy",
+            "busybox",
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/blob bs=1024 count=4096 2>/dev/null; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; touch /done; sleep 1000",
+            ],
+        ),
+    )
+    .await;
+    let idle = run_container(
+        &mut client,
+        &other,
+        container_config("idle", "busybox", &["sleep", "1000"]),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while exec(&mut client, &busy, &["test", "-e", "/done"])
+        .await
+        .exit_code
+        != 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the busy loop did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let stats = client
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: busy.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let attributes = stats.attributes.unwrap();
+    assert_eq!(attributes.id, busy);
+    assert_eq!(attributes.metadata.unwrap().name, "busy");
+    let cpu = stats.cpu.unwrap();
+    assert!(cpu.timestamp > 0);
+    let cpu_ns = cpu.usage_core_nano_seconds.unwrap().value;
+    assert!(cpu_ns > 10_000_000, "the loop took CPU: {cpu_ns} ns");
+    let memory = stats.memory.unwrap();
+    assert!(memory.timestamp > 0);
+    let working_set = memory.working_set_bytes.unwrap().value;
+    assert!(working_set > 0 && working_set < 1 << 30, "{working_set}");
+    let layer = stats.writable_layer.unwrap();
+    let used = layer.used_bytes.unwrap().value;
+    assert!(
+        used >= 4 << 20,
+        "the 4 MiB blob is in the writable layer: {used}"
+    );
+    assert!(layer.inodes_used.unwrap().value >= 2);
+
+    let list = |filter: Option<cri::ContainerStatsFilter>| {
+        let mut client = client.clone();
+        async move {
+            let mut ids: Vec<String> = client
+                .list_container_stats(cri::ListContainerStatsRequest { filter })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .into_iter()
+                .map(|s| s.attributes.unwrap().id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut both = vec![busy.clone(), idle.clone()];
+    both.sort();
+    assert_eq!(list(None).await, both);
+    assert_eq!(
+        list(Some(cri::ContainerStatsFilter {
+            pod_sandbox_id: other.clone(),
+            ..Default::default()
+        }))
+        .await,
+        vec![idle.clone()]
+    );
+    assert_eq!(
+        list(Some(cri::ContainerStatsFilter {
+            id: busy[..12].to_string(),
+            ..Default::default()
+        }))
+        .await,
+        vec![busy.clone()]
+    );
+    let missing = client
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: "0123456789ab".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
 }

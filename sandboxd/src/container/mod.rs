@@ -33,6 +33,7 @@ mod recover;
 mod remove;
 pub mod rootfs;
 mod start;
+mod stats;
 mod status;
 mod stop;
 
@@ -44,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::process::ProcessHandle;
 
 pub use exec::ExecOutput;
+pub use stats::StatsFilter;
 pub use status::ContainerFilter;
 
 /// Version of the on-disk record format.

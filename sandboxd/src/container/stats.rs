@@ -1,0 +1,284 @@
+//! ContainerStats and ListContainerStats, read from the kernel as cAdvisor and containerd
+//! read them: CPU time and the memory working set (usage less inactive file pages) from the
+//! cgroups of the container's first process, whichever runtime placed them (cgroup v1 here,
+//! v2 where the machine has it), and the writable layer's size from its upper dir.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+
+use crate::container::{ContainerRecord, ContainerState};
+use crate::error::{Error, Result};
+use crate::runtime::{now_ns, Runtime};
+
+/// ListContainerStats' filter: every given part must match.
+#[derive(Debug, Default, Clone)]
+pub struct StatsFilter {
+    pub id: Option<String>,
+    pub sandbox_id: Option<String>,
+    pub labels: HashMap<String, String>,
+}
+
+impl StatsFilter {
+    pub fn from_cri(filter: Option<cri::ContainerStatsFilter>) -> StatsFilter {
+        let Some(filter) = filter else {
+            return StatsFilter::default();
+        };
+        StatsFilter {
+            id: Some(filter.id).filter(|id| !id.is_empty()),
+            sandbox_id: Some(filter.pod_sandbox_id).filter(|id| !id.is_empty()),
+            labels: filter.label_selector,
+        }
+    }
+
+    fn matches(&self, record: &ContainerRecord) -> bool {
+        self.id
+            .as_ref()
+            .is_none_or(|id| record.id.starts_with(id.as_str()))
+            && self
+                .sandbox_id
+                .as_ref()
+                .is_none_or(|id| record.sandbox_id.starts_with(id.as_str()))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| record.labels.get(k) == Some(v))
+    }
+}
+
+impl Runtime {
+    pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
+        let (_, entry) = self.lookup_container(id)?;
+        let mut record = entry.lock().await;
+        self.observe(&mut record)?;
+        let record = record.clone();
+        let object = record.describe();
+        let upper = self.container_dir(&record.id).path().join("upper");
+        tokio::task::spawn_blocking(move || stats_of(&record, &upper))
+            .await
+            .map_err(|e| Error::step("read the stats", object, e))
+    }
+
+    pub async fn list_container_stats(
+        &self,
+        filter: &StatsFilter,
+    ) -> Result<Vec<cri::ContainerStats>> {
+        let mut records = Vec::new();
+        for entry in self.container_entries() {
+            let mut record = entry.lock().await;
+            self.observe(&mut record)?;
+            if filter.matches(&record) {
+                let upper = self.container_dir(&record.id).path().join("upper");
+                records.push((record.clone(), upper));
+            }
+        }
+        tokio::task::spawn_blocking(move || {
+            records
+                .iter()
+                .map(|(record, upper)| stats_of(record, upper))
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::step("read the stats", "containers", e))
+    }
+}
+
+/// One container's figures; a container whose process is gone (exited) has no cgroup
+/// left to read, and shows none.
+fn stats_of(record: &ContainerRecord, upper: &Path) -> cri::ContainerStats {
+    let timestamp = now_ns();
+    let pid = record
+        .process
+        .as_ref()
+        .filter(|_| record.state != ContainerState::Exited)
+        .map(|p| p.pid);
+    let usage = pid.map(Usage::of).unwrap_or_default();
+    let (used_bytes, inodes_used) = disk_usage(upper);
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: record.id.clone(),
+            metadata: Some(cri::ContainerMetadata {
+                name: record.name.clone(),
+                attempt: record.attempt,
+            }),
+            labels: record.labels.clone().into_iter().collect(),
+            annotations: record.annotations.clone().into_iter().collect(),
+        }),
+        cpu: Some(cri::CpuUsage {
+            timestamp,
+            usage_core_nano_seconds: usage.cpu_ns.map(|v| cri::UInt64Value { value: v }),
+            usage_nano_cores: None,
+        }),
+        memory: Some(cri::MemoryUsage {
+            timestamp,
+            working_set_bytes: usage.working_set.map(|v| cri::UInt64Value { value: v }),
+            usage_bytes: usage.memory.map(|v| cri::UInt64Value { value: v }),
+            ..Default::default()
+        }),
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: upper.display().to_string(),
+            }),
+            used_bytes: Some(cri::UInt64Value { value: used_bytes }),
+            inodes_used: Some(cri::UInt64Value { value: inodes_used }),
+        }),
+        ..Default::default()
+    }
+}
+
+/// What a process's cgroups have counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time of every task in the cgroup, in nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// Memory charged to the cgroup.
+    pub memory: Option<u64>,
+    /// `memory` less inactive file pages: what the kubelet evicts on.
+    pub working_set: Option<u64>,
+}
+
+impl Usage {
+    pub fn of(pid: u32) -> Usage {
+        let Ok(membership) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return Usage::default();
+        };
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir_of = |controller: Option<&str>| {
+            cgroup_path(&membership, &mounts, controller).filter(|dir| dir.is_dir())
+        };
+        let mut usage = Usage::default();
+        // v1 first (where the controller is bound there, v2 has no files for it).
+        if let Some(dir) = dir_of(Some("cpuacct")) {
+            usage.cpu_ns = read_number(&dir.join("cpuacct.usage"));
+        }
+        if let Some(dir) = dir_of(Some("memory")) {
+            usage.memory = read_number(&dir.join("memory.usage_in_bytes"));
+            let inactive = stat_field(&dir.join("memory.stat"), "total_inactive_file");
+            usage.working_set = usage
+                .memory
+                .map(|m| m.saturating_sub(inactive.unwrap_or(0)));
+        }
+        if let Some(dir) = dir_of(None) {
+            if usage.cpu_ns.is_none() {
+                usage.cpu_ns = stat_field(&dir.join("cpu.stat"), "usage_usec").map(|us| us * 1000);
+            }
+            if usage.memory.is_none() {
+                usage.memory = read_number(&dir.join("memory.current"));
+                let inactive = stat_field(&dir.join("memory.stat"), "inactive_file");
+                usage.working_set = usage
+                    .memory
+                    .map(|m| m.saturating_sub(inactive.unwrap_or(0)));
+            }
+        }
+        usage
+    }
+}
+
+/// The dir of the cgroup a process is in, for a v1 `controller` (None: the v2 one):
+/// its path from `/proc/<pid>/cgroup` under the hierarchy's mount point from mountinfo.
+fn cgroup_path(membership: &str, mountinfo: &str, controller: Option<&str>) -> Option<PathBuf> {
+    let path = membership.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let wanted = match controller {
+            Some(c) => controllers.split(',').any(|x| x == c),
+            None => controllers.is_empty(),
+        };
+        wanted.then_some(path)
+    })?;
+    let mount = mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let mount_point = before.split(' ').nth(4)?;
+        let mut after = after.split(' ');
+        let (fstype, _source, options) = (after.next()?, after.next()?, after.next()?);
+        let wanted = match controller {
+            Some(c) => fstype == "cgroup" && options.split(',').any(|o| o == c),
+            None => fstype == "cgroup2",
+        };
+        wanted.then_some(mount_point)
+    })?;
+    Some(Path::new(mount).join(path.trim_start_matches('/')))
+}
+
+fn read_number(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `name N` from a flat keyed file (memory.stat, cpu.stat).
+fn stat_field(path: &Path, name: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok()).flatten()
+        })
+}
+
+/// Bytes allocated and inodes under `dir` (as `du -s` and `du --inodes` count them), not
+/// following symlinks and not crossing into other filesystems.
+pub fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    let device = root.dev();
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if metadata.dev() != device {
+            continue;
+        }
+        bytes += metadata.blocks() * 512;
+        inodes += 1;
+        if metadata.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_cgroup_dir_is_found_through_mountinfo() {
+        let membership = "12:memory:/sandboxd/abc\n4:cpu,cpuacct:/sandboxd/abc\n0::/user.slice\n";
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n\
+31 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n\
+32 25 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n";
+        let resolve = |controller| {
+            cgroup_path(membership, mountinfo, controller).map(|d| d.display().to_string())
+        };
+        assert_eq!(
+            resolve(Some("memory")).as_deref(),
+            Some("/sys/fs/cgroup/memory/sandboxd/abc")
+        );
+        assert_eq!(
+            resolve(Some("cpuacct")).as_deref(),
+            Some("/sys/fs/cgroup/cpu,cpuacct/sandboxd/abc")
+        );
+        assert_eq!(
+            resolve(None).as_deref(),
+            Some("/sys/fs/cgroup/unified/user.slice")
+        );
+        assert_eq!(resolve(Some("pids")), None);
+    }
+
+    #[test]
+    fn this_process_has_cpu_and_memory_usage() {
+        let usage = Usage::of(std::process::id());
+        // (A process in a cgroup v2 root has no memory.current: only the CPU is certain.)
+        assert!(usage.cpu_ns.is_some_and(|ns| ns > 0), "{usage:?}");
+        assert!(usage.working_set <= usage.memory);
+    }
+}
