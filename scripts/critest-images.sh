@@ -6,7 +6,8 @@
 #   registry.k8s.io/e2e-test-images/busybox:1.29-2   busybox, plus ipcs (Debian's
 #                                                    busybox-static lacks it) as a script, and
 #                                                    the base's pgrep (examples/busybox-rootfs.sh)
-#   …/nginx:1.14-2, …/hostnet-nginx-amd64            hostname-server named nginx, on 80 or 12003
+#   …/nginx:1.14-2, …/hostnet-nginx-amd64            hostname-server named nginx, on 80 or 12003,
+#                                                    titled as nginx's master process
 #   …/httpd:2.4.39-4                                  hostname-server on 80, logging as httpd does
 #   …/nonewprivs:1.3                                  a setuid-root program printing its euid
 #   …/test-image-user-*, …/test-image-predefined-group   USER as critest expects, with
@@ -69,9 +70,11 @@ echo "AH00094: Command line: 'httpd -D FOREGROUND'"
 exec /usr/local/bin/httpd --port 80
 SH
 chmod 755 "$web/usr/local/bin/httpd-foreground"
-pack "$e2e/nginx:1.14-2" --layer "$base" --layer "$web" --cmd nginx --cmd --port --cmd 80 --port 80/tcp
+nginx_title=(--cmd --title --cmd "nginx: master process nginx -g daemon off;")
+pack "$e2e/nginx:1.14-2" --layer "$base" --layer "$web" --cmd nginx --cmd --port --cmd 80 \
+  "${nginx_title[@]}" --port 80/tcp
 pack "$cri/hostnet-nginx-amd64:latest" --layer "$base" --layer "$web" \
-  --cmd nginx --cmd --port --cmd 12003 --port 12003/tcp
+  --cmd nginx --cmd --port --cmd 12003 "${nginx_title[@]}" --port 12003/tcp
 pack "$e2e/httpd:2.4.39-4" --layer "$base" --layer "$web" --cmd httpd-foreground --port 80/tcp
 
 # nonewprivs: setuid root; with no_new_privs the kernel runs it with the caller's euid.

@@ -1,7 +1,11 @@
 //! hostname-server: the demo images' web server. Answers `GET /hostname` with the pod's
 //! hostname (the seeds' `curl <ip>:8080/hostname`), and `GET /` with a line naming it.
 //!
-//!   hostname-server [--port N]      (default: $PORT, else 8080)
+//!   hostname-server [--port N] [--title TEXT]      (port default: $PORT, else 8080)
+//!
+//! `--title` only rides along in the command line, where `ps` and `/proc/<pid>/cmdline`
+//! show it: a stand-in for a server that sets its process title (nginx shows "nginx:
+//! master process …", which critest looks for as PID 1 of a container's pid namespace).
 //!
 //! Built statically by `examples/build.rs` (glibc with crt-static, no other crates), so it
 //! runs in a busybox image that has no libc. A port already taken is reported on stderr as
@@ -26,7 +30,14 @@ fn port() -> Result<u16, String> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--port" | "-p" => port = Some(args.next().ok_or("--port needs a number")?),
-            other => return Err(format!("unknown argument {other:?}; usage: hostname-server [--port N]")),
+            "--title" => {
+                args.next().ok_or("--title needs a text")?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: hostname-server [--port N] [--title TEXT]"
+                ))
+            }
         }
     }
     let text = port.unwrap_or_else(|| "8080".to_string());
