@@ -41,6 +41,9 @@ pub struct PodNamespaces {
     pub hostname: Option<String>,
     /// Stay in the node's network namespace (a hostNetwork pod).
     pub host_network: bool,
+    /// Stay in the node's IPC namespace (a hostIPC pod): its containers see the node's
+    /// System V IPC objects and POSIX message queues.
+    pub host_ipc: bool,
     /// The node's network namespace when it is not the caller's (a lab node): where a
     /// hostNetwork pod's pause goes.
     pub node_netns: crate::node::NodeNetns,
@@ -88,7 +91,10 @@ pub fn spawn(binary: &Path, pod: &str, namespaces: &PodNamespaces) -> Result<u32
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(e.into()))?;
     let (null_fd, report_fd) = (devnull.as_raw_fd(), report_write.as_raw_fd());
 
-    let mut flags = CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    let mut flags = CloneFlags::CLONE_NEWUTS;
+    if !namespaces.host_ipc {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
     if !namespaces.host_network {
         flags |= CloneFlags::CLONE_NEWNET;
     }

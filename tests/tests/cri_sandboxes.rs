@@ -1146,3 +1146,61 @@ async fn a_pods_sysctls_are_set_in_its_namespaces_and_a_node_wide_one_is_refused
         .unwrap();
     daemon.assert_clean();
 }
+
+#[tokio::test]
+async fn a_host_ipc_pod_shares_the_nodes_ipc_namespace_and_takes_no_ipc_sysctl() {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.client().await;
+    let mut config = pod_config("host-ipc", "u-host-ipc");
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                ipc: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let host_ipc = run_pod(&mut client, config.clone()).await.unwrap();
+    let own_ipc = run_pod(&mut client, pod_config("own-ipc", "u-own-ipc"))
+        .await
+        .unwrap();
+    let pid_of = |info: &Value| info["pid"].as_u64().unwrap();
+    let (_, host_info) = status(&mut client, &host_ipc).await.unwrap();
+    let (_, own_info) = status(&mut client, &own_ipc).await.unwrap();
+    let node = namespace_inode("/proc/self/ns/ipc");
+    assert_eq!(
+        namespace_inode(format!("/proc/{}/ns/ipc", pid_of(&host_info))),
+        node
+    );
+    assert_ne!(
+        namespace_inode(format!("/proc/{}/ns/ipc", pid_of(&own_info))),
+        node
+    );
+    // An IPC sysctl would change the node's IPC namespace: refused by name.
+    let mut tuned = config;
+    tuned.metadata.as_mut().unwrap().uid = "u-host-ipc-2".into();
+    tuned.linux.as_mut().unwrap().sysctls =
+        [("kernel.shm_rmid_forced".to_string(), "1".to_string())].into();
+    let error = run_pod(&mut client, tuned).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(
+        error.message().contains("the node's IPC namespace"),
+        "{}",
+        error.message()
+    );
+    for id in [host_ipc, own_ipc] {
+        client
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        client
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .unwrap();
+    }
+    daemon.assert_clean();
+}

@@ -101,6 +101,9 @@ pub struct SandboxRecord {
     /// The pod has a pid namespace of its own, pause its PID 1.
     #[serde(default)]
     pub pid_namespace: bool,
+    /// The pod uses the node's IPC namespace.
+    #[serde(default)]
+    pub host_ipc: bool,
     pub created_at_ns: i64,
     pub state: SandboxState,
     /// The pause process, while it runs.

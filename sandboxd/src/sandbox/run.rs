@@ -26,6 +26,7 @@ struct PodSpec {
     annotations: BTreeMap<String, String>,
     port_mappings: Vec<PortMapping>,
     host_network: bool,
+    host_ipc: bool,
     pid_namespace: bool,
     dns: Option<cri::DnsConfig>,
     sysctls: BTreeMap<String, String>,
@@ -170,6 +171,7 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
     }
 
     let mut host_network = false;
+    let mut host_ipc = false;
     let mut pid_namespace = false;
     if let Some(options) = config
         .linux
@@ -178,6 +180,7 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         .and_then(|s| s.namespace_options.as_ref())
     {
         host_network = options.network == cri::NamespaceMode::Node as i32;
+        host_ipc = options.ipc == cri::NamespaceMode::Node as i32;
         pid_namespace = options.pid == cri::NamespaceMode::Pod as i32;
         if options.pid == cri::NamespaceMode::Target as i32 {
             return Err(Error::invalid(
@@ -200,7 +203,7 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         .as_ref()
         .map(|l| l.sysctls.clone().into_iter().collect())
         .unwrap_or_default();
-    super::sysctl::validate(&object, &sysctls, host_network)?;
+    super::sysctl::validate(&object, &sysctls, host_network, host_ipc)?;
 
     Ok(PodSpec {
         metadata: PodMetadata {
@@ -215,6 +218,7 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         annotations: config.annotations.into_iter().collect(),
         port_mappings,
         host_network,
+        host_ipc,
         pid_namespace,
         dns: config.dns_config,
         sysctls,
@@ -308,6 +312,7 @@ impl Runtime {
             annotations: spec.annotations,
             port_mappings: spec.port_mappings,
             host_network: spec.host_network,
+            host_ipc: spec.host_ipc,
             pid_namespace: spec.pid_namespace,
             created_at_ns: now_ns(),
             state: SandboxState::Ready,
@@ -348,6 +353,7 @@ impl Runtime {
         let namespaces = crate::pause::PodNamespaces {
             hostname: Some(record.hostname.clone()),
             host_network: record.host_network,
+            host_ipc: record.host_ipc,
             node_netns: self.config.node.netns.clone(),
             pid_namespace: record.pid_namespace,
             sandbox_id: id.to_string(),

@@ -59,6 +59,7 @@ pub fn validate(
     object: &str,
     sysctls: &BTreeMap<String, String>,
     host_network: bool,
+    host_ipc: bool,
 ) -> Result<()> {
     for (name, value) in sysctls {
         let field = format!("linux.sysctls[{name:?}]");
@@ -92,6 +93,13 @@ pub fn validate(
                     object,
                     &field,
                     "is a network sysctl, and the pod uses the node's network",
+                ))
+            }
+            Some(Scope::Ipc) if host_ipc => {
+                return Err(Error::invalid(
+                    object,
+                    &field,
+                    "is an IPC sysctl, and the pod uses the node's IPC namespace",
                 ))
             }
             Some(_) => {}
@@ -152,7 +160,7 @@ mod tests {
     fn a_bad_sysctl_is_refused_by_name() {
         let check = |name: &str, value: &str, host_network: bool| {
             let sysctls = BTreeMap::from([(name.to_string(), value.to_string())]);
-            validate("pod sandbox x", &sysctls, host_network)
+            validate("pod sandbox x", &sysctls, host_network, false)
                 .err()
                 .map(|e| e.to_string())
         };
