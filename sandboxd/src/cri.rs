@@ -282,7 +282,7 @@ impl RuntimeService for CriService {
         &self,
         request: Request<cri::ListContainerStatsRequest>,
     ) -> Reply<cri::ListContainerStatsResponse> {
-        let filter = crate::container::StatsFilter::from_cri(request.into_inner().filter);
+        let filter = crate::container::stats_filter(request.into_inner().filter);
         let stats = self.runtime.list_container_stats(&filter).await?;
         Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }

@@ -87,6 +87,20 @@ impl TestLab {
         )
     }
 
+    /// Applies the seeds' cross-node manifests unchanged: pod-dest (k8s-node1), pod-src
+    /// (k8s-node2), svc-clusterip and svc-nodeport.
+    pub fn apply_seeds_cross_node_manifests(&self) {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for manifest in [
+            "pod-dest.yaml",
+            "pod-src.yaml",
+            "svc-clusterip.yaml",
+            "svc-nodeport.yaml",
+        ] {
+            self.ok(&["apply", "-f", examples.join(manifest).to_str().unwrap()]);
+        }
+    }
+
     /// `sandboxctl ARGS` that must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.sandboxctl(args);

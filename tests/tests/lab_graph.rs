@@ -34,15 +34,7 @@ fn svg_texts(svg: &Path) -> Vec<String> {
 #[test]
 fn the_picture_of_the_lab_names_every_node_pod_and_tunnel_and_renders_in_a_browser() {
     let lab = TestLab::up(3, Backend::Vxlan);
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    for manifest in [
-        "pod-dest.yaml",
-        "pod-src.yaml",
-        "svc-clusterip.yaml",
-        "svc-nodeport.yaml",
-    ] {
-        lab.ok(&["apply", "-f", examples.join(manifest).to_str().unwrap()]);
-    }
+    lab.apply_seeds_cross_node_manifests();
     let svg = lab.root().join("lab.svg");
     lab.ok(&["lab", "graph", "-o", svg.to_str().unwrap()]);
     let texts = svg_texts(&svg);

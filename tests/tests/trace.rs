@@ -3,7 +3,6 @@
 //! the pcap file reads back with tcpdump; a destination nobody answers ends within the
 //! timeout saying where the request was last seen.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,15 +12,7 @@ use sandboxd_tests::lab::TestLab;
 /// The seeds' pods and services, plus `pod-peer` beside pod-dest on k8s-node1.
 fn lab_with_the_seeds_pods() -> TestLab {
     let lab = TestLab::up(3, Backend::Vxlan);
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    for manifest in [
-        "pod-dest.yaml",
-        "pod-src.yaml",
-        "svc-clusterip.yaml",
-        "svc-nodeport.yaml",
-    ] {
-        lab.ok(&["apply", "-f", examples.join(manifest).to_str().unwrap()]);
-    }
+    lab.apply_seeds_cross_node_manifests();
     let peer = lab.root().join("pod-peer.json");
     std::fs::write(
         &peer,

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::process::ProcessHandle;
 
 pub use exec::ExecOutput;
-pub use stats::StatsFilter;
+pub use stats::stats_filter;
 pub use status::ContainerFilter;
 
 /// Version of the on-disk record format.

@@ -3,47 +3,24 @@
 //! cgroups of the container's first process, whichever runtime placed them (cgroup v1 here,
 //! v2 where the machine has it), and the writable layer's size from its upper dir.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 
-use crate::container::{ContainerRecord, ContainerState};
+use crate::container::{ContainerFilter, ContainerRecord, ContainerState};
 use crate::error::{Error, Result};
 use crate::runtime::{now_ns, Runtime};
 
-/// ListContainerStats' filter: every given part must match.
-#[derive(Debug, Default, Clone)]
-pub struct StatsFilter {
-    pub id: Option<String>,
-    pub sandbox_id: Option<String>,
-    pub labels: HashMap<String, String>,
-}
-
-impl StatsFilter {
-    pub fn from_cri(filter: Option<cri::ContainerStatsFilter>) -> StatsFilter {
-        let Some(filter) = filter else {
-            return StatsFilter::default();
-        };
-        StatsFilter {
-            id: Some(filter.id).filter(|id| !id.is_empty()),
-            sandbox_id: Some(filter.pod_sandbox_id).filter(|id| !id.is_empty()),
-            labels: filter.label_selector,
-        }
-    }
-
-    fn matches(&self, record: &ContainerRecord) -> bool {
-        self.id
-            .as_ref()
-            .is_none_or(|id| record.id.starts_with(id.as_str()))
-            && self
-                .sandbox_id
-                .as_ref()
-                .is_none_or(|id| record.sandbox_id.starts_with(id.as_str()))
-            && self
-                .labels
-                .iter()
-                .all(|(k, v)| record.labels.get(k) == Some(v))
+/// ListContainerStats' filter: ListContainers' without the state.
+pub fn stats_filter(filter: Option<cri::ContainerStatsFilter>) -> ContainerFilter {
+    let Some(filter) = filter else {
+        return ContainerFilter::default();
+    };
+    ContainerFilter {
+        id: Some(filter.id).filter(|id| !id.is_empty()),
+        state: None,
+        sandbox_id: Some(filter.pod_sandbox_id).filter(|id| !id.is_empty()),
+        labels: filter.label_selector,
     }
 }
 
@@ -62,7 +39,7 @@ impl Runtime {
 
     pub async fn list_container_stats(
         &self,
-        filter: &StatsFilter,
+        filter: &ContainerFilter,
     ) -> Result<Vec<cri::ContainerStats>> {
         let mut records = Vec::new();
         for entry in self.container_entries() {

@@ -39,7 +39,7 @@ impl ContainerFilter {
         }
     }
 
-    fn matches(&self, record: &ContainerRecord) -> bool {
+    pub(crate) fn matches(&self, record: &ContainerRecord) -> bool {
         self.id
             .as_ref()
             .is_none_or(|id| record.id.starts_with(id.as_str()))

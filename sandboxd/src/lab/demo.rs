@@ -495,10 +495,14 @@ impl Demo<'_> {
     fn overlay_objects(&mut self) -> Step<()> {
         let nodes = self.state.nodes.clone();
         let vxlan = self.state.backend == Backend::Vxlan;
-        for node in &nodes {
+        // Each node's leased subnet, read once.
+        let subnets = nodes
+            .iter()
+            .map(|n| self.subnet(&n.name))
+            .collect::<Step<Vec<Ipv4Cidr>>>()?;
+        for (node, &own) in nodes.iter().zip(&subnets) {
             let routes = self.on_node(&node.name, &["ip", "route"])?;
             let ports = self.on_node(&node.name, &["bridge", "link", "show"])?;
-            let own = self.subnet(&node.name)?;
             if ports.contains("master cni0") {
                 self.check(
                     routes.contains(&format!("{own} dev cni0")),
@@ -527,8 +531,11 @@ impl Demo<'_> {
             } else {
                 (String::new(), String::new())
             };
-            for peer in nodes.iter().filter(|p| p.name != node.name) {
-                let subnet = self.subnet(&peer.name)?;
+            for (peer, &subnet) in nodes
+                .iter()
+                .zip(&subnets)
+                .filter(|(p, _)| p.name != node.name)
+            {
                 let ok = if vxlan {
                     routes.contains(&format!(
                         "{subnet} via {} dev flannel.1 onlink",

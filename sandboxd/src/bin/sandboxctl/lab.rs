@@ -182,44 +182,20 @@ fn pod_subnet(lab: &Lab, node: &str) -> Option<String> {
 
 /// What the picture shows, read from the lab's kernels and its store.
 async fn topology(lab: &Lab) -> anyhow::Result<sandboxd::lab::graph::Topology> {
-    use k8s_cri::v1 as cri;
     use sandboxd::lab::graph::{read_node, PodPin, ServiceView, Topology};
     let state = lab
         .load()?
         .context("no lab is up: run `sandboxctl lab up` first")?;
     let mut nodes = Vec::new();
     for node in &state.nodes {
-        let channel = sandboxd::client::channel(&lab.endpoint(&node.name)).await?;
-        let mut client = cri::runtime_service_client::RuntimeServiceClient::new(channel);
-        let sandboxes = client
-            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        let pods: Vec<PodPin> = crate::lookup::networked_pods(&lab.endpoint(&node.name))
             .await?
-            .into_inner()
-            .items;
-        let mut pods = Vec::new();
-        for sandbox in sandboxes {
-            if sandbox.state != cri::PodSandboxState::SandboxReady as i32 {
-                continue;
-            }
-            let status = client
-                .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                    pod_sandbox_id: sandbox.id.clone(),
-                    verbose: true,
-                })
-                .await?
-                .into_inner();
-            let info: serde_json::Value = status
-                .info
-                .get("info")
-                .and_then(|i| serde_json::from_str(i).ok())
-                .unwrap_or_default();
-            if let Some(netns) = info["netnsPath"].as_str() {
-                pods.push(PodPin {
-                    name: sandbox.metadata.map(|m| m.name).unwrap_or_default(),
-                    netns: netns.into(),
-                });
-            }
-        }
+            .into_iter()
+            .map(|pod| PodPin {
+                name: pod.name,
+                netns: pod.netns,
+            })
+            .collect();
         let machine = lab.machine(&node.name);
         let name = node.name.clone();
         nodes.push(tokio::task::spawn_blocking(move || read_node(&name, &machine, &pods)).await??);

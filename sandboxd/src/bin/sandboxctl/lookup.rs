@@ -48,3 +48,61 @@ pub async fn pod_names(
         .map(|p| (p.id, p.metadata.map(|m| m.name).unwrap_or_default()))
         .collect())
 }
+
+/// A ready pod with its own network namespace, as a node's sandboxd reports it.
+pub struct NetworkedPod {
+    pub name: String,
+    pub namespace: String,
+    pub ip: std::net::Ipv4Addr,
+    /// Where its network namespace is pinned.
+    pub netns: std::path::PathBuf,
+    /// Its CNI ADD result, as the network's version printed it.
+    pub cni_result: serde_json::Value,
+}
+
+/// The ready pods of the node at `endpoint` that have a network of their own (a
+/// hostNetwork pod's traffic is the node's).
+pub async fn networked_pods(endpoint: &str) -> anyhow::Result<Vec<NetworkedPod>> {
+    let mut client = Client::new(sandboxd::client::channel(endpoint).await?);
+    let sandboxes = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await?
+        .into_inner()
+        .items;
+    let mut pods = Vec::new();
+    for sandbox in sandboxes {
+        if sandbox.state != cri::PodSandboxState::SandboxReady as i32 {
+            continue;
+        }
+        let status = client
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox.id.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner();
+        let mut info: serde_json::Value = status
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or_default();
+        let netns = info["netnsPath"].as_str().map(std::path::PathBuf::from);
+        let ip = status
+            .status
+            .as_ref()
+            .and_then(|s| s.network.as_ref())
+            .and_then(|n| n.ip.parse().ok());
+        let (Some(netns), Some(ip)) = (netns, ip) else {
+            continue;
+        };
+        let metadata = sandbox.metadata.unwrap_or_default();
+        pods.push(NetworkedPod {
+            name: metadata.name,
+            namespace: metadata.namespace,
+            ip,
+            netns,
+            cni_result: info["cniResult"].take(),
+        });
+    }
+    Ok(pods)
+}

@@ -237,54 +237,19 @@ async fn nodes(endpoint: Option<String>) -> anyhow::Result<Vec<NodeView>> {
     }])
 }
 
-/// A node's ready pods: name, IP, namespace pin, and host-side veth.
+/// A node's networked pods, with each one's host-side veth.
 async fn pods(node: &NodeView) -> anyhow::Result<Vec<PodView>> {
-    let mut client = cri::runtime_service_client::RuntimeServiceClient::new(
-        sandboxd::client::channel(&node.endpoint).await?,
-    );
-    let sandboxes = client
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+    Ok(crate::lookup::networked_pods(&node.endpoint)
         .await?
-        .into_inner()
-        .items;
-    let mut pods = Vec::new();
-    for sandbox in sandboxes {
-        if sandbox.state != cri::PodSandboxState::SandboxReady as i32 {
-            continue;
-        }
-        let status = client
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: sandbox.id.clone(),
-                verbose: true,
-            })
-            .await?
-            .into_inner();
-        let info: serde_json::Value = status
-            .info
-            .get("info")
-            .and_then(|i| serde_json::from_str(i).ok())
-            .unwrap_or_default();
-        let netns = info["netnsPath"].as_str().map(PathBuf::from);
-        let ip = status
-            .status
-            .as_ref()
-            .and_then(|s| s.network.as_ref())
-            .and_then(|n| n.ip.parse().ok());
-        let (Some(netns), Some(ip)) = (netns, ip) else {
-            // A hostNetwork pod: its traffic is the node's.
-            continue;
-        };
-        let metadata = sandbox.metadata.unwrap_or_default();
-        let veth = host_veth(&info["cniResult"]);
-        pods.push(PodView {
-            name: metadata.name,
-            namespace: metadata.namespace,
-            ip,
-            netns,
-            veth,
-        });
-    }
-    Ok(pods)
+        .into_iter()
+        .map(|pod| PodView {
+            veth: host_veth(&pod.cni_result),
+            name: pod.name,
+            namespace: pod.namespace,
+            ip: pod.ip,
+            netns: pod.netns,
+        })
+        .collect())
 }
 
 /// The node's end of a pod's eth0, from the pod's CNI result: the last interface it
