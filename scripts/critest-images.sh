@@ -3,11 +3,13 @@
 # under the names its sources give, and imports them into an image store. Every image is
 # busybox-static with what the specs look for:
 #
-#   registry.k8s.io/e2e-test-images/busybox:1.29-2   busybox, plus ipcs (Debian's
-#                                                    busybox-static lacks it) as a script, and
-#                                                    the base's pgrep (examples/busybox-rootfs.sh)
+#   registry.k8s.io/e2e-test-images/busybox:1.29-2   busybox, its sh Debian's dynamic one
+#                                                    (which looks commands up in PATH), plus
+#                                                    ipcs as a script, and the base's pgrep
+#                                                    (examples/busybox-rootfs.sh)
 #   …/nginx:1.14-2, …/hostnet-nginx-amd64            hostname-server named nginx, on 80 or 12003,
-#                                                    titled as nginx's master process
+#                                                    titled as nginx's master process, its
+#                                                    pid in /var/run/nginx.pid
 #   …/httpd:2.4.39-4                                  hostname-server on 80, logging as httpd does
 #   …/nonewprivs:1.3                                  a setuid-root program printing its euid
 #   …/test-image-user-*, …/test-image-predefined-group   USER as critest expects, with
@@ -57,11 +59,24 @@ pack() {
   echo "$name"
 }
 
-pack "$e2e/busybox:1.29-2" --layer "$base" --cmd sh
+# The e2e busybox's shell looks commands up in PATH (a masked /bin/ls is "Permission
+# denied"); busybox-static's runs its own applets first, so this image's /bin/sh is
+# Debian's dynamic busybox (unpacked by install-deps.sh) with the libraries it loads, and
+# every other command is still busybox-static's.
+dynamic=/usr/local/lib/sandboxd/busybox-dynamic/busybox
+[ -x "$dynamic" ] || { echo "critest-images.sh: $dynamic is missing; run scripts/install-deps.sh" >&2; exit 1; }
+shell="$work/shell"
+mkdir -p "$shell/bin"
+cp "$dynamic" "$shell/bin/sh"
+for lib in $(ldd "$dynamic" | grep -o '/[^ ]*'); do
+  mkdir -p "$shell$(dirname "$lib")"
+  cp -L "$lib" "$shell$lib"
+done
+pack "$e2e/busybox:1.29-2" --layer "$base" --layer "$shell" --cmd sh
 
 # Web servers: hostname-server answers 200 on /, named as the real servers are.
 web="$work/web"
-mkdir -p "$web/usr/sbin" "$web/usr/local/bin"
+mkdir -p "$web/usr/sbin" "$web/usr/local/bin" "$web/var/run"
 cp "$bin/hostname-server" "$web/usr/sbin/nginx"
 cp "$bin/hostname-server" "$web/usr/local/bin/httpd"
 cat > "$web/usr/local/bin/httpd-foreground" <<'SH'
@@ -70,7 +85,8 @@ echo "AH00094: Command line: 'httpd -D FOREGROUND'"
 exec /usr/local/bin/httpd --port 80
 SH
 chmod 755 "$web/usr/local/bin/httpd-foreground"
-nginx_title=(--cmd --title --cmd "nginx: master process nginx -g daemon off;")
+nginx_title=(--cmd --title --cmd "nginx: master process nginx -g daemon off;"
+  --cmd --pid-file --cmd /var/run/nginx.pid)
 pack "$e2e/nginx:1.14-2" --layer "$base" --layer "$web" --cmd nginx --cmd --port --cmd 80 \
   "${nginx_title[@]}" --port 80/tcp
 pack "$cri/hostnet-nginx-amd64:latest" --layer "$base" --layer "$web" \

@@ -1,11 +1,13 @@
 //! hostname-server: the demo images' web server. Answers `GET /hostname` with the pod's
 //! hostname (the seeds' `curl <ip>:8080/hostname`), and `GET /` with a line naming it.
 //!
-//!   hostname-server [--port N] [--title TEXT]      (port default: $PORT, else 8080)
+//!   hostname-server [--port N] [--title TEXT] [--pid-file PATH]
+//!                                                  (port default: $PORT, else 8080)
 //!
 //! `--title` only rides along in the command line, where `ps` and `/proc/<pid>/cmdline`
 //! show it: a stand-in for a server that sets its process title (nginx shows "nginx:
 //! master process …", which critest looks for as PID 1 of a container's pid namespace).
+//! `--pid-file` writes the server's pid once it listens, as nginx writes /var/run/nginx.pid.
 //!
 //! Built statically by `examples/build.rs` (glibc with crt-static, no other crates), so it
 //! runs in a busybox image that has no libc. A port already taken is reported on stderr as
@@ -24,24 +26,32 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
-fn port() -> Result<u16, String> {
+struct Options {
+    port: u16,
+    pid_file: Option<String>,
+}
+
+fn options() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     let mut port = std::env::var("PORT").ok();
+    let mut pid_file = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--port" | "-p" => port = Some(args.next().ok_or("--port needs a number")?),
             "--title" => {
                 args.next().ok_or("--title needs a text")?;
             }
+            "--pid-file" => pid_file = Some(args.next().ok_or("--pid-file needs a path")?),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: hostname-server [--port N] [--title TEXT]"
+                    "unknown argument {other:?}; usage: hostname-server [--port N] [--title TEXT] [--pid-file PATH]"
                 ))
             }
         }
     }
     let text = port.unwrap_or_else(|| "8080".to_string());
-    text.parse().map_err(|_| format!("{text:?} is not a port"))
+    let port = text.parse().map_err(|_| format!("{text:?} is not a port"))?;
+    Ok(Options { port, pid_file })
 }
 
 fn serve(stream: TcpStream, port: u16) -> std::io::Result<()> {
@@ -93,8 +103,8 @@ fn main() -> ExitCode {
         signal(SIGTERM, stop);
         signal(SIGINT, stop);
     }
-    let port = match port() {
-        Ok(port) => port,
+    let Options { port, pid_file } = match options() {
+        Ok(options) => options,
         Err(e) => {
             eprintln!("hostname-server: {e}");
             return ExitCode::from(2);
@@ -111,6 +121,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = pid_file {
+        if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+            eprintln!("hostname-server: cannot write the pid file {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     println!("hostname-server: listening on 0.0.0.0:{port} as {}", hostname());
     for stream in listener.incoming() {
         match stream {

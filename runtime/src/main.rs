@@ -21,10 +21,13 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
+use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use nix::sys::wait::{waitpid, WaitStatus};
+
+mod exec;
 
 #[derive(Parser)]
 #[command(
@@ -147,11 +150,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if tty {
                 bail!("sandboxd-runtime keeps no terminal: exec --tty needs runc (sandboxd --runtime runc)");
             }
+            // libcontainer's tenant runs as root in / unless told otherwise; runc's exec
+            // runs as the container's process does: its user, groups and cwd, and under
+            // its seccomp filter.
+            let spec = container_spec(&load(&cli.root, &id)?)?;
+            let process = spec
+                .process()
+                .clone()
+                .context("the container has no process")?;
+            let user = process.user();
+            let executor = exec::FilteredExecutor::new(&spec);
             let pid = ContainerBuilder::new(id.clone(), SyscallType::default())
-                .with_executor(DefaultExecutor {})
+                .with_executor(executor.clone())
                 .with_pid_file(pid_file)?
                 .with_root_path(&cli.root)?
                 .as_tenant()
+                .with_capabilities(executor.borrowed_capability_names())
+                .with_user(Some(user.uid()))
+                .with_group(Some(user.gid()))
+                .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
+                .with_cwd(Some(process.cwd().clone()))
                 .with_container_args(command)
                 .with_detach(false)
                 .build()
@@ -170,6 +188,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The spec of a container's bundle (`config.json`), as `create` ran it.
+fn container_spec(container: &Container) -> anyhow::Result<Spec> {
+    let path = container.bundle().join("config.json");
+    Spec::load(&path).with_context(|| format!("read {}", path.display()))
 }
 
 /// runc's `state` fields that callers read.

@@ -39,6 +39,20 @@ impl ProcessHandle {
         matches!(stat(self.pid), Some((state, start)) if start == self.start_time && state != 'Z' && state != 'X')
     }
 
+    /// Whether the process has a handler for `signal` (`SigCgt` of its status); none if
+    /// it is gone.
+    pub fn catches(&self, signal: Signal) -> Option<bool> {
+        if !self.is_alive() {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let mask = status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())?;
+        Some(mask & (1 << (signal as i32 - 1)) != 0)
+    }
+
     pub fn signal(&self, signal: Signal) -> nix::Result<()> {
         if !self.is_alive() {
             return Ok(());

@@ -150,6 +150,11 @@ impl SandboxdProcess {
         );
     }
 
+    /// The running daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sandboxd runs").id()
+    }
+
     /// Stops sandboxd (kill -9) and starts it again with other extra flags.
     pub fn respawn_with(&mut self, extra_args: &[&str]) {
         self.kill9();

@@ -4,6 +4,7 @@
 //! Every test makes its own node netns (where bridges and host-side veths go) and pod netns,
 //! so tests never touch the host's interfaces, routes or firewall, and can run in parallel.
 
+pub mod cri;
 pub mod daemon;
 pub mod lab;
 
@@ -293,11 +294,10 @@ impl TestContainer {
             args: vec!["sh".into(), "-c".into(), script.into()],
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
-            uid: 0,
-            gid: 0,
+            identity: Default::default(),
             hostname: hostname.into(),
             pause_pid: pause,
-            share_pod_pid: false,
+            pid: sandboxd::container::bundle::PidNamespace::Own,
             binds: Vec::new(),
             security: sandboxd::container::bundle::Security {
                 no_new_privileges: true,

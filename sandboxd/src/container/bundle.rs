@@ -1,142 +1,27 @@
 //! The OCI runtime bundle of a container in a pod.
 //!
 //! The spec starts from the OCI defaults (oci-spec's: /proc, /dev, /dev/pts, /dev/shm,
-//! /dev/mqueue, read-only /sys, masked and read-only paths, no_new_privileges) and sets:
-//! the process (args, env, cwd, uid/gid), the capability set containerd gives containers
-//! by default, and the namespaces: net and ipc joined from the pause process by path, a uts
+//! /dev/mqueue, read-only /sys) and sets: the process (args, env, cwd, uid, gid and groups
+//! from [`user`](crate::container::user), its capabilities), what the security context asks
+//! ([`security`](crate::container::security): masked and read-only paths, seccomp,
+//! privileged), the host-path binds with their propagation, and the namespaces: net and
+//! ipc joined from the pause process by path, a uts
 //! namespace of its own holding the pod's hostname (as the seeds' `lsns` shows for Docker's
 //! `container:` mode, and as `hostname` answers in a Kubernetes pod),
-//! a new mount namespace, and a new pid namespace or the pod's.
+//! a new mount namespace, and a new pid namespace, the pod's or the node's.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use oci_spec::runtime::{
-    Capability, LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, MountBuilder, Process, RootBuilder, Spec, UserBuilder,
+    LinuxCapabilitiesBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    MountBuilder, Process, RootBuilder, Spec, UserBuilder,
 };
 
-/// containerd's default capabilities for a container (no privileged, no added caps).
-pub const DEFAULT_CAPABILITIES: &[Capability] = &[
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
-
-/// Every Linux capability, by number (bit N of a capability mask is the Nth).
-const ALL_CAPABILITIES: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
-
-/// A capability by its name in a CRI security context (`NET_ADMIN` or `CAP_NET_ADMIN`).
-pub fn capability(name: &str) -> Option<Capability> {
-    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
-}
-
-/// `ALL`: every capability sandboxd itself holds (its effective set, as containerd reads
-/// its own), since a runtime cannot give a container what it lacks: a machine (or an outer
-/// container) may withhold some, such as CAP_SYS_RESOURCE.
-fn held_capabilities() -> HashSet<Capability> {
-    let mask = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-            u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
-        })
-        .unwrap_or(0);
-    ALL_CAPABILITIES
-        .iter()
-        .enumerate()
-        .filter(|(bit, _)| mask & (1 << bit) != 0)
-        .filter_map(|(_, name)| capability(name))
-        .collect()
-}
-
-/// What the container's security context asks of its privileges.
-#[derive(Debug, Clone, Default)]
-pub struct Security {
-    pub no_new_privileges: bool,
-    pub readonly_rootfs: bool,
-    /// Added to the default set; `ALL` (as `add_all`) starts from every capability.
-    pub add_capabilities: Vec<Capability>,
-    pub add_all: bool,
-    /// Dropped from it; `ALL` (as `drop_all`) starts from none.
-    pub drop_capabilities: Vec<Capability>,
-    pub drop_all: bool,
-    /// Replace the OCI defaults when given.
-    pub masked_paths: Option<Vec<String>>,
-    pub readonly_paths: Option<Vec<String>>,
-}
-
-impl Security {
-    /// The capability set: the default, or all, or none, then the named adds and drops.
-    fn capabilities(&self) -> HashSet<Capability> {
-        let mut caps: HashSet<Capability> = if self.drop_all {
-            HashSet::new()
-        } else if self.add_all {
-            held_capabilities()
-        } else {
-            DEFAULT_CAPABILITIES.iter().copied().collect()
-        };
-        caps.extend(self.add_capabilities.iter().copied());
-        for drop in &self.drop_capabilities {
-            caps.remove(drop);
-        }
-        caps
-    }
-}
+use crate::container::propagation::Propagation;
+pub use crate::container::security::Security;
+use crate::container::user::Identity;
 
 /// What a container runs, and the pod it joins.
 #[derive(Debug, Clone)]
@@ -144,18 +29,27 @@ pub struct ContainerProcess {
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
-    pub uid: u32,
-    pub gid: u32,
+    pub identity: Identity,
     /// The pod's hostname, set in the container's own uts namespace.
     pub hostname: String,
     /// The pod's pause process, whose namespaces the container joins.
     pub pause_pid: u32,
-    /// The pod has a pid namespace of its own (pause is its PID 1): join it too.
-    pub share_pod_pid: bool,
+    pub pid: PidNamespace,
     /// Host paths bind-mounted into the container; one at a default mount's destination
     /// (such as the pod's `/dev/shm`) replaces it.
     pub binds: Vec<BindMount>,
     pub security: Security,
+}
+
+/// The pid namespace a container's processes are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidNamespace {
+    /// A new one, the container's first process its PID 1.
+    Own,
+    /// The pod's (pause is its PID 1): its containers see each other's processes.
+    Pod,
+    /// The node's (sandboxd's): hostPID.
+    Node,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +59,7 @@ pub struct BindMount {
     pub readonly: bool,
     /// Extra options (`nosuid`, `nodev`, `noexec`).
     pub options: Vec<String>,
+    pub propagation: Propagation,
 }
 
 fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> anyhow::Result<LinuxNamespace> {
@@ -204,12 +99,15 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
     }));
     proc_spec.set_user(
         UserBuilder::default()
-            .uid(process.uid)
-            .gid(process.gid)
+            .uid(process.identity.uid)
+            .gid(process.identity.gid)
+            .additional_gids(process.identity.additional_gids.clone())
             .build()?,
     );
     proc_spec.set_capabilities(Some(capabilities));
-    proc_spec.set_no_new_privileges(Some(process.security.no_new_privileges));
+    // Unset rather than false: runtimes then load a seccomp filter before dropping
+    // capabilities, which a process without no_new_privs needs CAP_SYS_ADMIN for.
+    proc_spec.set_no_new_privileges(process.security.no_new_privileges.then_some(true));
     spec.set_process(Some(proc_spec));
 
     let pause_ns = |kind: &str| {
@@ -218,20 +116,18 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
             process.pause_pid
         )))
     };
-    let namespaces = vec![
+    let mut namespaces = vec![
         namespace(LinuxNamespaceType::Network, pause_ns("net"))?,
         namespace(LinuxNamespaceType::Ipc, pause_ns("ipc"))?,
         namespace(LinuxNamespaceType::Uts, None)?,
         namespace(LinuxNamespaceType::Mount, None)?,
-        namespace(
-            LinuxNamespaceType::Pid,
-            if process.share_pod_pid {
-                pause_ns("pid")
-            } else {
-                None
-            },
-        )?,
     ];
+    // No entry is the runtime's own pid namespace, which is the node's.
+    match process.pid {
+        PidNamespace::Own => namespaces.push(namespace(LinuxNamespaceType::Pid, None)?),
+        PidNamespace::Pod => namespaces.push(namespace(LinuxNamespaceType::Pid, pause_ns("pid"))?),
+        PidNamespace::Node => {}
+    }
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     mounts.retain(|m| {
         !process
@@ -240,7 +136,10 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
             .any(|b| &b.destination == m.destination())
     });
     for bind in &process.binds {
-        let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+        let mut options = vec![
+            "rbind".to_string(),
+            bind.propagation.mount_option().to_string(),
+        ];
         options.push(if bind.readonly { "ro" } else { "rw" }.to_string());
         options.extend(bind.options.iter().cloned());
         mounts.push(
@@ -260,12 +159,11 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
         .as_mut()
         .context("the default spec has a linux section")?;
     linux.set_namespaces(Some(namespaces));
-    if let Some(paths) = &process.security.masked_paths {
-        linux.set_masked_paths(Some(paths.clone()));
-    }
-    if let Some(paths) = &process.security.readonly_paths {
-        linux.set_readonly_paths(Some(paths.clone()));
-    }
+    linux.set_rootfs_propagation(
+        Propagation::rootfs_propagation(process.binds.iter().map(|b| b.propagation))
+            .map(str::to_string),
+    );
+    process.security.apply(&mut spec)?;
     Ok(spec)
 }
 
@@ -283,7 +181,7 @@ pub fn write(bundle: &Path, process: &ContainerProcess) -> anyhow::Result<PathBu
 mod tests {
     use super::*;
 
-    fn process(share_pod_pid: bool) -> ContainerProcess {
+    fn process(pid: PidNamespace) -> ContainerProcess {
         ContainerProcess {
             args: vec![
                 "/app/hostname-server".into(),
@@ -292,11 +190,14 @@ mod tests {
             ],
             env: vec!["PATH=/bin".into()],
             cwd: String::new(),
-            uid: 0,
-            gid: 0,
+            identity: Identity {
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![1000, 50000],
+            },
             hostname: "web".into(),
             pause_pid: 4242,
-            share_pod_pid,
+            pid,
             security: Security {
                 no_new_privileges: true,
                 ..Default::default()
@@ -306,6 +207,7 @@ mod tests {
                 destination: "/dev/shm".into(),
                 readonly: false,
                 options: vec!["nosuid".into()],
+                propagation: Propagation::Private,
             }],
         }
     }
@@ -329,7 +231,7 @@ mod tests {
 
     #[test]
     fn joins_the_pause_net_and_ipc_by_path_and_owns_mnt_uts_and_pid() {
-        let spec = spec(&process(false)).unwrap();
+        let spec = spec(&process(PidNamespace::Own)).unwrap();
         let ns = namespaces(&spec);
         assert!(
             ns.contains(&("net".into(), Some("/proc/4242/ns/net".into()))),
@@ -352,7 +254,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .len(),
-            DEFAULT_CAPABILITIES.len()
+            crate::container::security::DEFAULT_CAPABILITIES.len()
         );
         assert!(!spec
             .linux()
@@ -366,7 +268,7 @@ mod tests {
 
     #[test]
     fn binds_replace_the_default_mount_at_their_destination() {
-        let spec = spec(&process(false)).unwrap();
+        let spec = spec(&process(PidNamespace::Own)).unwrap();
         let shm: Vec<_> = spec
             .mounts()
             .as_ref()
@@ -383,48 +285,21 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_pid_namespace_is_joined_too() {
-        let ns = namespaces(&spec(&process(true)).unwrap());
+    fn a_pod_pid_namespace_is_joined_too_and_the_nodes_is_the_runtimes() {
+        let ns = namespaces(&spec(&process(PidNamespace::Pod)).unwrap());
         assert!(
             ns.contains(&("pid".into(), Some("/proc/4242/ns/pid".into()))),
             "{ns:?}"
         );
-    }
-}
-
-#[cfg(test)]
-mod security_tests {
-    use super::*;
-
-    fn caps(security: Security) -> HashSet<Capability> {
-        security.capabilities()
+        let ns = namespaces(&spec(&process(PidNamespace::Node)).unwrap());
+        assert!(!ns.iter().any(|(kind, _)| kind == "pid"), "{ns:?}");
     }
 
     #[test]
-    fn capabilities_are_added_and_dropped_as_containerd_does() {
-        let net_admin = capability("NET_ADMIN").unwrap();
-        let chown = capability("CAP_CHOWN").unwrap();
-        let added = caps(Security {
-            add_capabilities: vec![net_admin],
-            drop_capabilities: vec![chown],
-            ..Default::default()
-        });
-        assert!(added.contains(&net_admin) && !added.contains(&chown));
-        assert_eq!(added.len(), DEFAULT_CAPABILITIES.len());
-        let all_but_chown = caps(Security {
-            add_all: true,
-            drop_capabilities: vec![chown],
-            ..Default::default()
-        });
-        assert_eq!(all_but_chown.len(), held_capabilities().len() - 1);
-        assert!(held_capabilities().contains(&capability("SYS_ADMIN").unwrap()));
-        let only_net_admin = caps(Security {
-            drop_all: true,
-            add_capabilities: vec![net_admin],
-            ..Default::default()
-        });
-        assert_eq!(only_net_admin, HashSet::from([net_admin]));
-        assert!(capability("NOT_A_CAP").is_none());
-        assert!(ALL_CAPABILITIES.iter().all(|c| capability(c).is_some()));
+    fn the_identity_is_the_process_user() {
+        let spec = spec(&process(PidNamespace::Own)).unwrap();
+        let user = spec.process().as_ref().unwrap().user();
+        assert_eq!((user.uid(), user.gid()), (1000, 1000));
+        assert_eq!(user.additional_gids().as_deref(), Some(&[1000, 50000][..]));
     }
 }

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use k8s_cri::v1 as cri;
 
-use crate::container::bundle::{BindMount, ContainerProcess, Security};
+use crate::container::bundle::{BindMount, ContainerProcess, PidNamespace, Security};
 use crate::container::monitor::MonitorArgs;
 use crate::container::oci::OciRuntime;
+use crate::container::propagation::{self, Propagation};
+use crate::container::user::{self, UserRequest};
 use crate::container::{
     describe, ContainerDir, ContainerRecord, ContainerState, CreateIntent, MountRecord,
     RECORD_VERSION,
@@ -35,94 +37,10 @@ struct ContainerSpec {
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
     log_path: String,
-    run_as_user: Option<u32>,
-    run_as_group: Option<u32>,
+    user: UserRequest,
+    /// The pid namespace its namespace options ask for; none: the pod's if it has one.
+    pid: Option<PidNamespace>,
     security: Security,
-}
-
-/// The security context's seccomp profile, as a path (`seccomp_profile_path`, deprecated)
-/// or a profile (`seccomp`): only the forms the CRI defines are taken.
-// The deprecated field is read on purpose: critest and kubelets before 1.25 send it.
-#[allow(deprecated)]
-fn check_seccomp(object: &str, security: &cri::LinuxContainerSecurityContext) -> Result<()> {
-    let path = &security.seccomp_profile_path;
-    let known = matches!(
-        path.as_str(),
-        "" | "unconfined" | "runtime/default" | "docker/default"
-    ) || path
-        .strip_prefix("localhost/")
-        .is_some_and(|p| !p.is_empty());
-    if !known {
-        return Err(Error::invalid(
-            object,
-            "linux.security_context.seccomp_profile_path",
-            format!(
-                "{path:?} is not unconfined, runtime/default, docker/default or localhost/<path>"
-            ),
-        ));
-    }
-    if let Some(profile) = &security.seccomp {
-        if profile.profile_type == cri::security_profile::ProfileType::Localhost as i32
-            && profile.localhost_ref.is_empty()
-        {
-            return Err(Error::invalid(
-                object,
-                "linux.security_context.seccomp.localhost_ref",
-                "is empty, and a Localhost profile needs its path",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// What the security context asks of the container's privileges; capability names the
-/// kernel does not know are refused, named by their field.
-fn security_options(
-    object: &str,
-    security: Option<&cri::LinuxContainerSecurityContext>,
-) -> Result<Security> {
-    let Some(security) = security else {
-        return Ok(Security::default());
-    };
-    check_seccomp(object, security)?;
-    let mut options = Security {
-        no_new_privileges: security.no_new_privs,
-        readonly_rootfs: security.readonly_rootfs,
-        masked_paths: Some(security.masked_paths.clone()).filter(|p| !p.is_empty()),
-        readonly_paths: Some(security.readonly_paths.clone()).filter(|p| !p.is_empty()),
-        ..Default::default()
-    };
-    if let Some(caps) = &security.capabilities {
-        for (list, names, all, out) in [
-            (
-                "add_capabilities",
-                &caps.add_capabilities,
-                &mut options.add_all,
-                &mut options.add_capabilities,
-            ),
-            (
-                "drop_capabilities",
-                &caps.drop_capabilities,
-                &mut options.drop_all,
-                &mut options.drop_capabilities,
-            ),
-        ] {
-            for (i, name) in names.iter().enumerate() {
-                if name.eq_ignore_ascii_case("ALL") {
-                    *all = true;
-                    continue;
-                }
-                out.push(crate::container::bundle::capability(name).ok_or_else(|| {
-                    Error::invalid(
-                        object,
-                        format!("linux.security_context.capabilities.{list}[{i}]"),
-                        format!("{name:?} is not a Linux capability"),
-                    )
-                })?);
-            }
-        }
-    }
-    Ok(options)
 }
 
 fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<ContainerSpec> {
@@ -175,10 +93,21 @@ fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<Container
                 format!("{} does not exist", m.host_path),
             ));
         }
+        let field = || format!("mounts[{i}].propagation");
+        let propagation = Propagation::from_cri(m.propagation).ok_or_else(|| {
+            Error::invalid(
+                &object,
+                field(),
+                format!("{} is not a mount propagation", m.propagation),
+            )
+        })?;
+        propagation::check_source(Path::new(&m.host_path), propagation)
+            .map_err(|e| Error::invalid(&object, field(), format!("{e:#}")))?;
         mounts.push(MountRecord {
             container_path: m.container_path.clone(),
             host_path: m.host_path.clone(),
             readonly: m.readonly,
+            propagation,
         });
     }
     let log_path = config.log_path.clone();
@@ -215,21 +144,56 @@ fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<Container
         security.as_ref().and_then(|s| s.run_as_group.as_ref()),
         "run_as_group",
     )?;
-    if run_as_group.is_some() && run_as_user.is_none() {
+    let run_as_username = security
+        .as_ref()
+        .map(|s| s.run_as_username.clone())
+        .filter(|name| !name.is_empty());
+    if run_as_group.is_some() && run_as_user.is_none() && run_as_username.is_none() {
         return Err(Error::invalid(
             &object,
             "linux.security_context.run_as_group",
-            "is set without run_as_user (the group goes with a user)",
+            "is set without run_as_user or run_as_username (the group goes with a user)",
         ));
     }
-    let security_options = security_options(&object, security.as_ref())?;
-    if security.as_ref().is_some_and(|s| s.privileged) {
+    if run_as_user.is_some() && run_as_username.is_some() {
         return Err(Error::invalid(
             &object,
-            "linux.security_context.privileged",
-            "privileged containers are not supported",
+            "linux.security_context.run_as_username",
+            "is set with run_as_user: name the user one way",
         ));
     }
+    let mut supplemental_groups = Vec::new();
+    for (i, gid) in security
+        .iter()
+        .flat_map(|s| s.supplemental_groups.iter())
+        .enumerate()
+    {
+        supplemental_groups.push(u32::try_from(*gid).map_err(|_| {
+            Error::invalid(
+                &object,
+                format!("linux.security_context.supplemental_groups[{i}]"),
+                format!("{gid} is not a valid group id"),
+            )
+        })?);
+    }
+    let pid = match security
+        .as_ref()
+        .and_then(|s| s.namespace_options.as_ref())
+        .map(|o| cri::NamespaceMode::try_from(o.pid))
+    {
+        None => None,
+        Some(Ok(cri::NamespaceMode::Container)) => Some(PidNamespace::Own),
+        Some(Ok(cri::NamespaceMode::Pod)) => Some(PidNamespace::Pod),
+        Some(Ok(cri::NamespaceMode::Node)) => Some(PidNamespace::Node),
+        Some(Ok(cri::NamespaceMode::Target)) | Some(Err(_)) => {
+            return Err(Error::invalid(
+                &object,
+                "linux.security_context.namespace_options.pid",
+                "must be CONTAINER, POD or NODE (TARGET is for ephemeral containers)",
+            ))
+        }
+    };
+    let security_options = Security::from_cri(&object, security.as_ref())?;
     Ok(ContainerSpec {
         name: meta.name,
         attempt: meta.attempt,
@@ -242,8 +206,13 @@ fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<Container
         labels: config.labels.into_iter().collect(),
         annotations: config.annotations.into_iter().collect(),
         log_path,
-        run_as_user,
-        run_as_group,
+        user: UserRequest {
+            run_as_user,
+            run_as_username,
+            run_as_group,
+            supplemental_groups,
+        },
+        pid,
         security: security_options,
     })
 }
@@ -292,53 +261,6 @@ fn environment(spec: &ContainerSpec, image: &ImageRecord) -> Vec<String> {
         );
     }
     vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
-}
-
-/// `user[:group]` of the image, by number or by name in the rootfs's passwd and group files.
-fn resolve_user(user: &str, rootfs: &Path) -> anyhow::Result<(u32, u32)> {
-    if user.is_empty() {
-        return Ok((0, 0));
-    }
-    let (user, group) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
-        text.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.first() == Some(&name)).then(|| {
-                let id = fields.get(2)?.parse().ok()?;
-                let gid = fields.get(3).and_then(|g| g.parse().ok()).unwrap_or(id);
-                Some((id, gid))
-            })?
-        })
-    };
-    let (uid, primary_gid) = match user.parse::<u32>() {
-        Ok(uid) => (uid, lookup_uid_gid(rootfs, uid).unwrap_or(0)),
-        Err(_) => lookup("etc/passwd", user)
-            .ok_or_else(|| anyhow::anyhow!("user {user:?} is not in the image's /etc/passwd"))?,
-    };
-    let gid = match group {
-        None => primary_gid,
-        Some(g) => match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => {
-                lookup("etc/group", g)
-                    .ok_or_else(|| anyhow::anyhow!("group {g:?} is not in the image's /etc/group"))?
-                    .0
-            }
-        },
-    };
-    Ok((uid, gid))
-}
-
-fn lookup_uid_gid(rootfs: &Path, uid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
-    text.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.get(2)?.parse::<u32>().ok()? == uid).then(|| fields.get(3)?.parse().ok())?
-    })
 }
 
 impl Runtime {
@@ -448,6 +370,18 @@ impl Runtime {
                 ),
             ));
         }
+        let pid = match spec.pid {
+            None if pod.pid_namespace => PidNamespace::Pod,
+            None => PidNamespace::Own,
+            Some(PidNamespace::Pod) if !pod.pid_namespace => {
+                return Err(Error::invalid(
+                    &object,
+                    "linux.security_context.namespace_options.pid",
+                    "is POD, but the pod has no pid namespace of its own (its namespace_options.pid is not POD)",
+                ))
+            }
+            Some(mode) => mode,
+        };
         let layers = image
             .layers
             .iter()
@@ -492,14 +426,8 @@ impl Runtime {
         fault::point("create-container/rootfs-mounted");
 
         // 3. The bundle.
-        let (image_uid, image_gid) = resolve_user(&image.config.user, &rootfs.target)
-            .map_err(|e| Error::step("resolve the image's user", &object, e))?;
-        let uid = spec.run_as_user.unwrap_or(image_uid);
-        let gid = spec.run_as_group.unwrap_or(if spec.run_as_user.is_some() {
-            lookup_uid_gid(&rootfs.target, uid).unwrap_or(0)
-        } else {
-            image_gid
-        });
+        let identity = user::resolve(&image.config.user, &spec.user, &rootfs.target)
+            .map_err(|e| Error::step("resolve the container's user", &object, e))?;
         let sandbox_dir = self.sandboxes.dir_of(&pod.id);
         let mut binds: Vec<BindMount> = [
             (files::HOSTNAME_FILE, "/etc/hostname"),
@@ -512,6 +440,7 @@ impl Runtime {
             destination: destination.into(),
             readonly: false,
             options: Vec::new(),
+            propagation: Propagation::Private,
         })
         .collect();
         if let Some(shm) = &pod.shm {
@@ -520,6 +449,7 @@ impl Runtime {
                 destination: "/dev/shm".into(),
                 readonly: false,
                 options: vec!["nosuid".into(), "nodev".into(), "noexec".into()],
+                propagation: Propagation::Private,
             });
         }
         binds.extend(spec.mounts.iter().map(|m| BindMount {
@@ -527,6 +457,7 @@ impl Runtime {
             destination: m.container_path.clone().into(),
             readonly: m.readonly,
             options: Vec::new(),
+            propagation: m.propagation,
         }));
         let process = ContainerProcess {
             args: args.clone(),
@@ -536,11 +467,10 @@ impl Runtime {
                 .find(|dir| !dir.is_empty())
                 .cloned()
                 .unwrap_or_else(|| "/".into()),
-            uid,
-            gid,
+            identity: identity.clone(),
             hostname: pod.hostname.clone(),
             pause_pid: pod.pause.map(|p| p.pid).unwrap_or_default(),
-            share_pod_pid: pod.pid_namespace,
+            pid,
             binds,
             security: spec.security.clone(),
         };
@@ -593,8 +523,8 @@ impl Runtime {
             args,
             env: process.env,
             cwd: process.cwd,
-            uid,
-            gid,
+            uid: identity.uid,
+            gid: identity.gid,
             mounts: spec.mounts,
             log_path,
             runtime: oci.binary.clone(),
@@ -678,9 +608,29 @@ mod tests {
             ..Default::default()
         })
         .contains("invalid linux.security_context.capabilities.add_capabilities[1]"));
-        let fine = with(cri::LinuxContainerSecurityContext {
+        assert!(with(cri::LinuxContainerSecurityContext {
             run_as_user: Some(cri::Int64Value { value: 5 }),
+            run_as_username: "nobody".into(),
+            ..Default::default()
+        })
+        .contains("invalid linux.security_context.run_as_username"));
+        assert!(with(cri::LinuxContainerSecurityContext {
+            supplemental_groups: vec![5, -1],
+            ..Default::default()
+        })
+        .contains("invalid linux.security_context.supplemental_groups[1]"));
+        assert!(with(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Target as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .contains("invalid linux.security_context.namespace_options.pid"));
+        let fine = with(cri::LinuxContainerSecurityContext {
+            run_as_username: "nobody".into(),
             run_as_group: Some(cri::Int64Value { value: 5 }),
+            supplemental_groups: vec![1234, 5678],
             readonly_rootfs: true,
             capabilities: Some(cri::Capability {
                 add_capabilities: vec!["ALL".into()],
@@ -732,25 +682,5 @@ mod tests {
         assert_eq!(command_line(&spec, &image), ["sh", "x"]);
         spec.env = vec![("A".into(), "2".into()), ("B".into(), "3".into())];
         assert_eq!(environment(&spec, &image), ["PATH=/bin", "A=2", "B=3"]);
-    }
-
-    #[test]
-    fn users_resolve_by_number_or_name() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-        std::fs::write(
-            dir.path().join("etc/passwd"),
-            "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65533::/:/bin/false\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("etc/group"), "nogroup:x:65533:\n").unwrap();
-        assert_eq!(resolve_user("", dir.path()).unwrap(), (0, 0));
-        assert_eq!(resolve_user("nobody", dir.path()).unwrap(), (65534, 65533));
-        assert_eq!(resolve_user("65534", dir.path()).unwrap(), (65534, 65533));
-        assert_eq!(
-            resolve_user("1000:nogroup", dir.path()).unwrap(),
-            (1000, 65533)
-        );
-        assert!(resolve_user("ghost", dir.path()).is_err());
     }
 }

@@ -29,13 +29,17 @@ mod exec;
 pub mod log;
 pub mod monitor;
 pub mod oci;
+pub mod propagation;
 mod recover;
 mod remove;
 pub mod rootfs;
+pub mod seccomp;
+pub mod security;
 mod start;
 mod stats;
 mod status;
 mod stop;
+pub mod user;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,6 +81,8 @@ pub struct MountRecord {
     pub container_path: String,
     pub host_path: String,
     pub readonly: bool,
+    #[serde(default)]
+    pub propagation: propagation::Propagation,
 }
 
 /// The intent's file in `<state dir>/containers/<id>/`, there from before the rootfs is

@@ -161,6 +161,7 @@ impl Runtime {
                     container_path: m.container_path.clone(),
                     host_path: m.host_path.clone(),
                     readonly: m.readonly,
+                    propagation: m.propagation.to_cri() as i32,
                     ..Default::default()
                 })
                 .collect(),

@@ -1,5 +1,11 @@
 //! StopContainer: SIGTERM, then SIGKILL once the timeout has passed, and wait until the
 //! monitor has recorded the exit. Stopping a container that is not running succeeds.
+//!
+//! A container's first process is PID 1 of its pid namespace, and the kernel drops a
+//! signal sent to such a process while it has no handler for it. A stop right after a
+//! start can land while the program is still starting (between exec and installing its
+//! handler) and would then wait out its whole timeout; so SIGTERM is sent once more as
+//! soon as the process is seen to catch it, if it did not when first sent.
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +13,7 @@ use nix::sys::signal::Signal;
 
 use crate::container::{ContainerRecord, ContainerState, ExitRecord};
 use crate::error::{Error, Result};
+use crate::process::ProcessHandle;
 use crate::runtime::Runtime;
 
 /// How long the monitor gets to record an exit after SIGKILL.
@@ -33,16 +40,18 @@ impl Runtime {
         let exit_file = self.container_dir(&record.id).exit_file();
         if let Some(process) = record.process {
             if !timeout.is_zero() {
+                let caught = process.catches(Signal::SIGTERM) == Some(true);
                 process
                     .signal(Signal::SIGTERM)
                     .map_err(|e| Error::step("signal the container", &object, e))?;
-                wait_for(&exit_file, timeout).await;
+                let resend = (!caught).then_some(process);
+                wait_for(&exit_file, timeout, resend).await;
             }
             if ExitRecord::read(&exit_file).is_none() {
                 process
                     .signal(Signal::SIGKILL)
                     .map_err(|e| Error::step("kill the container", &object, e))?;
-                wait_for(&exit_file, KILL_WAIT).await;
+                wait_for(&exit_file, KILL_WAIT, None).await;
             }
         }
         self.observe(record)?;
@@ -57,8 +66,13 @@ impl Runtime {
     }
 }
 
-/// Waits until the monitor has written the exit file, or the timeout.
-async fn wait_for(exit_file: &std::path::Path, timeout: Duration) -> bool {
+/// Waits until the monitor has written the exit file, or the timeout; sends SIGTERM again
+/// to `resend` once it is seen to catch it.
+async fn wait_for(
+    exit_file: &std::path::Path,
+    timeout: Duration,
+    mut resend: Option<ProcessHandle>,
+) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if exit_file.exists() {
@@ -66,6 +80,12 @@ async fn wait_for(exit_file: &std::path::Path, timeout: Duration) -> bool {
         }
         if Instant::now() >= deadline {
             return false;
+        }
+        if let Some(process) = resend {
+            if process.catches(Signal::SIGTERM) != Some(false) {
+                let _ = process.signal(Signal::SIGTERM);
+                resend = None;
+            }
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
