@@ -224,9 +224,13 @@ impl RuntimeService for CriService {
 
     async fn update_container_resources(
         &self,
-        _: Request<cri::UpdateContainerResourcesRequest>,
+        request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Reply<cri::UpdateContainerResourcesResponse> {
-        unimplemented("UpdateContainerResources")
+        let request = request.into_inner();
+        self.runtime
+            .update_container_resources(&request.container_id, request.linux)
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
@@ -288,15 +292,26 @@ impl RuntimeService for CriService {
     }
     async fn pod_sandbox_stats(
         &self,
-        _: Request<cri::PodSandboxStatsRequest>,
+        request: Request<cri::PodSandboxStatsRequest>,
     ) -> Reply<cri::PodSandboxStatsResponse> {
-        unimplemented("PodSandboxStats")
+        let request = request.into_inner();
+        let stats = self
+            .runtime
+            .pod_sandbox_stats(&request.pod_sandbox_id)
+            .await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Reply<cri::ListPodSandboxStatsResponse> {
-        unimplemented("ListPodSandboxStats")
+        let stats = self
+            .runtime
+            .list_pod_sandbox_stats(request.into_inner().filter)
+            .await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
     async fn update_runtime_config(
         &self,

@@ -303,6 +303,7 @@ impl TestContainer {
                 no_new_privileges: true,
                 ..Default::default()
             },
+            resources: Default::default(),
         };
         sandboxd::container::bundle::write(&bundle_dir, &process).unwrap();
         container

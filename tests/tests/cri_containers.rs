@@ -43,6 +43,7 @@ with_both_runtimes!(
     container_cycles_leak_nothing,
     a_rotated_log_is_reopened_and_a_timed_out_exec_leaves_no_process,
     container_stats_come_from_its_cgroups_and_its_upper_dir,
+    pod_stats_and_resources_come_from_and_go_to_the_cgroups,
 );
 
 fn pod_config(name: &str) -> cri::PodSandboxConfig {
@@ -969,4 +970,234 @@ async fn container_stats_come_from_its_cgroups_and_its_upper_dir(runtime: &[&str
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
+/// A file of the container's cgroup for `controller` (v1 here; the v2 file where the
+/// machine has only v2).
+fn cgroup_value(pid: u64, controller: &str, v1_file: &str, v2_file: &str) -> String {
+    let cgroups = sandboxd::container::cgroup::Cgroups::of(pid as u32).unwrap();
+    let path = match cgroups.dir(Some(controller)) {
+        Some(dir) => dir.join(v1_file),
+        None => cgroups.dir(None).unwrap().join(v2_file),
+    };
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// Resources given at create are in the container's cgroups, UpdateContainerResources
+/// changes them (and ContainerStatus reports them), bad values are refused by field and an
+/// exited container cannot be updated; PodSandboxStats sums the pod's running containers
+/// (CPU, memory, processes with pause) and reads its eth0 counters; ListPodSandboxStats
+/// filters by id and labels.
+async fn pod_stats_and_resources_come_from_and_go_to_the_cgroups(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
+    let mut client = daemon.client().await;
+    let pod = run_pod(&mut client, "limited").await;
+    let mut config = container_config(
+        "limited",
+        "busybox",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; sleep 1000",
+        ],
+    );
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let limited = run_container(&mut client, &pod, config).await;
+    let second = run_container(
+        &mut client,
+        &pod,
+        container_config("second", "busybox", &["sleep", "1000"]),
+    )
+    .await;
+    let pid = status(&mut client, &limited).await.1["pid"]
+        .as_u64()
+        .unwrap();
+    let shares = || cgroup_value(pid, "cpu", "cpu.shares", "cpu.weight");
+    let memory = || cgroup_value(pid, "memory", "memory.limit_in_bytes", "memory.max");
+    let v1 = sandboxd::container::cgroup::Cgroups::of(pid as u32)
+        .unwrap()
+        .dir(Some("cpu"))
+        .is_some();
+    assert_eq!(shares(), if v1 { "512" } else { "20" });
+    assert_eq!(memory(), (64u64 << 20).to_string());
+    assert_eq!(
+        cgroup_value(pid, "cpu", "cpu.cfs_quota_us", "cpu.max"),
+        if v1 { "50000" } else { "50000 100000" }
+    );
+
+    let updater = client.clone();
+    let update = |linux: cri::LinuxContainerResources, id: String| {
+        let mut client = updater.clone();
+        async move {
+            client
+                .update_container_resources(cri::UpdateContainerResourcesRequest {
+                    container_id: id,
+                    linux: Some(linux),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    update(
+        cri::LinuxContainerResources {
+            cpu_shares: 256,
+            memory_limit_in_bytes: 128 << 20,
+            ..Default::default()
+        },
+        limited.clone(),
+    )
+    .await
+    .expect("UpdateContainerResources");
+    assert_eq!(shares(), if v1 { "256" } else { "10" });
+    assert_eq!(memory(), (128u64 << 20).to_string());
+    let reported = status(&mut client, &limited)
+        .await
+        .0
+        .resources
+        .unwrap()
+        .linux
+        .unwrap();
+    assert_eq!(
+        (reported.cpu_shares, reported.memory_limit_in_bytes),
+        (256, 128 << 20)
+    );
+    let err = update(
+        cri::LinuxContainerResources {
+            memory_limit_in_bytes: 1024,
+            ..Default::default()
+        },
+        limited.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("linux.memory_limit_in_bytes"),
+        "{err}"
+    );
+    assert_eq!(
+        memory(),
+        (128u64 << 20).to_string(),
+        "a refused update changed it"
+    );
+
+    // Traffic on the pod's eth0: to the node's bridge, its gateway.
+    let ping = exec(
+        &mut client,
+        &second,
+        &["ping", "-c", "1", "-W", "2", "10.244.1.1"],
+    )
+    .await;
+    assert_eq!(
+        ping.exit_code,
+        0,
+        "{}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    let stats = client
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("PodSandboxStats")
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(stats.attributes.unwrap().id, pod);
+    let linux = stats.linux.unwrap();
+    let mut ids: Vec<String> = linux
+        .containers
+        .iter()
+        .map(|c| c.attributes.as_ref().unwrap().id.clone())
+        .collect();
+    ids.sort();
+    let mut both = vec![limited.clone(), second.clone()];
+    both.sort();
+    assert_eq!(ids, both);
+    let container_cpu: u64 = linux
+        .containers
+        .iter()
+        .map(|c| {
+            c.cpu
+                .as_ref()
+                .unwrap()
+                .usage_core_nano_seconds
+                .unwrap()
+                .value
+        })
+        .sum();
+    let pod_cpu = linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value;
+    assert!(
+        pod_cpu >= container_cpu && pod_cpu > 0,
+        "{pod_cpu} < {container_cpu}"
+    );
+    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    // pause, and at least sh and sleep in one container and sleep in the other.
+    let processes = linux.process.unwrap().process_count.unwrap().value;
+    assert!(processes >= 3, "{processes}");
+    let eth0 = linux.network.unwrap().default_interface.unwrap();
+    assert_eq!(eth0.name, "eth0");
+    assert!(eth0.tx_bytes.unwrap().value > 0 && eth0.rx_bytes.unwrap().value > 0);
+
+    let lister = client.clone();
+    let list = |filter: Option<cri::PodSandboxStatsFilter>| {
+        let mut client = lister.clone();
+        async move {
+            client
+                .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .len()
+        }
+    };
+    assert_eq!(list(None).await, 1);
+    assert_eq!(
+        list(Some(cri::PodSandboxStatsFilter {
+            id: pod[..12].to_string(),
+            ..Default::default()
+        }))
+        .await,
+        1
+    );
+    assert_eq!(
+        list(Some(cri::PodSandboxStatsFilter {
+            label_selector: HashMap::from([("app".to_string(), "other".to_string())]),
+            ..Default::default()
+        }))
+        .await,
+        0
+    );
+
+    client
+        .stop_container(cri::StopContainerRequest {
+            container_id: second.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    let err = update(cri::LinuxContainerResources::default(), second.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
 }

@@ -20,6 +20,7 @@ use oci_spec::runtime::{
 };
 
 use crate::container::propagation::Propagation;
+use crate::container::resources::Resources;
 pub use crate::container::security::Security;
 use crate::container::user::Identity;
 
@@ -39,6 +40,7 @@ pub struct ContainerProcess {
     /// (such as the pod's `/dev/shm`) replaces it.
     pub binds: Vec<BindMount>,
     pub security: Security,
+    pub resources: Resources,
 }
 
 /// The pid namespace a container's processes are in.
@@ -105,6 +107,9 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
             .build()?,
     );
     proc_spec.set_capabilities(Some(capabilities));
+    if process.resources.oom_score_adj != 0 {
+        proc_spec.set_oom_score_adj(Some(process.resources.oom_score_adj));
+    }
     // Unset rather than false: runtimes then load a seccomp filter before dropping
     // capabilities, which a process without no_new_privs needs CAP_SYS_ADMIN for.
     proc_spec.set_no_new_privileges(process.security.no_new_privileges.then_some(true));
@@ -163,6 +168,7 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
         Propagation::rootfs_propagation(process.binds.iter().map(|b| b.propagation))
             .map(str::to_string),
     );
+    linux.set_resources(Some(process.resources.oci()?));
     process.security.apply(&mut spec)?;
     Ok(spec)
 }
@@ -202,6 +208,7 @@ mod tests {
                 no_new_privileges: true,
                 ..Default::default()
             },
+            resources: Default::default(),
             binds: vec![BindMount {
                 source: "/var/lib/sandboxd/sandboxes/p/shm".into(),
                 destination: "/dev/shm".into(),

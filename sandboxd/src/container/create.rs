@@ -12,6 +12,7 @@ use crate::container::bundle::{BindMount, ContainerProcess, PidNamespace, Securi
 use crate::container::monitor::MonitorArgs;
 use crate::container::oci::OciRuntime;
 use crate::container::propagation::{self, Propagation};
+use crate::container::resources::Resources;
 use crate::container::user::{self, UserRequest};
 use crate::container::{
     describe, ContainerDir, ContainerRecord, ContainerState, CreateIntent, MountRecord,
@@ -41,6 +42,7 @@ struct ContainerSpec {
     /// The pid namespace its namespace options ask for; none: the pod's if it has one.
     pid: Option<PidNamespace>,
     security: Security,
+    resources: Resources,
 }
 
 fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<ContainerSpec> {
@@ -122,6 +124,11 @@ fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<Container
             format!("{log_path:?} must be relative to the pod's log directory, without '..'"),
         ));
     }
+    let resources = Resources::from_cri(
+        &object,
+        "linux.resources",
+        config.linux.as_ref().and_then(|l| l.resources.as_ref()),
+    )?;
     let security = config.linux.and_then(|l| l.security_context);
     let id_of = |value: Option<&cri::Int64Value>, field: &str| -> Result<Option<u32>> {
         value
@@ -214,6 +221,7 @@ fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<Container
         },
         pid,
         security: security_options,
+        resources,
     })
 }
 
@@ -473,6 +481,7 @@ impl Runtime {
             pid,
             binds,
             security: spec.security.clone(),
+            resources: spec.resources.clone(),
         };
         crate::container::bundle::write(&dir.bundle(), &process)
             .map_err(|e| Error::step("write the bundle", &object, e))?;
@@ -526,6 +535,7 @@ impl Runtime {
             uid: identity.uid,
             gid: identity.gid,
             mounts: spec.mounts,
+            resources: spec.resources,
             log_path,
             runtime: oci.binary.clone(),
             created_at_ns: now_ns(),

@@ -24,6 +24,7 @@
 //! the pod gave a log directory.
 
 pub mod bundle;
+pub mod cgroup;
 mod create;
 mod exec;
 pub mod log;
@@ -32,6 +33,7 @@ pub mod oci;
 pub mod propagation;
 mod recover;
 mod remove;
+pub mod resources;
 pub mod rootfs;
 pub mod seccomp;
 pub mod security;
@@ -39,6 +41,7 @@ mod start;
 mod stats;
 mod status;
 mod stop;
+mod update;
 pub mod user;
 
 use std::collections::BTreeMap;
@@ -49,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use crate::process::ProcessHandle;
 
 pub use exec::ExecOutput;
-pub use stats::stats_filter;
+pub use stats::{stats_filter, Usage};
 pub use status::ContainerFilter;
 
 /// Version of the on-disk record format.
@@ -121,6 +124,9 @@ pub struct ContainerRecord {
     pub uid: u32,
     pub gid: u32,
     pub mounts: Vec<MountRecord>,
+    /// Its CPU and memory resources, as created or last updated.
+    #[serde(default)]
+    pub resources: resources::Resources,
     pub log_path: PathBuf,
     /// The OCI runtime it was created with; it is deleted with the same one.
     pub runtime: PathBuf,

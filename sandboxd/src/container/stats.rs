@@ -3,10 +3,11 @@
 //! cgroups of the container's first process, whichever runtime placed them (cgroup v1 here,
 //! v2 where the machine has it), and the writable layer's size from its upper dir.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use k8s_cri::v1 as cri;
 
+use crate::container::cgroup::{count_lines, read_number, stat_field, Cgroups};
 use crate::container::{ContainerFilter, ContainerRecord, ContainerState};
 use crate::error::{Error, Result};
 use crate::runtime::{now_ns, Runtime};
@@ -32,7 +33,7 @@ impl Runtime {
         let record = record.clone();
         let object = record.describe();
         let upper = self.container_dir(&record.id).path().join("upper");
-        tokio::task::spawn_blocking(move || stats_of(&record, &upper))
+        tokio::task::spawn_blocking(move || stats_of(&record, &upper, &usage_of(&record)))
             .await
             .map_err(|e| Error::step("read the stats", object, e))
     }
@@ -41,6 +42,19 @@ impl Runtime {
         &self,
         filter: &ContainerFilter,
     ) -> Result<Vec<cri::ContainerStats>> {
+        Ok(self
+            .container_usage(filter)
+            .await?
+            .into_iter()
+            .map(|(stats, _)| stats)
+            .collect())
+    }
+
+    /// The stats of the containers `filter` matches, with what their cgroups counted.
+    pub(crate) async fn container_usage(
+        &self,
+        filter: &ContainerFilter,
+    ) -> Result<Vec<(cri::ContainerStats, Usage)>> {
         let mut records = Vec::new();
         for entry in self.container_entries() {
             let mut record = entry.lock().await;
@@ -53,7 +67,10 @@ impl Runtime {
         tokio::task::spawn_blocking(move || {
             records
                 .iter()
-                .map(|(record, upper)| stats_of(record, upper))
+                .map(|(record, upper)| {
+                    let usage = usage_of(record);
+                    (stats_of(record, upper, &usage), usage)
+                })
                 .collect()
         })
         .await
@@ -61,16 +78,19 @@ impl Runtime {
     }
 }
 
-/// One container's figures; a container whose process is gone (exited) has no cgroup
-/// left to read, and shows none.
-fn stats_of(record: &ContainerRecord, upper: &Path) -> cri::ContainerStats {
-    let timestamp = now_ns();
-    let pid = record
+/// A container whose process is gone (exited) has no cgroup left to read, and shows none.
+fn usage_of(record: &ContainerRecord) -> Usage {
+    record
         .process
         .as_ref()
         .filter(|_| record.state != ContainerState::Exited)
-        .map(|p| p.pid);
-    let usage = pid.map(Usage::of).unwrap_or_default();
+        .map(|p| Usage::of(p.pid))
+        .unwrap_or_default()
+}
+
+/// One container's figures.
+fn stats_of(record: &ContainerRecord, upper: &Path, usage: &Usage) -> cri::ContainerStats {
+    let timestamp = now_ns();
     let (used_bytes, inodes_used) = disk_usage(upper);
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
@@ -114,17 +134,16 @@ pub struct Usage {
     pub memory: Option<u64>,
     /// `memory` less inactive file pages: what the kubelet evicts on.
     pub working_set: Option<u64>,
+    /// Processes in the cgroup.
+    pub processes: Option<u64>,
 }
 
 impl Usage {
     pub fn of(pid: u32) -> Usage {
-        let Ok(membership) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        let Some(cgroups) = Cgroups::of(pid) else {
             return Usage::default();
         };
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let dir_of = |controller: Option<&str>| {
-            cgroup_path(&membership, &mounts, controller).filter(|dir| dir.is_dir())
-        };
+        let dir_of = |controller: Option<&str>| cgroups.dir(controller);
         let mut usage = Usage::default();
         // v1 first (where the controller is bound there, v2 has no files for it).
         if let Some(dir) = dir_of(Some("cpuacct")) {
@@ -137,7 +156,13 @@ impl Usage {
                 .memory
                 .map(|m| m.saturating_sub(inactive.unwrap_or(0)));
         }
+        if let Some(dir) = dir_of(Some("pids")).or_else(|| dir_of(Some("cpuacct"))) {
+            usage.processes = count_lines(&dir.join("cgroup.procs"));
+        }
         if let Some(dir) = dir_of(None) {
+            if usage.processes.is_none() {
+                usage.processes = count_lines(&dir.join("cgroup.procs"));
+            }
             if usage.cpu_ns.is_none() {
                 usage.cpu_ns = stat_field(&dir.join("cpu.stat"), "usage_usec").map(|us| us * 1000);
             }
@@ -151,47 +176,6 @@ impl Usage {
         }
         usage
     }
-}
-
-/// The dir of the cgroup a process is in, for a v1 `controller` (None: the v2 one):
-/// its path from `/proc/<pid>/cgroup` under the hierarchy's mount point from mountinfo.
-fn cgroup_path(membership: &str, mountinfo: &str, controller: Option<&str>) -> Option<PathBuf> {
-    let path = membership.lines().find_map(|line| {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-        let wanted = match controller {
-            Some(c) => controllers.split(',').any(|x| x == c),
-            None => controllers.is_empty(),
-        };
-        wanted.then_some(path)
-    })?;
-    let mount = mountinfo.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        let mount_point = before.split(' ').nth(4)?;
-        let mut after = after.split(' ');
-        let (fstype, _source, options) = (after.next()?, after.next()?, after.next()?);
-        let wanted = match controller {
-            Some(c) => fstype == "cgroup" && options.split(',').any(|o| o == c),
-            None => fstype == "cgroup2",
-        };
-        wanted.then_some(mount_point)
-    })?;
-    Some(Path::new(mount).join(path.trim_start_matches('/')))
-}
-
-fn read_number(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// `name N` from a flat keyed file (memory.stat, cpu.stat).
-fn stat_field(path: &Path, name: &str) -> Option<u64> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().ok()).flatten()
-        })
 }
 
 /// Bytes allocated and inodes under `dir` (as `du -s` and `du --inodes` count them), not
@@ -225,31 +209,6 @@ pub fn disk_usage(dir: &Path) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_process_cgroup_dir_is_found_through_mountinfo() {
-        let membership = "12:memory:/sandboxd/abc\n4:cpu,cpuacct:/sandboxd/abc\n0::/user.slice\n";
-        let mountinfo = "\
-30 25 0:26 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n\
-31 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n\
-32 25 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n";
-        let resolve = |controller| {
-            cgroup_path(membership, mountinfo, controller).map(|d| d.display().to_string())
-        };
-        assert_eq!(
-            resolve(Some("memory")).as_deref(),
-            Some("/sys/fs/cgroup/memory/sandboxd/abc")
-        );
-        assert_eq!(
-            resolve(Some("cpuacct")).as_deref(),
-            Some("/sys/fs/cgroup/cpu,cpuacct/sandboxd/abc")
-        );
-        assert_eq!(
-            resolve(None).as_deref(),
-            Some("/sys/fs/cgroup/unified/user.slice")
-        );
-        assert_eq!(resolve(Some("pids")), None);
-    }
 
     #[test]
     fn this_process_has_cpu_and_memory_usage() {

@@ -166,6 +166,10 @@ impl Runtime {
                 })
                 .collect(),
             log_path: record.log_path.display().to_string(),
+            resources: Some(cri::ContainerResources {
+                linux: Some(record.resources.to_cri()),
+                windows: None,
+            }),
             ..Default::default()
         };
         let mut info = HashMap::new();

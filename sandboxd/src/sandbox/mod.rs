@@ -15,6 +15,7 @@ pub mod files;
 mod recover;
 mod remove;
 mod run;
+mod stats;
 mod status;
 mod stop;
 pub mod sysctl;

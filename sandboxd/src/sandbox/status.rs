@@ -35,7 +35,7 @@ impl ListFilter {
         }
     }
 
-    fn matches(&self, record: &SandboxRecord) -> bool {
+    pub(crate) fn matches(&self, record: &SandboxRecord) -> bool {
         self.id
             .as_ref()
             .is_none_or(|id| record.id.starts_with(id.as_str()))
