@@ -39,6 +39,8 @@ pub struct Config {
     pub proxy_mode: Option<crate::service::proxy::ProxyMode>,
     /// Where pod addresses come from (traffic from elsewhere to a service is masqueraded).
     pub cluster_cidr: (std::net::Ipv4Addr, u8),
+    /// The streaming server's address in the node's network namespace (port 0: any).
+    pub streaming_address: std::net::SocketAddr,
 }
 
 /// The embedded OCI runtime (youki's libcontainer), which containers run with unless
@@ -65,6 +67,7 @@ impl Default for Config {
             monitor_binary: None,
             proxy_mode: Some(crate::service::proxy::ProxyMode::Nftables),
             cluster_cidr: (std::net::Ipv4Addr::new(10, 244, 0, 0), 16),
+            streaming_address: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }

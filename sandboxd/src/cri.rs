@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 use crate::container::ContainerFilter;
 use crate::runtime::Runtime;
 use crate::sandbox::ListFilter;
+use crate::stream::server::StreamRequest;
+use crate::stream::StreamServer;
 
 /// The CRI API version this server speaks.
 pub const CRI_API_VERSION: &str = "v1";
@@ -20,11 +22,12 @@ pub const RUNTIME_NAME: &str = "sandboxd";
 
 pub struct CriService {
     runtime: Arc<Runtime>,
+    streams: Arc<StreamServer>,
 }
 
 impl CriService {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        CriService { runtime }
+    pub fn new(runtime: Arc<Runtime>, streams: Arc<StreamServer>) -> Self {
+        CriService { runtime, streams }
     }
 }
 
@@ -260,17 +263,44 @@ impl RuntimeService for CriService {
         }))
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
-        unimplemented("Exec")
+    async fn exec(&self, request: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
+        let request = request.into_inner();
+        let (_, object, _) = self
+            .runtime
+            .check_exec(&request.container_id, &request.cmd)
+            .await?;
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(crate::error::Error::invalid(
+                object,
+                "stdin, stdout, stderr",
+                "are all false: an exec streams at least one of them",
+            )
+            .into());
+        }
+        if request.tty {
+            return Err(crate::error::Error::invalid(
+                object,
+                "tty",
+                "is not supported yet: the streaming server keeps no terminal",
+            )
+            .into());
+        }
+        Ok(Response::new(cri::ExecResponse {
+            url: self.streams.url(StreamRequest::Exec(request)),
+        }))
     }
     async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
         unimplemented("Attach")
     }
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Reply<cri::PortForwardResponse> {
-        unimplemented("PortForward")
+        let request = request.into_inner();
+        self.runtime.pod_netns(&request.pod_sandbox_id).await?;
+        Ok(Response::new(cri::PortForwardResponse {
+            url: self.streams.url(StreamRequest::PortForward(request)),
+        }))
     }
     async fn container_stats(
         &self,

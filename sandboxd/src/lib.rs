@@ -65,4 +65,5 @@ pub mod server;
 pub mod service;
 pub mod services_api;
 pub mod store;
+pub mod stream;
 pub mod trace;

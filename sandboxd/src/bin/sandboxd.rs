@@ -88,6 +88,10 @@ struct Args {
     /// This node is the control plane: pods run here only when placed on it by name.
     #[arg(long, requires = "node_ip")]
     control_plane: bool,
+    /// Where the CRI streaming server (Exec, Attach, PortForward URLs) listens, in the
+    /// node's network namespace; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    streaming_address: std::net::SocketAddr,
     /// Remove everything the service proxy programmed (the table `ip sandboxd`, the SBX-*
     /// iptables chains) in the node's namespace, and exit.
     #[arg(long)]
@@ -135,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             ProxyModeArg::None => None,
         },
         cluster_cidr: (args.cluster_cidr.addr, args.cluster_cidr.prefix),
+        streaming_address: args.streaming_address,
         ..Config::default()
     };
     let joining = args.node_ip.map(|ip| JoinSpec {

@@ -1,4 +1,5 @@
 //! ExecSync: run a command in a running container and return its output and exit code;
+//! the same command started for the streaming server (Exec), its stdio left to stream;
 //! ReopenContainerLog: have the monitor reopen the log after it was rotated.
 
 use std::time::Duration;
@@ -20,7 +21,60 @@ pub struct ExecOutput {
     pub exit_code: i32,
 }
 
+/// A command started in a container for a streamed Exec.
+pub struct StreamedExec {
+    pub child: tokio::process::Child,
+    /// Where the runtime wrote the command's pid ([`crate::container::oci::kill_exec`]).
+    pub pid_file: std::path::PathBuf,
+    pub object: String,
+}
+
 impl Runtime {
+    /// Checks that `id` can run `cmd` now: a running container, a command.
+    pub async fn check_exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+    ) -> Result<(String, String, std::path::PathBuf)> {
+        let (_, entry) = self.lookup_container(id)?;
+        let mut record = entry.lock().await;
+        self.observe(&mut record)?;
+        if record.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is {}; exec needs a running container",
+                record.describe(),
+                record.state.as_str()
+            )));
+        }
+        if cmd.is_empty() || cmd[0].is_empty() {
+            return Err(Error::invalid(record.describe(), "cmd", "is empty"));
+        }
+        Ok((record.id.clone(), record.describe(), record.runtime.clone()))
+    }
+
+    /// Starts `cmd` in the running container `id`, its stdin piped if `stdin`.
+    pub async fn exec_streamed(
+        &self,
+        id: &str,
+        cmd: &[String],
+        stdin: bool,
+    ) -> Result<StreamedExec> {
+        let (full_id, object, runtime) = self.check_exec(id, cmd).await?;
+        let oci = OciRuntime::new(runtime, &self.config.oci_runtime_root);
+        let pid_file = self
+            .container_dir(&full_id)
+            .path()
+            .join(format!("exec-{}.pid", &new_id()[..16]));
+        let child = oci
+            .spawn_exec(&full_id, cmd, stdin, &pid_file)
+            .map_err(|e| Error::step("exec in the container", &object, e))?;
+        Ok(StreamedExec {
+            child,
+            pid_file,
+            object,
+        })
+    }
+
     pub async fn exec_sync(
         &self,
         id: &str,

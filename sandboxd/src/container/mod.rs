@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::process::ProcessHandle;
 
-pub use exec::ExecOutput;
+pub use exec::{ExecOutput, StreamedExec};
 pub use stats::{stats_filter, Usage};
 pub use status::ContainerFilter;
 

@@ -121,26 +121,7 @@ impl OciRuntime {
             }
         };
         let Some((stdout, stderr, status)) = finished else {
-            // The runtime's exec waits for the process it started: kill that, not the
-            // runtime, then wait for the runtime to reap it and exit, so no trace of the
-            // command (not even a zombie in the container's pid namespace) outlives the
-            // call.
-            if let Some(pid) = std::fs::read_to_string(pid_file)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            if tokio::time::timeout(EXEC_REAP_TIMEOUT, child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.start_kill();
-            }
-            let _ = std::fs::remove_file(pid_file);
+            kill_exec(&mut child, pid_file).await;
             return Ok(ExecResult {
                 timed_out: true,
                 exit_code: -1,
@@ -162,6 +143,59 @@ impl OciRuntime {
             timed_out,
         })
     }
+}
+
+impl OciRuntime {
+    /// Starts `args` in the running container `id` (as [`exec`](Self::exec) runs them),
+    /// its stdin piped if `stdin` (else empty), stdout and stderr piped, for the caller to
+    /// stream; [`kill_exec`] ends it early.
+    pub fn spawn_exec(
+        &self,
+        id: &str,
+        args: &[String],
+        stdin: bool,
+        pid_file: &Path,
+    ) -> anyhow::Result<tokio::process::Child> {
+        let _ = std::fs::remove_file(pid_file);
+        let mut command = self.command();
+        command
+            .arg("exec")
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if stdin {
+            command.stdin(Stdio::piped());
+        }
+        command
+            .spawn()
+            .with_context(|| format!("run {}", self.binary.display()))
+    }
+}
+
+/// Ends an exec early. The runtime's exec waits for the process it started: kill that,
+/// not the runtime, then wait for the runtime to reap it and exit, so no trace of the
+/// command (not even a zombie in the container's pid namespace) outlives the call.
+pub async fn kill_exec(child: &mut tokio::process::Child, pid_file: &Path) {
+    if let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if tokio::time::timeout(EXEC_REAP_TIMEOUT, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    let _ = std::fs::remove_file(pid_file);
 }
 
 /// How long the runtime gets to reap a timed-out exec's process it was told to kill.

@@ -148,3 +148,23 @@ impl Runtime {
         items
     }
 }
+
+impl Runtime {
+    /// The network namespace of a ready pod, where its ports are: its pin, or None for a
+    /// hostNetwork pod on a node that is sandboxd's own namespace (the node's pin if not).
+    pub async fn pod_netns(&self, id: &str) -> Result<Option<std::path::PathBuf>> {
+        let (_, entry) = self.lookup(id)?;
+        let record = entry.lock().await;
+        if record.state != SandboxState::Ready {
+            return Err(crate::error::Error::FailedPrecondition(format!(
+                "{} is not ready: its ports cannot be forwarded",
+                record.describe()
+            )));
+        }
+        Ok(if record.host_network {
+            self.config.node.netns.path().map(|p| p.to_path_buf())
+        } else {
+            record.netns_path.clone()
+        })
+    }
+}

@@ -85,8 +85,17 @@ pub async fn serve(
     // Removed however serving ends; the lock is released after it.
     let _socket_file = SocketFile(path, lock);
     let images = CriImageService::new(runtime.images.clone());
+    let streams = crate::stream::StreamServer::start(
+        runtime.clone(),
+        &runtime.config.node.netns,
+        runtime.config.streaming_address,
+    )
+    .await?;
     tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(CriService::new(runtime.clone())))
+        .add_service(RuntimeServiceServer::new(CriService::new(
+            runtime.clone(),
+            streams,
+        )))
         .add_service(ImageServiceServer::new(images))
         .add_service(ServicesServer::new(ServicesApi::new(runtime)))
         .add_optional_service(cluster.map(ClusterServer::new))

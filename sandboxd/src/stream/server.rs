@@ -1,0 +1,215 @@
+//! The streaming server's HTTP side: a URL per Exec/Attach/PortForward request, good for
+//! one connection within a minute (as the kubelet's streaming server keeps them), served
+//! on a loopback port of the node's network namespace, where the kubelet (and crictl, and
+//! critest on that node) reach it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::NodeNetns;
+use crate::runtime::Runtime;
+use crate::stream::session;
+
+/// How long a URL stays good.
+pub const TOKEN_TTL: Duration = Duration::from_secs(60);
+/// The exec protocol spoken: stdin, stdout, stderr, and the exit status on the error
+/// stream as a Status object.
+const EXEC_PROTOCOL: &str = "v4.channel.k8s.io";
+const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+
+/// What a URL was handed out for.
+#[derive(Debug, Clone)]
+pub enum StreamRequest {
+    Exec(cri::ExecRequest),
+    PortForward(cri::PortForwardRequest),
+}
+
+impl StreamRequest {
+    fn kind(&self) -> &'static str {
+        match self {
+            StreamRequest::Exec(_) => "exec",
+            StreamRequest::PortForward(_) => "portforward",
+        }
+    }
+
+    fn protocol(&self) -> &'static str {
+        match self {
+            StreamRequest::Exec(_) => EXEC_PROTOCOL,
+            StreamRequest::PortForward(_) => PORT_FORWARD_PROTOCOL,
+        }
+    }
+}
+
+pub struct StreamServer {
+    runtime: Arc<Runtime>,
+    address: SocketAddr,
+    pending: Mutex<HashMap<String, (Instant, StreamRequest)>>,
+}
+
+/// A token no one can guess: 128 random bits, hex.
+fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut random, &mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl StreamServer {
+    /// Binds `address` in the node's network namespace and serves it.
+    pub async fn start(
+        runtime: Arc<Runtime>,
+        node: &NodeNetns,
+        address: SocketAddr,
+    ) -> anyhow::Result<Arc<StreamServer>> {
+        let listener = node
+            .run(move || {
+                let listener = std::net::TcpListener::bind(address)?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+            .map_err(|e| anyhow::anyhow!("bind the streaming server to {address}: {e}"))?;
+        let address = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let server = Arc::new(StreamServer {
+            runtime,
+            address,
+            pending: Mutex::new(HashMap::new()),
+        });
+        let serving = server.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let server = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let server = server.clone();
+                        async move { Ok::<_, std::convert::Infallible>(server.handle(request)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Ok(server)
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// A URL for `request`, good for one connection within [`TOKEN_TTL`].
+    pub fn url(&self, request: StreamRequest) -> String {
+        let token = new_token();
+        let kind = request.kind();
+        let mut pending = self.pending.lock().expect("pending lock");
+        let now = Instant::now();
+        pending.retain(|_, (issued, _)| now.duration_since(*issued) < TOKEN_TTL);
+        pending.insert(token.clone(), (now, request));
+        format!("http://{}/{kind}/{token}", self.address)
+    }
+
+    /// The request a token was handed out for, once.
+    fn take(&self, kind: &str, token: &str) -> Option<StreamRequest> {
+        let mut pending = self.pending.lock().expect("pending lock");
+        let (issued, request) = pending.remove(token)?;
+        (issued.elapsed() < TOKEN_TTL && request.kind() == kind).then_some(request)
+    }
+
+    fn handle(
+        self: &Arc<Self>,
+        mut request: Request<hyper::body::Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let reply = |status: StatusCode, text: String| {
+            Response::builder()
+                .status(status)
+                .header("Content-Type", "text/plain")
+                .body(Full::new(Bytes::from(text + "\n")))
+                .expect("a plain response")
+        };
+        let path = request.uri().path().to_string();
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let Some(stream_request) = self.take(kind, token) else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                format!("{path}: no such stream, or its URL expired or was used"),
+            );
+        };
+        let upgrade = request
+            .headers()
+            .get(hyper::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if upgrade != "spdy/3.1" {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("{path}: the connection must upgrade to SPDY/3.1 (got {upgrade:?})"),
+            );
+        }
+        let protocol = stream_request.protocol();
+        let offered: Vec<String> = request
+            .headers()
+            .get_all("X-Stream-Protocol-Version")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+            .collect();
+        if !offered.iter().any(|p| p == protocol) {
+            return reply(
+                StatusCode::FORBIDDEN,
+                format!("{path}: the client offers {offered:?}; this server speaks {protocol}"),
+            );
+        }
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let (streams_tx, streams_rx) = mpsc::channel(16);
+            let closed = CancellationToken::new();
+            let connection = session::serve(TokioIo::new(upgraded), streams_tx, closed.clone());
+            let handler = async {
+                match stream_request {
+                    StreamRequest::Exec(request) => {
+                        crate::stream::exec::serve(runtime, request, streams_rx, closed.clone())
+                            .await
+                    }
+                    StreamRequest::PortForward(request) => {
+                        crate::stream::portforward::serve(
+                            runtime,
+                            request,
+                            streams_rx,
+                            closed.clone(),
+                        )
+                        .await
+                    }
+                }
+            };
+            let _ = tokio::join!(connection, handler);
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header(hyper::header::UPGRADE, "SPDY/3.1")
+            .header("X-Stream-Protocol-Version", protocol)
+            .body(Full::new(Bytes::new()))
+            .expect("an upgrade response")
+    }
+}

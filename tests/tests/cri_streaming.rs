@@ -1,0 +1,236 @@
+//! The CRI streaming server with the real crictl (cri-tools v1.26.1: client-go's SPDY
+//! executor and port forwarder, as the kubelet of its time uses them), run on the node as
+//! a kubelet would be: `crictl exec` with stdout, stderr and exit codes, `exec -i` with
+//! stdin, `port-forward` to a pod's port, a client killed mid-exec, and URLs that are good
+//! for one use only. Each with the embedded runtime and with runc.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use sandboxd_tests::cri::{container_config, pod_config, Cri};
+use sandboxd_tests::daemon::SandboxdProcess;
+use sandboxd_tests::shared_tool;
+
+macro_rules! with_both_runtimes {
+    ($($test:ident),* $(,)?) => {
+        mod embedded_runtime {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(&[]).await
+            })*
+        }
+        mod runc {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(&["--runtime", "runc"]).await
+            })*
+        }
+    };
+}
+
+with_both_runtimes!(
+    crictl_exec_streams_stdio_and_exit_codes,
+    crictl_port_forward_reaches_the_pods_port,
+    a_client_that_goes_away_leaves_no_process,
+);
+
+/// crictl on the node (in its network namespace, where the streaming server listens).
+fn crictl(daemon: &SandboxdProcess, args: &[&str]) -> Command {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net={}", daemon.node.path().display()))
+        .arg(shared_tool("crictl"))
+        .args(["--runtime-endpoint", &daemon.endpoint()])
+        .args(["--timeout", "30s"])
+        .args(args);
+    command
+}
+
+/// Runs crictl with `stdin`; (exit code, stdout, stderr).
+fn run(daemon: &SandboxdProcess, args: &[&str], stdin: &[u8]) -> (Option<i32>, String, String) {
+    let mut child = crictl(daemon, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run crictl");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn pod_with(
+    daemon: &SandboxdProcess,
+    image: &str,
+    command: &[&str],
+) -> (Cri, String, String) {
+    let mut cri = Cri {
+        client: daemon.client().await,
+    };
+    let config = pod_config("streams", None);
+    let pod = cri.run_pod(config.clone()).await;
+    let mut container = container_config("main", image, command);
+    container.log_path = String::new();
+    let id = cri.run(&pod, &config, container).await;
+    (cri, pod, id)
+}
+
+async fn crictl_exec_streams_stdio_and_exit_codes(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
+    let (mut cri, pod, id) = pod_with(&daemon, "busybox", &["sleep", "1000"]).await;
+
+    let (code, out, err) = run(
+        &daemon,
+        &["exec", &id, "sh", "-c", "echo out; echo err >&2"],
+        b"",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+
+    // A non-zero exit code comes back as the v4 protocol's NonZeroExitCode.
+    let (code, _, err) = run(&daemon, &["exec", &id, "sh", "-c", "exit 3"], b"");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("exit code 3"), "{err}");
+
+    // stdin, to its end; 1 MiB of it through and back.
+    let (code, out, err) = run(
+        &daemon,
+        &["exec", "-i", &id, "sh", "-c", "cat; echo done"],
+        b"hello\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "hello\ndone\n");
+    let big: Vec<u8> = (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    let (code, out, err) = run(&daemon, &["exec", "-i", &id, "cat"], &big);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.as_bytes(), &big[..]);
+
+    // A URL serves one connection: used (here by a request that does not upgrade), it is
+    // gone.
+    let url = cri
+        .client
+        .exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    let get = |url: &str| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", daemon.node.path().display()))
+            .args(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get(&url), "400");
+    assert_eq!(get(&url), "404");
+    // Bad requests are refused when the URL is asked for.
+    let err = cri
+        .client
+        .exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec![],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("cmd"), "{err}");
+    cri.remove_pod(&pod).await;
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}
+
+async fn crictl_port_forward_reaches_the_pods_port(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
+    let (mut cri, pod, _) = pod_with(&daemon, "kubetm/p8080", &[]).await;
+    let mut forward = crictl(&daemon, &["port-forward", &pod, "18080:8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let node = daemon.node.path();
+    let fetch = move || {
+        sandboxd::netns::run_in(Some(&node), || {
+            let mut tcp = std::net::TcpStream::connect(("127.0.0.1", 18080))?;
+            tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+            tcp.write_all(b"GET /hostname HTTP/1.0\r\n\r\n")?;
+            let mut answer = String::new();
+            tcp.read_to_string(&mut answer)?;
+            Ok(answer)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        match fetch() {
+            Ok(answer) if answer.contains("200 OK") => break answer,
+            other => {
+                if Instant::now() > deadline {
+                    let _ = forward.kill();
+                    let out = forward.wait_with_output().unwrap();
+                    panic!(
+                        "no answer through the forward: {other:?}\n{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert!(answer.trim_end().ends_with("streams"), "{answer}");
+    // Twice more, each its own stream pair on the one connection.
+    for _ in 0..2 {
+        assert!(fetch().unwrap().contains("200 OK"));
+    }
+    let _ = forward.kill();
+    let _ = forward.wait();
+    cri.remove_pod(&pod).await;
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}
+
+async fn a_client_that_goes_away_leaves_no_process(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
+    let (mut cri, pod, id) = pod_with(&daemon, "busybox", &["sleep", "1000"]).await;
+    let mut client = crictl(&daemon, &["exec", &id, "sleep", "4242"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeping = || {
+        cri_output(&daemon, &id)
+            .lines()
+            .filter(|l| l.contains("sleep 4242"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleeping() == 0 {
+        assert!(Instant::now() < deadline, "the exec did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleeping() != 0 {
+        assert!(Instant::now() < deadline, "the exec outlived its client");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cri.remove_pod(&pod).await;
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}
+
+/// The container's processes, as `ps` in it shows them (through ExecSync).
+fn cri_output(daemon: &SandboxdProcess, id: &str) -> String {
+    let (_, out, _) = daemon.sandboxctl(&["exec", "-s", id, "ps", "-o", "args"]);
+    out
+}
