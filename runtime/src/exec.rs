@@ -83,6 +83,35 @@ impl FilteredExecutor {
     }
 }
 
+/// Adds the capabilities `executor` borrows to every set of `process` but the ambient one,
+/// for an exec whose whole process is given (libcontainer's builder adds them otherwise).
+pub fn borrow_capabilities(
+    process: &mut libcontainer::oci_spec::runtime::Process,
+    executor: &FilteredExecutor,
+) {
+    use libcontainer::oci_spec::runtime::Capability as SpecCapability;
+    let borrowed: Vec<SpecCapability> = executor
+        .borrowed_capability_names()
+        .iter()
+        .filter_map(|name| serde_json::from_value(serde_json::Value::String(name.clone())).ok())
+        .collect();
+    if borrowed.is_empty() {
+        return;
+    }
+    let Some(mut caps) = process.capabilities().clone() else {
+        return;
+    };
+    let add = |set: &Option<std::collections::HashSet<SpecCapability>>| {
+        let mut set = set.clone().unwrap_or_default();
+        set.extend(borrowed.iter().copied());
+        set
+    };
+    caps.set_bounding(Some(add(caps.bounding())));
+    caps.set_effective(Some(add(caps.effective())));
+    caps.set_permitted(Some(add(caps.permitted())));
+    process.set_capabilities(Some(caps));
+}
+
 impl Executor for FilteredExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         self.load_filter().map_err(ExecutorError::Other)?;

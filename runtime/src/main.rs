@@ -8,7 +8,7 @@
 //!   sandboxd-runtime --root DIR start ID
 //!   sandboxd-runtime --root DIR kill ID [SIGNAL]
 //!   sandboxd-runtime --root DIR delete [--force] ID
-//!   sandboxd-runtime --root DIR exec [--pid-file FILE] ID CMD [ARG...]
+//!   sandboxd-runtime --root DIR exec [--pid-file FILE] [-d [--tty --console-socket SOCK]] ID CMD [ARG...]
 //!   sandboxd-runtime --root DIR state ID
 //!
 //! As with runc, `create` leaves the container's process waiting for `start`, with the
@@ -83,9 +83,15 @@ enum Command {
     Exec {
         #[arg(long)]
         pid_file: Option<PathBuf>,
-        /// Not supported: the embedded runtime keeps no terminal.
+        /// Give the command a terminal; its master end goes to --console-socket.
         #[arg(long, short)]
         tty: bool,
+        /// An AF_UNIX socket that receives the terminal's master end (SCM_RIGHTS).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Start the command and exit, leaving it to the caller's subreaper.
+        #[arg(long, short)]
+        detach: bool,
         id: String,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -144,11 +150,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Exec {
             pid_file,
             tty,
+            console_socket,
+            detach,
             id,
             command,
         } => {
-            if tty {
-                bail!("sandboxd-runtime keeps no terminal: exec --tty needs runc (sandboxd --runtime runc)");
+            // As runc: the runtime keeps no terminal of its own, it hands the master end
+            // of one to a detached command's caller.
+            if tty && (console_socket.is_none() || !detach) {
+                bail!("exec --tty needs --detach and --console-socket to hand the terminal to");
             }
             // libcontainer's tenant runs as root in / unless told otherwise; runc's exec
             // runs as the container's process does: its user, groups and cwd, and under
@@ -160,20 +170,44 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .context("the container has no process")?;
             let user = process.user();
             let executor = exec::FilteredExecutor::new(&spec);
-            let pid = ContainerBuilder::new(id.clone(), SyscallType::default())
+            let builder = ContainerBuilder::new(id.clone(), SyscallType::default())
                 .with_executor(executor.clone())
+                .with_console_socket(console_socket.filter(|_| tty))
                 .with_pid_file(pid_file)?
                 .with_root_path(&cli.root)?
-                .as_tenant()
-                .with_capabilities(executor.borrowed_capability_names())
-                .with_user(Some(user.uid()))
-                .with_group(Some(user.gid()))
-                .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
-                .with_cwd(Some(process.cwd().clone()))
-                .with_container_args(command)
-                .with_detach(false)
-                .build()
-                .with_context(|| format!("exec in container {id}"))?;
+                .as_tenant();
+            let (pid, _process_file) = if tty {
+                // libcontainer hands a terminal only to a process whose spec asks for one:
+                // the whole process (the container's, with this command and a terminal)
+                // goes in a file, as `runc exec --process` takes it.
+                let mut exec_process = process.clone();
+                exec_process.set_args(Some(command));
+                exec_process.set_terminal(Some(true));
+                exec::borrow_capabilities(&mut exec_process, &executor);
+                let file = tempfile::NamedTempFile::new().context("write the exec's process")?;
+                serde_json::to_writer(file.as_file(), &exec_process)?;
+                let pid = builder
+                    .with_process(Some(file.path()))
+                    .with_detach(true)
+                    .build()
+                    .with_context(|| format!("exec in container {id}"))?;
+                (pid, Some(file))
+            } else {
+                let pid = builder
+                    .with_capabilities(executor.borrowed_capability_names())
+                    .with_user(Some(user.uid()))
+                    .with_group(Some(user.gid()))
+                    .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
+                    .with_cwd(Some(process.cwd().clone()))
+                    .with_container_args(command)
+                    .with_detach(detach)
+                    .build()
+                    .with_context(|| format!("exec in container {id}"))?;
+                (pid, None)
+            };
+            if detach {
+                return Ok(0);
+            }
             // The command runs as our child: its status is ours, as with runc exec.
             Ok(match waitpid(pid, None)? {
                 WaitStatus::Exited(_, code) => code,

@@ -277,11 +277,11 @@ impl RuntimeService for CriService {
             )
             .into());
         }
-        if request.tty {
+        if request.tty && request.stderr {
             return Err(crate::error::Error::invalid(
                 object,
-                "tty",
-                "is not supported yet: the streaming server keeps no terminal",
+                "stderr",
+                "is true with tty: a terminal has one output",
             )
             .into());
         }

@@ -32,6 +32,7 @@ macro_rules! with_both_runtimes {
 
 with_both_runtimes!(
     crictl_exec_streams_stdio_and_exit_codes,
+    crictl_exec_it_gets_a_terminal_of_the_clients_size,
     crictl_port_forward_reaches_the_pods_port,
     a_client_that_goes_away_leaves_no_process,
 );
@@ -147,6 +148,48 @@ async fn crictl_exec_streams_stdio_and_exit_codes(runtime: &[&str]) {
         .await
         .unwrap_err();
     assert!(err.message().contains("cmd"), "{err}");
+    cri.remove_pod(&pod).await;
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}
+
+/// `crictl exec -it` from a terminal (util-linux `script` gives crictl one, 40 rows by 100
+/// columns): the command runs on a terminal of that size, reads what is typed, and its
+/// exit code comes back (crictl reports it and fails).
+async fn crictl_exec_it_gets_a_terminal_of_the_clients_size(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
+    let (mut cri, pod, id) = pod_with(&daemon, "busybox", &["sleep", "1000"]).await;
+    let crictl_line = {
+        let command = crictl(&daemon, &["exec", "-it", &id, "sh", "-c", "test -t 0 && test -t 1 && echo on-a-terminal; stty size; read line; echo got $line; exit 7"]);
+        let mut words = vec![command.get_program().to_string_lossy().into_owned()];
+        words.extend(
+            command
+                .get_args()
+                .map(|a| format!("'{}'", a.to_string_lossy())),
+        );
+        words.join(" ")
+    };
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("stty rows 40 cols 100; {crictl_line}"))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = stdin.write_all(b"typed\n");
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(text.contains("on-a-terminal\n"), "{text}");
+    assert!(text.contains("40 100\n"), "the terminal's size: {text}");
+    assert!(text.contains("got typed\n"), "{text}");
+    assert!(text.contains("exit code 7"), "{text}");
+    assert_ne!(out.status.code(), Some(0), "{text}");
     cri.remove_pod(&pod).await;
     assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
 }

@@ -14,6 +14,13 @@
 //! Once the container is created, the monitor's own messages go to `monitor.log` beside the
 //! exit file (whoever started it may be gone). SIGUSR1 makes it reopen the log, for
 //! ReopenContainerLog after the kubelet rotated it.
+//!
+//!   sandboxd-monitor exec --pid-file FILE -- RUNTIME [ARG…] exec --detach …
+//!
+//! waits for a command a runtime started detached (an exec with a terminal: runtimes hand
+//! a terminal only to a detached process): it becomes a subreaper, runs the runtime, reads
+//! the command's pid from the pid file, waits for the command (its orphan, now the
+//! monitor's child) and exits with its status (128 + N for signal N).
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -264,7 +271,56 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// `exec` mode: runs the runtime's detached exec and waits for what it started.
+fn wait_detached_exec() -> Result<i32> {
+    let mut args = std::env::args().skip(2);
+    let (Some(flag), Some(pid_file)) = (args.next(), args.next()) else {
+        bail!("usage: sandboxd-monitor exec --pid-file FILE -- RUNTIME [ARG…]");
+    };
+    if flag != "--pid-file" || args.next().as_deref() != Some("--") {
+        bail!("usage: sandboxd-monitor exec --pid-file FILE -- RUNTIME [ARG…]");
+    }
+    let command: Vec<String> = args.collect();
+    let (program, runtime_args) = command.split_first().context("no runtime to run")?;
+    nix::sys::prctl::set_child_subreaper(true).context("become a subreaper")?;
+    let status = Command::new(program)
+        .args(runtime_args)
+        .status()
+        .with_context(|| format!("run {program}"))?;
+    if !status.success() {
+        bail!("{program} exec failed ({status})");
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("read {pid_file}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{pid_file} holds no pid"))?;
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+            Ok(_) => continue,
+            // Not reparented yet: the runtime's intermediate process is still exiting.
+            Err(nix::errno::Errno::ECHILD)
+                if std::path::Path::new(&format!("/proc/{pid}")).exists() =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => bail!("wait for the exec'd process {pid}: {e}"),
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("exec") {
+        return match wait_detached_exec() {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("sandboxd-monitor: {e:#}");
+                ExitCode::from(255)
+            }
+        };
+    }
     let outcome = parse().and_then(run);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,11 +2,13 @@
 //! the same command started for the streaming server (Exec), its stdio left to stream;
 //! ReopenContainerLog: have the monitor reopen the log after it was rotated.
 
+use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::container::oci::OciRuntime;
+use crate::container::console::ConsoleSocket;
+use crate::container::oci::{ExecStdio, OciRuntime};
 use crate::container::ContainerState;
 use crate::error::{Error, Result};
 use crate::runtime::{new_id, Runtime};
@@ -27,7 +29,12 @@ pub struct StreamedExec {
     /// Where the runtime wrote the command's pid ([`crate::container::oci::kill_exec`]).
     pub pid_file: std::path::PathBuf,
     pub object: String,
+    /// The master end of its terminal, when it has one (its stdio is then the terminal).
+    pub terminal: Option<std::os::fd::OwnedFd>,
 }
+
+/// How long the runtime gets to hand over a terminal.
+const TERMINAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Runtime {
     /// Checks that `id` can run `cmd` now: a running container, a command.
@@ -52,26 +59,69 @@ impl Runtime {
         Ok((record.id.clone(), record.describe(), record.runtime.clone()))
     }
 
-    /// Starts `cmd` in the running container `id`, its stdin piped if `stdin`.
+    /// Starts `cmd` in the running container `id`: with a terminal if `tty`, else with
+    /// pipes (stdin piped if `stdin`).
     pub async fn exec_streamed(
         &self,
         id: &str,
         cmd: &[String],
         stdin: bool,
+        tty: bool,
     ) -> Result<StreamedExec> {
         let (full_id, object, runtime) = self.check_exec(id, cmd).await?;
         let oci = OciRuntime::new(runtime, &self.config.oci_runtime_root);
+        let name = &new_id()[..16];
         let pid_file = self
             .container_dir(&full_id)
             .path()
-            .join(format!("exec-{}.pid", &new_id()[..16]));
-        let child = oci
-            .spawn_exec(&full_id, cmd, stdin, &pid_file)
+            .join(format!("exec-{name}.pid"));
+        // Near the CRI socket: a unix socket's path is limited to 108 bytes.
+        let console = if tty {
+            let dir = self.config.socket.parent().unwrap_or(Path::new("/run"));
+            Some(
+                ConsoleSocket::bind(&dir.join(format!("console-{name}.sock")))
+                    .map_err(|e| Error::step("open a console socket", &object, e))?,
+            )
+        } else {
+            None
+        };
+        let stdio = match &console {
+            Some(console) => ExecStdio::Terminal {
+                console_socket: console.path().to_path_buf(),
+                monitor: self.monitor_binary.clone(),
+            },
+            None => ExecStdio::Pipes { stdin },
+        };
+        let mut child = oci
+            .spawn_exec(&full_id, cmd, &stdio, &pid_file)
             .map_err(|e| Error::step("exec in the container", &object, e))?;
+        let terminal = match console {
+            None => None,
+            Some(console) => {
+                let received = tokio::select! {
+                    master = console.receive(TERMINAL_TIMEOUT) => master.map_err(anyhow::Error::from),
+                    _ = child.wait() => {
+                        let mut stderr = String::new();
+                        if let Some(mut pipe) = child.stderr.take() {
+                            let _ = tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr).await;
+                        }
+                        Err(anyhow::anyhow!("the runtime exited: {}", stderr.trim()))
+                    }
+                };
+                match received {
+                    Ok(master) => Some(master),
+                    Err(e) => {
+                        crate::container::oci::kill_exec(&mut child, &pid_file).await;
+                        return Err(Error::step("give the exec a terminal", &object, e));
+                    }
+                }
+            }
+        };
         Ok(StreamedExec {
             child,
             pid_file,
             object,
+            terminal,
         })
     }
 

@@ -25,6 +25,7 @@
 
 pub mod bundle;
 pub mod cgroup;
+pub mod console;
 mod create;
 mod exec;
 pub mod log;

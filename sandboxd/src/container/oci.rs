@@ -146,33 +146,69 @@ impl OciRuntime {
 }
 
 impl OciRuntime {
-    /// Starts `args` in the running container `id` (as [`exec`](Self::exec) runs them),
-    /// its stdin piped if `stdin` (else empty), stdout and stderr piped, for the caller to
-    /// stream; [`kill_exec`] ends it early.
+    /// Starts `args` in the running container `id` (as [`exec`](Self::exec) runs them)
+    /// for the caller to stream: with pipes (stdin piped if asked, else empty), or with a
+    /// terminal whose master end the runtime sends to a console socket (its own stderr
+    /// then piped, for its errors); [`kill_exec`] ends it early.
     pub fn spawn_exec(
         &self,
         id: &str,
         args: &[String],
-        stdin: bool,
+        stdio: &ExecStdio,
         pid_file: &Path,
     ) -> anyhow::Result<tokio::process::Child> {
         let _ = std::fs::remove_file(pid_file);
         let mut command = self.command();
-        command
-            .arg("exec")
-            .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if stdin {
-            command.stdin(Stdio::piped());
+        command.arg("exec").arg("--pid-file").arg(pid_file);
+        match stdio {
+            ExecStdio::Pipes { stdin } => {
+                command.stdout(Stdio::piped()).stderr(Stdio::piped());
+                if *stdin {
+                    command.stdin(Stdio::piped());
+                }
+            }
+            ExecStdio::Terminal {
+                console_socket,
+                monitor,
+            } => {
+                // Runtimes hand a terminal only to a detached command: the monitor's exec
+                // mode runs the runtime and waits for the command in its place.
+                let runtime =
+                    std::mem::replace(&mut command, tokio::process::Command::new(monitor));
+                let runtime = runtime.as_std();
+                command
+                    .kill_on_drop(true)
+                    .stdin(Stdio::null())
+                    .arg("exec")
+                    .arg("--pid-file")
+                    .arg(pid_file)
+                    .arg("--")
+                    .arg(runtime.get_program())
+                    .args(runtime.get_args())
+                    .args(["--detach", "--tty", "--console-socket"])
+                    .arg(console_socket)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+            }
         }
         command
+            .arg(id)
+            .args(args)
             .spawn()
             .with_context(|| format!("run {}", self.binary.display()))
     }
+}
+
+/// How a streamed exec's stdio is wired.
+pub enum ExecStdio {
+    Pipes {
+        stdin: bool,
+    },
+    /// `monitor`: sandboxd-monitor, which waits for the detached command.
+    Terminal {
+        console_socket: PathBuf,
+        monitor: PathBuf,
+    },
 }
 
 /// Ends an exec early. The runtime's exec waits for the process it started: kill that,

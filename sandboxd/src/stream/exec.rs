@@ -1,7 +1,9 @@
 //! A streamed Exec (`v4.channel.k8s.io`): the client opens an error stream and one per
 //! standard stream it asked for; the command's stdin comes from the client, its stdout
 //! and stderr go back, and its end is reported on the error stream as a Status (Success,
-//! or Failure with reason NonZeroExitCode and the code). A client that goes away kills
+//! or Failure with reason NonZeroExitCode and the code). With a terminal, stdin and
+//! stdout are the terminal's, and a resize stream carries the window's size as JSON
+//! (`{"Width":80,"Height":24}`, one object per change). A client that goes away kills
 //! the command.
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ struct Streams {
     stdin: Option<Stream>,
     stdout: Option<Stream>,
     stderr: Option<Stream>,
+    resize: Option<Stream>,
 }
 
 impl Streams {
@@ -35,6 +38,7 @@ impl Streams {
             && (!request.stdin || self.stdin.is_some())
             && (!request.stdout || self.stdout.is_some())
             && (!request.stderr || request.tty || self.stderr.is_some())
+            && (!request.tty || self.resize.is_some())
     }
 }
 
@@ -76,7 +80,7 @@ pub async fn serve(
                     Some("stdin") => &mut streams.stdin,
                     Some("stdout") => &mut streams.stdout,
                     Some("stderr") => &mut streams.stderr,
-                    // A terminal's resize stream: no terminal is kept yet.
+                    Some("resize") => &mut streams.resize,
                     _ => continue,
                 };
                 *slot = Some(stream);
@@ -86,7 +90,24 @@ pub async fn serve(
         }
     }
     let error = streams.error.take().expect("complete").writer();
+    let outputs: Vec<StreamWriter> = [&streams.stdout, &streams.stderr]
+        .into_iter()
+        .flatten()
+        .map(|s| s.writer())
+        .collect();
     let outcome = run(&runtime, &request, streams, &closed).await;
+    if let Err(message) = &outcome {
+        eprintln!(
+            "sandboxd: exec {:?} in container {}: {message}",
+            request.cmd, request.container_id
+        );
+        // The client reads its outputs to their end before the status.
+        if !closed.is_cancelled() {
+            for output in outputs {
+                output.finish().await;
+            }
+        }
+    }
     let report = serde_json::to_vec(&status(outcome)).expect("a JSON status");
     error.write(&report).await;
     error.finish().await;
@@ -100,9 +121,17 @@ async fn run(
     closed: &CancellationToken,
 ) -> Result<i32, String> {
     let mut exec = runtime
-        .exec_streamed(&request.container_id, &request.cmd, streams.stdin.is_some())
+        .exec_streamed(
+            &request.container_id,
+            &request.cmd,
+            streams.stdin.is_some(),
+            request.tty,
+        )
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(master) = exec.terminal.take() {
+        return run_in_terminal(exec, master, streams, closed).await;
+    }
     let stdin_pump = match (exec.child.stdin.take(), streams.stdin) {
         (Some(mut pipe), Some(mut stream)) => Some(tokio::spawn(async move {
             while let Some(data) = stream.incoming.recv().await {
@@ -132,11 +161,99 @@ async fn run(
     if let Some(pump) = stdin_pump {
         pump.abort();
     }
+    Ok(exit_code(status))
+}
+
+/// The exit code of a finished exec.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    Ok(status
+    status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(-1))
+        .unwrap_or(-1)
+}
+
+/// How long a terminal's last output gets to drain once the command has exited.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs an exec whose stdio is the terminal `master`: the client's stdin is typed into
+/// it, what it shows goes to the client's stdout, resizes set its window.
+async fn run_in_terminal(
+    mut exec: crate::container::StreamedExec,
+    master: std::os::fd::OwnedFd,
+    streams: Streams,
+    closed: &CancellationToken,
+) -> Result<i32, String> {
+    let object = exec.object.clone();
+    let reader = std::fs::File::from(master.try_clone().map_err(|e| e.to_string())?);
+    let writer = std::fs::File::from(master.try_clone().map_err(|e| e.to_string())?);
+    let mut input_pump = streams.stdin.map(|mut stream| {
+        let mut writer = tokio::fs::File::from_std(writer);
+        tokio::spawn(async move {
+            while let Some(data) = stream.incoming.recv().await {
+                if writer.write_all(&data).await.is_err() || writer.flush().await.is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    let mut resize_pump = streams.resize.map(|mut stream| {
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            while let Some(data) = stream.incoming.recv().await {
+                pending.extend_from_slice(&data);
+                // One JSON object per size; a stream of them may split anywhere.
+                let mut objects =
+                    serde_json::Deserializer::from_slice(&pending).into_iter::<serde_json::Value>();
+                let mut used = 0;
+                while let Some(Ok(size)) = objects.next() {
+                    used = objects.byte_offset();
+                    let (width, height) = (size["Width"].as_u64(), size["Height"].as_u64());
+                    if let (Some(width), Some(height)) = (width, height) {
+                        let _ = crate::container::console::resize(
+                            &master,
+                            width.min(u16::MAX as u64) as u16,
+                            height.min(u16::MAX as u64) as u16,
+                        );
+                    }
+                }
+                pending.drain(..used);
+            }
+        })
+    });
+    // A terminal whose last writer is gone reads EIO: that is its end here.
+    let output = streams.stdout.map(|s| s.writer());
+    let mut output_pump = tokio::spawn(async move {
+        let reader = tokio::fs::File::from_std(reader);
+        match output {
+            Some(writer) => writer.copy_from(reader).await,
+            None => {
+                let mut reader = reader;
+                let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+            }
+        }
+    });
+    let status = tokio::select! {
+        status = exec.child.wait() => status.map_err(|e| format!("wait for the exec in {object}: {e}")),
+        _ = closed.cancelled() => {
+            kill_exec(&mut exec.child, &exec.pid_file).await;
+            Err("the client went away".to_string())
+        }
+    };
+    let _ = std::fs::remove_file(&exec.pid_file);
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut output_pump)
+        .await
+        .is_err()
+    {
+        output_pump.abort();
+    }
+    for pump in [input_pump.take(), resize_pump.take()]
+        .into_iter()
+        .flatten()
+    {
+        pump.abort();
+    }
+    status.map(exit_code)
 }
 
 /// Copies a pipe of the command to its stream (or drains it when the client did not ask

@@ -1,0 +1,141 @@
+//! A terminal for a command in a container: the OCI runtime makes the pseudoterminal in
+//! the container (`exec --tty --console-socket`) and hands its master end over a unix
+//! socket (SCM_RIGHTS), as runc does for containerd's shim; sandboxd then reads and
+//! writes the master and sets its window size.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+/// The socket a runtime hands a terminal's master to; removed when dropped.
+pub struct ConsoleSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleSocket {
+    pub fn bind(path: &Path) -> io::Result<ConsoleSocket> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        Ok(ConsoleSocket {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits up to `timeout` for the runtime to connect and send the master.
+    pub async fn receive(self, timeout: Duration) -> io::Result<OwnedFd> {
+        let listener = self.listener.try_clone()?;
+        let receiving = tokio::task::spawn_blocking(move || -> io::Result<OwnedFd> {
+            let (stream, _) = listener.accept()?;
+            let mut name = [0u8; 4096];
+            let mut iov = [io::IoSliceMut::new(&mut name)];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let message = recvmsg::<()>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(io::Error::from)?;
+            for control in message.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(fds) = control {
+                    if let Some(fd) = fds.first() {
+                        // SAFETY: the kernel just installed this descriptor for us.
+                        return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+                    }
+                }
+            }
+            Err(io::Error::other("the runtime sent no terminal descriptor"))
+        });
+        match tokio::time::timeout(timeout, receiving).await {
+            Ok(joined) => joined.map_err(io::Error::other)?,
+            Err(_) => {
+                // Unblock the accept: a connection of our own ends it.
+                let _ = std::os::unix::net::UnixStream::connect(&self.path);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the runtime did not hand over the terminal",
+                ))
+            }
+        }
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Sets a terminal's window size (columns, rows).
+pub fn resize(master: &OwnedFd, width: u16, height: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{sendmsg, ControlMessage};
+
+    #[tokio::test]
+    async fn a_descriptor_sent_over_the_socket_is_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = ConsoleSocket::bind(&dir.path().join("c.sock")).unwrap();
+        let path = socket.path().to_path_buf();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let master = pty.master.as_raw_fd();
+        let sender = std::thread::spawn(move || {
+            let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            let fds = [master];
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[io::IoSlice::new(b"/dev/pts/0")],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+        });
+        let received = socket.receive(Duration::from_secs(5)).await.unwrap();
+        sender.join().unwrap();
+        resize(&received, 100, 40).unwrap();
+        let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut size) },
+            0
+        );
+        assert_eq!((size.ws_col, size.ws_row), (100, 40));
+    }
+
+    #[tokio::test]
+    async fn a_runtime_that_never_connects_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = ConsoleSocket::bind(&dir.path().join("c.sock")).unwrap();
+        let err = socket
+            .receive(Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(!dir.path().join("c.sock").exists(), "the socket is removed");
+    }
+}
