@@ -3,10 +3,12 @@
 # images and the same CRI calls, for Debian's containerd (1.6) with its CRI plugin:
 # RunPodSandbox and CreateContainer+StartContainer latency (sequential and 10 in parallel),
 # the container path with sandboxd's embedded runtime and with runc on the same bundles,
-# and memory with 50 pods running (one container each). Each runtime runs inside a node
-# network namespace of its own, so neither touches the machine's network. Run as root on
-# Debian 12. Arguments go to every cri-bench run (default: --pods 100 --containers 100
-# --parallel 10).
+# ExecSync and the streamed exec round trip (`crictl exec`, cri-tools v1.26.1 from
+# $CRICTL or ../shared/tools), and memory with 50 pods running (one container each). Each
+# runtime runs inside a node network namespace of its own, so neither touches the
+# machine's network (cri-bench runs there too: the streaming servers listen on its
+# loopback). Run as root on Debian 12. Arguments go to every cri-bench run (default:
+# --pods 100 --containers 100 --parallel 10 --execs 100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh >/dev/null
@@ -14,7 +16,9 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends contai
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace
 bin=target/release
-if [ $# -eq 0 ]; then set -- --pods 100 --containers 100 --parallel 10; fi
+if [ $# -eq 0 ]; then set -- --pods 100 --containers 100 --parallel 10 --execs 100; fi
+crictl="${CRICTL:-$(pwd)/../shared/tools/crictl}"
+[ -x "$crictl" ] || { echo "bench-cri.sh: crictl not found at $crictl; set CRICTL" >&2; exit 2; }
 hold=50
 
 work=$(mktemp -d /tmp/bench-cri.XXXXXX)
@@ -75,12 +79,12 @@ stop_daemon() {
 echo "| operation | runtime | n | p50 ms | p90 ms | p99 ms |"
 echo "| --- | --- | --- | --- | --- | --- |"
 start_sandboxd
-"$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd (embedded runtime)" \
-  --log-dir "$work/logs" "$@"
+nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" \
+  --label "sandboxd (embedded runtime)" --crictl "$crictl" --log-dir "$work/logs" "$@"
 stop_daemon
 start_sandboxd --runtime runc
-"$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd (runc)" \
-  --log-dir "$work/logs" "$@" | grep Container
+nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" \
+  --label "sandboxd (runc)" --crictl "$crictl" --log-dir "$work/logs" "$@" | grep -E "Container|Exec|exec"
 stop_daemon
 start_sandboxd
 "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd (embedded runtime)" \
@@ -119,8 +123,8 @@ ctr --address "$c/containerd.sock" -n k8s.io images import --base-name docker.io
 ctr --address "$c/containerd.sock" -n k8s.io images tag --force \
   "$(ctr --address "$c/containerd.sock" -n k8s.io images ls -q | grep '^docker.io/library/busybox@' | head -1)" \
   docker.io/library/busybox:latest >/dev/null
-"$bin/cri-bench" --endpoint "unix://$c/containerd.sock" --label "containerd 1.6 (runc)" \
-  --log-dir "$work/logs" "$@"
+nsenter --net="$work/containerd-node" "$bin/cri-bench" --endpoint "unix://$c/containerd.sock" \
+  --label "containerd 1.6 (runc)" --crictl "$crictl" --log-dir "$work/logs" "$@"
 "$bin/cri-bench" --endpoint "unix://$c/containerd.sock" --label "containerd 1.6 (runc)" \
   --log-dir "$work/logs" --hold "$hold" --rss-pid "${pids[0]}" --rss-helper containerd-shim-runc-v2 >> "$work/rss.md"
 

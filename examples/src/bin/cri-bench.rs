@@ -5,6 +5,7 @@
 //!             [--containers 100 --image busybox]      CreateContainer + StartContainer
 //!             [--hold 50 --rss-pid PID --rss-helper NAME]
 //!                                                     memory with N pods running
+//!             [--execs 100 [--crictl PATH]]           ExecSync, and crictl exec
 //!             [--log-dir DIR]                         the pods' log directory
 //!
 //! Pods: runs `--pods` sandboxes one after another, then `--pods` more with `--parallel` in
@@ -14,6 +15,8 @@
 //! pod); each is stopped and removed outside the timing. Hold: runs `--hold` pods with one
 //! container each, then reports the resident memory of process `--rss-pid` (the runtime)
 //! and of every process named `--rss-helper` (its per-pod or per-container helpers).
+//! Execs: in one running container, `--execs` ExecSync calls of `true`, and with `--crictl`
+//! as many `crictl exec ID true` runs (the streaming server's round trip).
 //! Prints Markdown rows for BENCHMARKS.md. The same CRI calls go to whichever runtime the
 //! endpoint names, so sandboxd and containerd are measured alike (`scripts/bench-cri.sh`).
 
@@ -264,6 +267,83 @@ async fn bench_containers(
     outcome
 }
 
+/// ExecSync of `true` in a running container, `count` times; with `crictl`, also the
+/// streamed exec round trip as a kubelet-era client makes it (`crictl exec ID true`: the
+/// Exec call, the SPDY upgrade to the streaming server, the command, its status; crictl's
+/// own start included, the same for every runtime). Run it in the node's network
+/// namespace, where the runtime's streaming server listens.
+async fn bench_execs(
+    client: &Client,
+    endpoint: &str,
+    label: &str,
+    count: usize,
+    image: &str,
+    crictl: Option<&str>,
+) -> Result<()> {
+    let config = pod("exec", 0);
+    let pod_id = run_pod(&mut client.clone(), config.clone()).await?;
+    let outcome = async {
+        let (id, _) =
+            start_container(&mut client.clone(), &pod_id, &config, container(image, 0)).await?;
+        let exec_once = || {
+            let mut client = client.clone();
+            let id = id.clone();
+            async move {
+                let start = Instant::now();
+                let out = client
+                    .exec_sync(cri::ExecSyncRequest {
+                        container_id: id,
+                        cmd: vec!["true".into()],
+                        timeout: 10,
+                    })
+                    .await
+                    .context("ExecSync")?
+                    .into_inner();
+                if out.exit_code != 0 {
+                    bail!("ExecSync true exited {}", out.exit_code);
+                }
+                anyhow::Ok(start.elapsed())
+            }
+        };
+        exec_once().await?;
+        let mut samples = Vec::with_capacity(count);
+        for _ in 0..count {
+            samples.push(exec_once().await?);
+        }
+        println!("{}", row("ExecSync `true`", label, "sequential", samples));
+        if let Some(crictl) = crictl {
+            let mut samples = Vec::with_capacity(count);
+            for i in 0..=count {
+                let start = Instant::now();
+                let status = std::process::Command::new(crictl)
+                    .args(["--runtime-endpoint", endpoint, "exec", &id, "true"])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .context("run crictl")?;
+                if !status.success() {
+                    bail!("crictl exec {id} true: {status}");
+                }
+                if i > 0 {
+                    samples.push(start.elapsed());
+                }
+            }
+            println!(
+                "{}",
+                row(
+                    "streamed exec `true` (crictl exec, whole command)",
+                    label,
+                    "sequential",
+                    samples
+                )
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    remove_pod(&mut client.clone(), pod_id).await?;
+    outcome
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -342,6 +422,8 @@ async fn main() -> Result<()> {
     let mut image = "busybox".to_string();
     let mut rss_pid = None;
     let mut helper = None;
+    let mut execs = 0;
+    let mut crictl = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -355,14 +437,16 @@ async fn main() -> Result<()> {
             "--image" => image = value()?,
             "--rss-pid" => rss_pid = Some(value()?.parse()?),
             "--rss-helper" => helper = Some(value()?),
+            "--execs" => execs = value()?.parse()?,
+            "--crictl" => crictl = Some(value()?),
             "--log-dir" => {
                 let _ = LOG_DIR.set(value()?);
             }
             other => bail!("unknown argument {other:?}"),
         }
     }
-    if pods == 0 && containers == 0 && held == 0 {
-        bail!("nothing to measure: give --pods, --containers or --hold");
+    if pods == 0 && containers == 0 && held == 0 && execs == 0 {
+        bail!("nothing to measure: give --pods, --containers, --execs or --hold");
     }
     if parallel == 0 {
         bail!("--parallel must be at least 1");
@@ -373,6 +457,9 @@ async fn main() -> Result<()> {
     }
     if containers > 0 {
         bench_containers(&client, &label, containers, parallel, &image).await?;
+    }
+    if execs > 0 {
+        bench_execs(&client, &endpoint, &label, execs, &image, crictl.as_deref()).await?;
     }
     if held > 0 {
         hold(&client, &label, held, &image, rss_pid, helper.as_deref()).await?;

@@ -92,6 +92,9 @@ impl StreamServer {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                // Frames are small and each waits for an answer: Nagle's algorithm would
+                // hold one back for the peer's delayed ACK.
+                let _ = tcp.set_nodelay(true);
                 let server = serving.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
