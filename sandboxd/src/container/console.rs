@@ -76,6 +76,24 @@ impl Drop for ConsoleSocket {
     }
 }
 
+/// The prefix of console sockets' names in their directory.
+pub const SOCKET_PREFIX: &str = "console-";
+
+/// Removes console sockets a crashed sandboxd left in `dir` (no runtime waits on them:
+/// the exec they were for died with the daemon's end of it).
+pub fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(SOCKET_PREFIX) && name.ends_with(".sock") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Sets a terminal's window size (columns, rows).
 pub fn resize(master: &OwnedFd, width: u16, height: u16) -> io::Result<()> {
     let size = libc::winsize {
@@ -125,6 +143,16 @@ mod tests {
             0
         );
         assert_eq!((size.ws_col, size.ws_row), (100, 40));
+    }
+
+    #[test]
+    fn stale_sockets_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("console-0123.sock"), "").unwrap();
+        std::fs::write(dir.path().join("sandboxd.sock"), "").unwrap();
+        remove_stale(dir.path());
+        assert!(!dir.path().join("console-0123.sock").exists());
+        assert!(dir.path().join("sandboxd.sock").exists());
     }
 
     #[tokio::test]

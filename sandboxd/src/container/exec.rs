@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::container::console::ConsoleSocket;
+use crate::container::console::{ConsoleSocket, SOCKET_PREFIX};
 use crate::container::oci::{ExecStdio, OciRuntime};
 use crate::container::ContainerState;
 use crate::error::{Error, Result};
@@ -79,7 +79,7 @@ impl Runtime {
         let console = if tty {
             let dir = self.config.socket.parent().unwrap_or(Path::new("/run"));
             Some(
-                ConsoleSocket::bind(&dir.join(format!("console-{name}.sock")))
+                ConsoleSocket::bind(&dir.join(format!("{SOCKET_PREFIX}{name}.sock")))
                     .map_err(|e| Error::step("open a console socket", &object, e))?,
             )
         } else {

@@ -80,6 +80,9 @@ impl StreamServer {
             })
             .map_err(|e| anyhow::anyhow!("bind the streaming server to {address}: {e}"))?;
         let address = listener.local_addr()?;
+        if let Some(dir) = runtime.config.socket.parent() {
+            crate::container::console::remove_stale(dir);
+        }
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let server = Arc::new(StreamServer {
             runtime,
