@@ -53,7 +53,28 @@ impl StreamRequest {
 pub struct StreamServer {
     runtime: Arc<Runtime>,
     address: SocketAddr,
-    pending: Mutex<HashMap<String, (Instant, StreamRequest)>>,
+    pending: Mutex<Tokens>,
+}
+
+/// The URLs handed out and not used yet, by token, with when they were issued.
+#[derive(Default)]
+struct Tokens(HashMap<String, (Instant, StreamRequest)>);
+
+impl Tokens {
+    /// Files `request` under a new token as of `now` (forgetting expired ones).
+    fn issue(&mut self, request: StreamRequest, now: Instant) -> String {
+        self.0
+            .retain(|_, (issued, _)| now.duration_since(*issued) < TOKEN_TTL);
+        let token = new_token();
+        self.0.insert(token.clone(), (now, request));
+        token
+    }
+
+    /// The request filed under `token` for a URL of `kind`, once, unless it expired.
+    fn take(&mut self, kind: &str, token: &str, now: Instant) -> Option<StreamRequest> {
+        let (issued, request) = self.0.remove(token)?;
+        (now.duration_since(issued) < TOKEN_TTL && request.kind() == kind).then_some(request)
+    }
 }
 
 /// A token no one can guess: 128 random bits, hex.
@@ -87,7 +108,7 @@ impl StreamServer {
         let server = Arc::new(StreamServer {
             runtime,
             address,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Tokens::default()),
         });
         let serving = server.clone();
         tokio::spawn(async move {
@@ -120,20 +141,21 @@ impl StreamServer {
 
     /// A URL for `request`, good for one connection within [`TOKEN_TTL`].
     pub fn url(&self, request: StreamRequest) -> String {
-        let token = new_token();
         let kind = request.kind();
-        let mut pending = self.pending.lock().expect("pending lock");
-        let now = Instant::now();
-        pending.retain(|_, (issued, _)| now.duration_since(*issued) < TOKEN_TTL);
-        pending.insert(token.clone(), (now, request));
+        let token = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .issue(request, Instant::now());
         format!("http://{}/{kind}/{token}", self.address)
     }
 
     /// The request a token was handed out for, once.
     fn take(&self, kind: &str, token: &str) -> Option<StreamRequest> {
-        let mut pending = self.pending.lock().expect("pending lock");
-        let (issued, request) = pending.remove(token)?;
-        (issued.elapsed() < TOKEN_TTL && request.kind() == kind).then_some(request)
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .take(kind, token, Instant::now())
     }
 
     fn handle(
@@ -217,5 +239,44 @@ impl StreamServer {
             .header("X-Stream-Protocol-Version", protocol)
             .body(Full::new(Bytes::new()))
             .expect("an upgrade response")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec() -> StreamRequest {
+        StreamRequest::Exec(cri::ExecRequest::default())
+    }
+
+    #[test]
+    fn a_token_serves_once_for_its_kind_within_a_minute() {
+        let mut tokens = Tokens::default();
+        let start = Instant::now();
+        let token = tokens.issue(exec(), start);
+        assert_eq!(token.len(), 32);
+        assert!(tokens.take("exec", &token, start).is_some());
+        assert!(tokens.take("exec", &token, start).is_none(), "reused");
+
+        let token = tokens.issue(exec(), start);
+        assert!(
+            tokens.take("portforward", &token, start).is_none(),
+            "another kind"
+        );
+        assert!(
+            tokens.take("exec", &token, start).is_none(),
+            "spent by the wrong kind"
+        );
+
+        let token = tokens.issue(exec(), start);
+        let late = start + TOKEN_TTL + Duration::from_millis(1);
+        assert!(tokens.take("exec", &token, late).is_none(), "expired");
+
+        // Expired ones are forgotten when the next is issued.
+        tokens.issue(exec(), start);
+        tokens.issue(exec(), late);
+        assert_eq!(tokens.0.len(), 1);
+        assert_ne!(new_token(), new_token());
     }
 }
