@@ -265,10 +265,11 @@ impl RuntimeService for CriService {
 
     async fn exec(&self, request: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
         let request = request.into_inner();
-        let (_, object, _) = self
+        let object = self
             .runtime
-            .check_exec(&request.container_id, &request.cmd)
-            .await?;
+            .exec_target(&request.container_id, &request.cmd)
+            .await?
+            .object;
         if !(request.stdin || request.stdout || request.stderr) {
             return Err(crate::error::Error::invalid(
                 object,

@@ -5,6 +5,26 @@
 //! so tests never touch the host's interfaces, routes or firewall, and can run in parallel.
 
 pub mod cri;
+
+/// Defines each named test (an `async fn(runtime_args: &[&str])`) twice: with sandboxd's
+/// embedded OCI runtime (youki's libcontainer, the default) and with runc.
+#[macro_export]
+macro_rules! with_both_runtimes {
+    ($($test:ident),* $(,)?) => {
+        mod embedded_runtime {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(&[]).await
+            })*
+        }
+        mod runc {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(&["--runtime", "runc"]).await
+            })*
+        }
+    };
+}
 pub mod daemon;
 pub mod lab;
 

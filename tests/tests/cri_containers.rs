@@ -16,26 +16,7 @@ use tonic::transport::Channel;
 
 type Client = RuntimeServiceClient<Channel>;
 
-/// Each test runs with both OCI runtimes: the embedded one (youki's libcontainer, the
-/// default) and runc.
-macro_rules! with_both_runtimes {
-    ($($test:ident),* $(,)?) => {
-        mod embedded_runtime {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(&[]).await
-            })*
-        }
-        mod runc {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(&["--runtime", "runc"]).await
-            })*
-        }
-    };
-}
-
-with_both_runtimes!(
+sandboxd_tests::with_both_runtimes!(
     the_pod_pause_containers_share_the_pod_network,
     containers_run_stop_list_exec_and_are_removed,
     containers_survive_a_kill_9_of_sandboxd,
@@ -1091,6 +1072,23 @@ async fn pod_stats_and_resources_come_from_and_go_to_the_cgroups(runtime: &[&str
         memory(),
         (128u64 << 20).to_string(),
         "a refused update changed it"
+    );
+    // One the kernel refuses (no CPU 4095) puts back what it had written before (shares).
+    let err = update(
+        cri::LinuxContainerResources {
+            cpu_shares: 128,
+            cpuset_cpus: "4095".into(),
+            ..Default::default()
+        },
+        limited.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.message().contains("cpuset.cpus"), "{err}");
+    assert_eq!(
+        shares(),
+        if v1 { "256" } else { "10" },
+        "half an update stayed"
     );
 
     // Traffic on the pod's eth0: to the node's bridge, its gateway.

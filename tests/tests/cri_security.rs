@@ -10,26 +10,7 @@ use k8s_cri::v1 as cri;
 use sandboxd_tests::cri::{container_config, pod_config, with_security, Cri};
 use sandboxd_tests::daemon::SandboxdProcess;
 
-/// Each test runs with both OCI runtimes: the embedded one (youki's libcontainer, the
-/// default) and runc.
-macro_rules! with_both_runtimes {
-    ($($test:ident),* $(,)?) => {
-        mod embedded_runtime {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(&[]).await
-            })*
-        }
-        mod runc {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(&["--runtime", "runc"]).await
-            })*
-        }
-    };
-}
-
-with_both_runtimes!(
+sandboxd_tests::with_both_runtimes!(
     users_and_groups_apply_to_the_first_process_and_to_exec,
     paths_capabilities_and_no_new_privs,
     seccomp_profiles_filter_the_first_process_and_exec,
@@ -553,6 +534,12 @@ fn mount(args: &[&str]) {
     assert!(status.success(), "mount {args:?}");
 }
 
+/// Mounts a tmpfs at `dir` inside the container, with a file `mark` in it.
+async fn mount_marked_tmpfs(cri: &mut Cri, id: &str, dir: &str) {
+    let script = format!("mkdir -p {dir} && mount -t tmpfs sbt {dir} && touch {dir}/mark");
+    cri.output(id, &["sh", "-c", &script]).await;
+}
+
 /// Privileged: every capability sandboxd holds, writable /sys, the node's devices, no
 /// masked paths, no seccomp filter whatever profile is named, network management; and
 /// host-path mounts with bidirectional and host-to-container propagation.
@@ -621,18 +608,7 @@ async fn privileged_containers_and_mount_propagation(runtime: &[&str]) {
         node.cri.output(&id, &["ls", "/shared/from-host"]).await,
         "flag"
     );
-    node.cri
-        .output(&id, &["mkdir", "-p", "/shared/from-container"])
-        .await;
-    node.cri
-        .output(
-            &id,
-            &["mount", "-t", "tmpfs", "sbt", "/shared/from-container"],
-        )
-        .await;
-    node.cri
-        .output(&id, &["touch", "/shared/from-container/mark"])
-        .await;
+    mount_marked_tmpfs(&mut node.cri, &id, "/shared/from-container").await;
     assert!(
         shared.join("from-container/mark").exists(),
         "not propagated to the node"
@@ -659,18 +635,7 @@ async fn privileged_containers_and_mount_propagation(runtime: &[&str]) {
         node.cri.output(&slave, &["ls", "/shared/later"]).await,
         "flag"
     );
-    node.cri
-        .output(&slave, &["mkdir", "-p", "/shared/from-slave"])
-        .await;
-    node.cri
-        .output(
-            &slave,
-            &["mount", "-t", "tmpfs", "sbt", "/shared/from-slave"],
-        )
-        .await;
-    node.cri
-        .output(&slave, &["touch", "/shared/from-slave/mark"])
-        .await;
+    mount_marked_tmpfs(&mut node.cri, &slave, "/shared/from-slave").await;
     assert!(
         !shared.join("from-slave/mark").exists(),
         "leaked to the node"

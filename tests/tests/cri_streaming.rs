@@ -13,24 +13,7 @@ use sandboxd_tests::cri::{container_config, pod_config, Cri};
 use sandboxd_tests::daemon::SandboxdProcess;
 use sandboxd_tests::shared_tool;
 
-macro_rules! with_both_runtimes {
-    ($($test:ident),* $(,)?) => {
-        mod embedded_runtime {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(&[]).await
-            })*
-        }
-        mod runc {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(&["--runtime", "runc"]).await
-            })*
-        }
-    };
-}
-
-with_both_runtimes!(
+sandboxd_tests::with_both_runtimes!(
     crictl_exec_streams_stdio_and_exit_codes,
     crictl_exec_it_gets_a_terminal_of_the_clients_size,
     crictl_port_forward_reaches_the_pods_port,

@@ -33,16 +33,23 @@ pub struct StreamedExec {
     pub terminal: Option<std::os::fd::OwnedFd>,
 }
 
+/// One exec about to run: the container, its runtime, and the exec's own name and pid file.
+pub struct ExecTarget {
+    pub id: String,
+    pub object: String,
+    pub oci: OciRuntime,
+    name: String,
+    pid_file: std::path::PathBuf,
+}
+
 /// How long the runtime gets to hand over a terminal.
 const TERMINAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Runtime {
-    /// Checks that `id` can run `cmd` now: a running container, a command.
-    pub async fn check_exec(
-        &self,
-        id: &str,
-        cmd: &[String],
-    ) -> Result<(String, String, std::path::PathBuf)> {
+    /// Checks that `id` can run `cmd` now (a running container, a command) and names the
+    /// exec. The container's lock is not held while the command runs: execs may be long
+    /// and concurrent.
+    pub async fn exec_target(&self, id: &str, cmd: &[String]) -> Result<ExecTarget> {
         let (_, entry) = self.lookup_container(id)?;
         let mut record = entry.lock().await;
         self.observe(&mut record)?;
@@ -56,7 +63,17 @@ impl Runtime {
         if cmd.is_empty() || cmd[0].is_empty() {
             return Err(Error::invalid(record.describe(), "cmd", "is empty"));
         }
-        Ok((record.id.clone(), record.describe(), record.runtime.clone()))
+        let name = new_id()[..16].to_string();
+        Ok(ExecTarget {
+            pid_file: self
+                .container_dir(&record.id)
+                .path()
+                .join(format!("exec-{name}.pid")),
+            name,
+            oci: OciRuntime::new(record.runtime.clone(), &self.config.oci_runtime_root),
+            id: record.id.clone(),
+            object: record.describe(),
+        })
     }
 
     /// Starts `cmd` in the running container `id`: with a terminal if `tty`, else with
@@ -68,13 +85,13 @@ impl Runtime {
         stdin: bool,
         tty: bool,
     ) -> Result<StreamedExec> {
-        let (full_id, object, runtime) = self.check_exec(id, cmd).await?;
-        let oci = OciRuntime::new(runtime, &self.config.oci_runtime_root);
-        let name = &new_id()[..16];
-        let pid_file = self
-            .container_dir(&full_id)
-            .path()
-            .join(format!("exec-{name}.pid"));
+        let ExecTarget {
+            id: full_id,
+            object,
+            oci,
+            name,
+            pid_file,
+        } = self.exec_target(id, cmd).await?;
         // Near the CRI socket: a unix socket's path is limited to 108 bytes.
         let console = if tty {
             let dir = self.config.socket.parent().unwrap_or(Path::new("/run"));
@@ -131,28 +148,13 @@ impl Runtime {
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecOutput> {
-        let (_, entry) = self.lookup_container(id)?;
-        // The lock is not held while the command runs: execs may be long and concurrent.
-        let (runtime, object, full_id) = {
-            let mut record = entry.lock().await;
-            self.observe(&mut record)?;
-            if record.state != ContainerState::Running {
-                return Err(Error::FailedPrecondition(format!(
-                    "{} is {}; exec needs a running container",
-                    record.describe(),
-                    record.state.as_str()
-                )));
-            }
-            (record.runtime.clone(), record.describe(), record.id.clone())
-        };
-        if cmd.is_empty() || cmd[0].is_empty() {
-            return Err(Error::invalid(&object, "cmd", "is empty"));
-        }
-        let oci = OciRuntime::new(runtime, &self.config.oci_runtime_root);
-        let pid_file = self
-            .container_dir(&full_id)
-            .path()
-            .join(format!("exec-{}.pid", &new_id()[..16]));
+        let ExecTarget {
+            id: full_id,
+            object,
+            oci,
+            pid_file,
+            ..
+        } = self.exec_target(id, cmd).await?;
         let result = oci
             .exec(&full_id, cmd, timeout, &pid_file)
             .await

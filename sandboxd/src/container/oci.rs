@@ -99,18 +99,7 @@ impl OciRuntime {
         timeout: Option<Duration>,
         pid_file: &Path,
     ) -> anyhow::Result<ExecResult> {
-        let _ = std::fs::remove_file(pid_file);
-        let mut child = self
-            .command()
-            .arg("exec")
-            .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("run {}", self.binary.display()))?;
+        let mut child = self.spawn_exec(id, args, &ExecStdio::Pipes { stdin: false }, pid_file)?;
         let stdout = read_capped(child.stdout.take().expect("piped stdout"));
         let stderr = read_capped(child.stderr.take().expect("piped stderr"));
         let finished = match timeout {

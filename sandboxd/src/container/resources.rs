@@ -217,9 +217,20 @@ impl Resources {
                 writes.push((unified.join(key), value.clone()));
             }
         }
+        // All or nothing: a value the kernel refuses (a memory limit under what is in use)
+        // puts back the ones already written.
+        let mut written: Vec<(std::path::PathBuf, String)> = Vec::new();
         for (path, value) in writes {
-            std::fs::write(&path, &value)
-                .map_err(|e| anyhow::anyhow!("write {value} to {}: {e}", path.display()))?;
+            let before = std::fs::read_to_string(&path).map(|v| v.trim().to_string());
+            if let Err(e) = std::fs::write(&path, &value) {
+                for (path, old) in written.iter().rev() {
+                    let _ = std::fs::write(path, old);
+                }
+                anyhow::bail!("write {value} to {}: {e}", path.display());
+            }
+            if let Ok(before) = before {
+                written.push((path, before));
+            }
         }
         if self.oom_score_adj != 0 {
             let path = format!("/proc/{pid}/oom_score_adj");

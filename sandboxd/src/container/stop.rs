@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 use crate::process::ProcessHandle;
 use crate::runtime::Runtime;
 
+/// How often a stopping process's signal handlers are looked at.
+const RESEND_CHECK: Duration = Duration::from_millis(20);
+
 /// How long the monitor gets to record an exit after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -74,6 +77,7 @@ async fn wait_for(
     mut resend: Option<ProcessHandle>,
 ) -> bool {
     let deadline = Instant::now() + timeout;
+    let mut looked = Instant::now();
     loop {
         if exit_file.exists() {
             return true;
@@ -81,7 +85,10 @@ async fn wait_for(
         if Instant::now() >= deadline {
             return false;
         }
-        if let Some(process) = resend {
+        // Its handlers are read less often than the exit file: a program that never
+        // installs one would otherwise have its status read 500 times a second.
+        if let Some(process) = resend.filter(|_| looked.elapsed() >= RESEND_CHECK) {
+            looked = Instant::now();
             if process.catches(Signal::SIGTERM) != Some(false) {
                 let _ = process.signal(Signal::SIGTERM);
                 resend = None;

@@ -1,10 +1,11 @@
 //! `exec [-it] ID CMD...`: run a command in a running container.
 //!
 //! Without `-i`/`-t` it is CRI ExecSync (any CRI runtime): the command's output is printed
-//! and its exit code becomes sandboxctl's. With `-i`/`-t` it is interactive: sandboxd's
-//! streaming server is not there yet, so sandboxctl runs the container's OCI runtime
-//! (`<runtime> exec [--tty]`) itself, which works on the node sandboxd runs on. The
-//! embedded runtime keeps no terminal: `-t` needs sandboxd's `--runtime runc`.
+//! and its exit code becomes sandboxctl's. With `-i`/`-t` it is interactive: sandboxctl
+//! runs the container's OCI runtime (`<runtime> exec [--tty]`) itself, on the node
+//! sandboxd runs on (it has no SPDY client for sandboxd's streaming server, which crictl
+//! uses). The embedded runtime hands a terminal only to a console socket: `-t` needs
+//! sandboxd's `--runtime runc`.
 
 use std::io::Write;
 
