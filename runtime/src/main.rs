@@ -4,7 +4,7 @@
 //! command line that sandboxd and its monitor use, so runc, crun and this binary are
 //! interchangeable with `sandboxd --runtime`:
 //!
-//!   sandboxd-runtime --root DIR create --bundle DIR [--pid-file FILE] ID
+//!   sandboxd-runtime --root DIR create --bundle DIR [--pid-file FILE] [--console-socket SOCK] ID
 //!   sandboxd-runtime --root DIR start ID
 //!   sandboxd-runtime --root DIR kill ID [SIGNAL]
 //!   sandboxd-runtime --root DIR delete [--force] ID
@@ -60,6 +60,10 @@ enum Command {
         bundle: PathBuf,
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// For a container with a terminal (`process.terminal`): an AF_UNIX socket that
+        /// receives the terminal's master end (SCM_RIGHTS).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         id: String,
     },
     /// Run a created container's program.
@@ -114,10 +118,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Create {
             bundle,
             pid_file,
+            console_socket,
             id,
         } => {
             ContainerBuilder::new(id.clone(), SyscallType::default())
                 .with_executor(DefaultExecutor {})
+                .with_console_socket(console_socket)
                 .with_pid_file(pid_file)?
                 .with_root_path(&cli.root)?
                 .validate_id()?

@@ -290,8 +290,12 @@ impl RuntimeService for CriService {
             url: self.streams.url(StreamRequest::Exec(request)),
         }))
     }
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
-        unimplemented("Attach")
+    async fn attach(&self, request: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
+        let request = request.into_inner();
+        self.runtime.attach_target(&request).await?;
+        Ok(Response::new(cri::AttachResponse {
+            url: self.streams.url(StreamRequest::Attach(request)),
+        }))
     }
     async fn port_forward(
         &self,

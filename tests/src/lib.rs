@@ -324,6 +324,7 @@ impl TestContainer {
                 ..Default::default()
             },
             resources: Default::default(),
+            terminal: false,
         };
         sandboxd::container::bundle::write(&bundle_dir, &process).unwrap();
         container
@@ -344,7 +345,8 @@ impl TestContainer {
     }
 
     /// The workspace's sandboxd-monitor for this container, with runc, logging to
-    /// `container.log` and recording the exit in `exit.json`.
+    /// `container.log`, recording the exit in `exit.json`, serving attaches on
+    /// `attach.sock`.
     pub fn monitor(&self) -> Command {
         let mut command = Command::new(workspace_binary("sandboxd-monitor"));
         command
@@ -356,7 +358,9 @@ impl TestContainer {
             .arg("--log")
             .arg(self.path("container.log"))
             .arg("--exit-file")
-            .arg(self.path("exit.json"));
+            .arg(self.path("exit.json"))
+            .arg("--attach-socket")
+            .arg(self.path("attach.sock"));
         command
     }
 }

@@ -127,3 +127,42 @@ async fn a_failed_create_is_reported_with_the_runtimes_message() {
     );
     assert!(!container.path("exit.json").exists());
 }
+
+/// An attached client that never reads is cut off once it falls 8 MiB behind; the
+/// container's output all reaches the log and its exit is recorded as if no one had
+/// attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_client_that_never_reads_holds_nothing_up() {
+    use sandboxd::container::attach::{Frame, Wants};
+    use std::io::{Read, Write};
+    const LINES: usize = 20_000;
+    let line = "a".repeat(999);
+    let container = TestContainer::new(&format!("yes {line} | head -n {LINES}"), "mon");
+    create(&container);
+    let mut client = std::os::unix::net::UnixStream::connect(container.path("attach.sock"))
+        .expect("the monitor listens for attaches once the container is created");
+    let hello = Frame::Hello(Wants {
+        stdout: true,
+        ..Default::default()
+    });
+    client.write_all(&hello.encode()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(container.runc(&["start", &container.id]).status.success());
+    assert_eq!(exit_record(&container)["exit_code"], 0);
+    let log = std::fs::read_to_string(container.path("container.log")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.ends_with(&line)).count(), LINES);
+    // What it was sent before the cut, then the end.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received = Vec::new();
+    client
+        .read_to_end(&mut received)
+        .expect("the connection ends");
+    assert!(
+        received.len() < LINES * 1000,
+        "{} bytes: not cut off",
+        received.len()
+    );
+    assert!(!container.path("attach.sock").exists());
+}

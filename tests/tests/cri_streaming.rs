@@ -1,8 +1,9 @@
 //! The CRI streaming server with the real crictl (cri-tools v1.26.1: client-go's SPDY
 //! executor and port forwarder, as the kubelet of its time uses them), run on the node as
 //! a kubelet would be: `crictl exec` with stdout, stderr and exit codes, `exec -i` with
-//! stdin, `port-forward` to a pod's port, a client killed mid-exec, and URLs that are good
-//! for one use only. Each with the embedded runtime and with runc.
+//! stdin, `attach` to a container's own stdin and output (with and without a terminal),
+//! `port-forward` to a pod's port, a client killed mid-exec, and URLs that are good for
+//! one use only. Each with the embedded runtime and with runc.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -16,6 +17,8 @@ use sandboxd_tests::shared_tool;
 sandboxd_tests::with_both_runtimes!(
     crictl_exec_streams_stdio_and_exit_codes,
     crictl_exec_it_gets_a_terminal_of_the_clients_size,
+    crictl_attach_joins_the_containers_stdin_and_output,
+    crictl_attach_it_reaches_a_containers_terminal,
     crictl_port_forward_reaches_the_pods_port,
     a_client_that_goes_away_leaves_no_process,
 );
@@ -54,6 +57,16 @@ async fn pod_with(
     image: &str,
     command: &[&str],
 ) -> (Cri, String, String) {
+    pod_with_stdio(daemon, image, command, |_| {}).await
+}
+
+/// A pod running one container whose config `stdio` sets the stdin/tty fields of.
+async fn pod_with_stdio(
+    daemon: &SandboxdProcess,
+    image: &str,
+    command: &[&str],
+    stdio: impl FnOnce(&mut cri::ContainerConfig),
+) -> (Cri, String, String) {
     let mut cri = Cri {
         client: daemon.client().await,
     };
@@ -61,8 +74,217 @@ async fn pod_with(
     let pod = cri.run_pod(config.clone()).await;
     let mut container = container_config("main", image, command);
     container.log_path = String::new();
+    stdio(&mut container);
     let id = cri.run(&pod, &config, container).await;
     (cri, pod, id)
+}
+
+/// Reads `from` on a thread of its own, into a buffer that can be looked at meanwhile.
+fn collect(mut from: impl Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let filling = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            filling
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// Waits up to 20 s for `text` to satisfy `done`.
+fn wait_for(text: &std::sync::Mutex<String>, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done(&text.lock().unwrap()) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {:?}",
+            text.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn container_state(cri: &mut Cri, id: &str) -> cri::ContainerStatus {
+    cri.client
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("a status")
+}
+
+async fn wait_exited(cri: &mut Cri, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = container_state(cri, id).await;
+        if status.state == cri::ContainerState::ContainerExited as i32 {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A shell reading the container's own stdin: a client that keeps its stdin open types
+/// into it and detaches when its stdin ends (the container keeps its stdin for the next);
+/// a watcher attached without stdin sees the same output; with `stdin_once`, the end of
+/// the attached stdin is the end of the container's, and the client stays to its exit.
+async fn crictl_attach_joins_the_containers_stdin_and_output(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
+    let (mut cri, pod, id) = pod_with_stdio(&daemon, "busybox", &["sh"], |c| c.stdin = true).await;
+
+    let mut watcher = crictl(&daemon, &["attach", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watched = collect(watcher.stdout.take().unwrap());
+    let mut typist = crictl(&daemon, &["attach", "-i", &id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keys = typist.stdin.take().unwrap();
+    let typed = collect(typist.stdout.take().unwrap());
+    let typed_errors = collect(typist.stderr.take().unwrap());
+    // Until the watcher is attached, what is typed is not shown to it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !watched.lock().unwrap().contains("ping") {
+        assert!(Instant::now() < deadline, "the watcher saw nothing");
+        keys.write_all(b"echo ping\n").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    keys.write_all(b"echo one; echo to-stderr >&2\n").unwrap();
+    wait_for(&typed, "the typist's stdout", |t| t.contains("one\n"));
+    wait_for(&typed_errors, "the typist's stderr", |t| {
+        t.contains("to-stderr\n")
+    });
+    wait_for(&watched, "the watcher's stdout", |t| t.contains("one\n"));
+    // The typist's stdin ends: it detaches, the shell keeps running.
+    drop(keys);
+    let status = typist.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        container_state(&mut cri, &id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    // Another one ends the shell; both attaches end with it.
+    let (code, out, err) = run(&daemon, &["attach", "-i", &id], b"echo two; exit 3\n");
+    assert_eq!(code, Some(0), "{err}");
+    // Its stdin ended as it was sent: it may have detached before the shell answered.
+    assert!(out.is_empty() || out == "two\n", "{out}");
+    let status = wait_exited(&mut cri, &id).await;
+    assert_eq!(status.exit_code, 3);
+    wait_for(&watched, "the watcher's stdout", |t| t.contains("two\n"));
+    let watcher = watcher.wait().unwrap();
+    assert!(
+        watcher.success(),
+        "the watcher's attach ends with the container: {watcher}"
+    );
+    let log = std::fs::read_to_string(&status.log_path).unwrap();
+    for line in ["stdout F one", "stderr F to-stderr", "stdout F two"] {
+        assert!(log.contains(line), "{line:?} in {log}");
+    }
+
+    // stdin_once: the client's stdin ending closes the shell's, which ends; the client
+    // reads to the end.
+    let config = pod_config("streams-once", None);
+    let once_pod = cri.run_pod(config.clone()).await;
+    let mut container = container_config("once", "busybox", &["sh"]);
+    container.log_path = String::new();
+    container.stdin = true;
+    container.stdin_once = true;
+    let once = cri.run(&once_pod, &config, container).await;
+    let (code, out, err) = run(
+        &daemon,
+        &["attach", "-i", &once],
+        b"sleep 0.5; echo after-a-while\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "after-a-while\n");
+    assert_eq!(wait_exited(&mut cri, &once).await.exit_code, 0);
+
+    // What a container was not created with, or one that is not running, is refused.
+    let (code, _, err) = run(&daemon, &["attach", "-i", &once], b"");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("attach needs a running container"), "{err}");
+    let mut plain = container_config("plain", "busybox", &["sleep", "1000"]);
+    plain.log_path = String::new();
+    let plain = cri.run(&once_pod, &config, plain).await;
+    for (flags, field) in [(&["-i"][..], "stdin"), (&["-t"][..], "tty")] {
+        let mut args = vec!["attach"];
+        args.extend_from_slice(flags);
+        args.push(&plain);
+        let (code, _, err) = run(&daemon, &args, b"");
+        assert_ne!(code, Some(0));
+        assert!(err.contains(&format!("invalid {field}")), "{err}");
+    }
+    for pod in [pod, once_pod] {
+        cri.remove_pod(&pod).await;
+    }
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}
+
+/// A container with a terminal: `crictl attach -it` from a terminal (40 rows by 100
+/// columns, by `script`) types into it and sets its size; what it shows is in the log as
+/// stdout.
+async fn crictl_attach_it_reaches_a_containers_terminal(runtime: &[&str]) {
+    let daemon = SandboxdProcess::start_with(runtime);
+    let (mut cri, pod, id) = pod_with_stdio(&daemon, "busybox", &["sh"], |c| {
+        c.stdin = true;
+        c.tty = true;
+    })
+    .await;
+    let crictl_line = {
+        let command = crictl(&daemon, &["attach", "-it", &id]);
+        let mut words = vec![command.get_program().to_string_lossy().into_owned()];
+        words.extend(
+            command
+                .get_args()
+                .map(|a| format!("'{}'", a.to_string_lossy())),
+        );
+        words.join(" ")
+    };
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("stty rows 40 cols 100; {crictl_line}"))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        let _ =
+            stdin.write_all(b"test -t 0 && echo on-a-terminal; stty size; echo $((6*7)); exit 5\n");
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(text.contains("on-a-terminal\n"), "{text}");
+    assert!(text.contains("40 100\n"), "the terminal's size: {text}");
+    assert!(text.contains("42\n"), "{text}");
+    let status = wait_exited(&mut cri, &id).await;
+    assert_eq!(status.exit_code, 5);
+    let log = std::fs::read_to_string(&status.log_path).unwrap();
+    assert!(log.contains(" stdout F 42\r"), "{log}");
+    assert!(!log.contains(" stderr "), "{log}");
+    cri.remove_pod(&pod).await;
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
 }
 
 async fn crictl_exec_streams_stdio_and_exit_codes(runtime: &[&str]) {

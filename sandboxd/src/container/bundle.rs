@@ -41,6 +41,8 @@ pub struct ContainerProcess {
     pub binds: Vec<BindMount>,
     pub security: Security,
     pub resources: Resources,
+    /// Its stdio is a terminal the runtime makes (and hands to the monitor).
+    pub terminal: bool,
 }
 
 /// The pid namespace a container's processes are in.
@@ -93,6 +95,7 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
         .build()?;
     let mut proc_spec = Process::default();
     proc_spec.set_args(Some(process.args.clone()));
+    proc_spec.set_terminal(Some(process.terminal));
     proc_spec.set_env(Some(process.env.clone()));
     proc_spec.set_cwd(PathBuf::from(if process.cwd.is_empty() {
         "/"
@@ -209,6 +212,7 @@ mod tests {
                 ..Default::default()
             },
             resources: Default::default(),
+            terminal: false,
             binds: vec![BindMount {
                 source: "/var/lib/sandboxd/sandboxes/p/shm".into(),
                 destination: "/dev/shm".into(),

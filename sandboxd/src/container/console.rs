@@ -1,14 +1,16 @@
-//! A terminal for a command in a container: the OCI runtime makes the pseudoterminal in
-//! the container (`exec --tty --console-socket`) and hands its master end over a unix
-//! socket (SCM_RIGHTS), as runc does for containerd's shim; sandboxd then reads and
-//! writes the master and sets its window size.
+//! A terminal for a container or a command in it: the OCI runtime makes the pseudoterminal
+//! in the container (`create`/`exec --tty --console-socket`) and hands its master end over
+//! a unix socket (SCM_RIGHTS), as runc does for containerd's shim; the container's monitor
+//! (for its own terminal) or sandboxd (for an exec's) then reads and writes the master and
+//! sets its window size.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 /// The socket a runtime hands a terminal's master to; removed when dropped.
@@ -33,40 +35,50 @@ impl ConsoleSocket {
 
     /// Waits up to `timeout` for the runtime to connect and send the master.
     pub async fn receive(self, timeout: Duration) -> io::Result<OwnedFd> {
-        let listener = self.listener.try_clone()?;
-        let receiving = tokio::task::spawn_blocking(move || -> io::Result<OwnedFd> {
-            let (stream, _) = listener.accept()?;
-            let mut name = [0u8; 4096];
-            let mut iov = [io::IoSliceMut::new(&mut name)];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-            let message = recvmsg::<()>(
-                stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
+        tokio::task::spawn_blocking(move || self.receive_within(timeout))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// [`ConsoleSocket::receive`] for a caller that may block (the container's monitor).
+    pub fn receive_within(&self, timeout: Duration) -> io::Result<OwnedFd> {
+        let timed_out = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the runtime did not hand over the terminal",
             )
-            .map_err(io::Error::from)?;
-            for control in message.cmsgs().map_err(io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(fds) = control {
-                    if let Some(fd) = fds.first() {
-                        // SAFETY: the kernel just installed this descriptor for us.
-                        return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-                    }
+        };
+        let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut ready = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut ready, PollTimeout::from(millis)).map_err(io::Error::from)? == 0 {
+            return Err(timed_out());
+        }
+        let (stream, _) = self.listener.accept()?;
+        // The runtime sends as soon as it connects; a peer that connects and says nothing
+        // must not hold us past the timeout.
+        stream.set_read_timeout(Some(timeout))?;
+        let mut name = [0u8; 4096];
+        let mut iov = [io::IoSliceMut::new(&mut name)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let message = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| match e {
+            nix::Error::EAGAIN => timed_out(),
+            e => io::Error::from(e),
+        })?;
+        for control in message.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(fds) = control {
+                if let Some(fd) = fds.first() {
+                    // SAFETY: the kernel just installed this descriptor for us.
+                    return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
                 }
             }
-            Err(io::Error::other("the runtime sent no terminal descriptor"))
-        });
-        match tokio::time::timeout(timeout, receiving).await {
-            Ok(joined) => joined.map_err(io::Error::other)?,
-            Err(_) => {
-                // Unblock the accept: a connection of our own ends it.
-                let _ = std::os::unix::net::UnixStream::connect(&self.path);
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the runtime did not hand over the terminal",
-                ))
-            }
         }
+        Err(io::Error::other("the runtime sent no terminal descriptor"))
     }
 }
 

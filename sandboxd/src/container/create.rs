@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use k8s_cri::v1 as cri;
 
+use crate::container::attach::ContainerStdio;
 use crate::container::bundle::{BindMount, ContainerProcess, PidNamespace, Security};
 use crate::container::monitor::MonitorArgs;
 use crate::container::oci::OciRuntime;
@@ -43,6 +44,7 @@ struct ContainerSpec {
     pid: Option<PidNamespace>,
     security: Security,
     resources: Resources,
+    stdio: ContainerStdio,
 }
 
 fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<ContainerSpec> {
@@ -55,13 +57,6 @@ fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<Container
     let image = config.image.map(|i| i.image).unwrap_or_default();
     if image.is_empty() {
         return Err(Error::invalid(&object, "image.image", "is empty"));
-    }
-    if config.tty || config.stdin {
-        return Err(Error::invalid(
-            &object,
-            if config.tty { "tty" } else { "stdin" },
-            "sandboxd containers have no terminal or stdin; use exec for commands",
-        ));
     }
     let mut env = Vec::new();
     for (i, kv) in config.envs.iter().enumerate() {
@@ -222,6 +217,11 @@ fn validate(config: Option<cri::ContainerConfig>, pod: &str) -> Result<Container
         pid,
         security: security_options,
         resources,
+        stdio: ContainerStdio {
+            stdin: config.stdin,
+            stdin_once: config.stdin && config.stdin_once,
+            tty: config.tty,
+        },
     })
 }
 
@@ -482,6 +482,7 @@ impl Runtime {
             binds,
             security: spec.security.clone(),
             resources: spec.resources.clone(),
+            terminal: spec.stdio.tty,
         };
         crate::container::bundle::write(&dir.bundle(), &process)
             .map_err(|e| Error::step("write the bundle", &object, e))?;
@@ -504,6 +505,14 @@ impl Runtime {
         rollback.push("create the container", async move {
             undo_oci.delete(&undo_id).await.map_err(|e| e.to_string())
         });
+        // Near the CRI socket, as an exec's: a unix socket's path is limited to 108 bytes.
+        let console_socket = spec.stdio.tty.then(|| {
+            let dir = self.config.socket.parent().unwrap_or(Path::new("/run"));
+            dir.join(format!(
+                "{}{id}.sock",
+                crate::container::console::SOCKET_PREFIX
+            ))
+        });
         let (monitor, process_handle) = crate::container::monitor::spawn(
             &self.monitor_binary,
             &MonitorArgs {
@@ -512,6 +521,9 @@ impl Runtime {
                 runtime: &oci,
                 log: &log_path,
                 exit_file: &dir.exit_file(),
+                attach_socket: &dir.attach_socket(),
+                stdio: spec.stdio,
+                console_socket: console_socket.as_deref(),
             },
         )
         .await
@@ -535,6 +547,7 @@ impl Runtime {
             uid: identity.uid,
             gid: identity.gid,
             mounts: spec.mounts,
+            stdio: spec.stdio,
             resources: spec.resources,
             log_path,
             runtime: oci.binary.clone(),
@@ -672,9 +685,14 @@ mod tests {
             ..Default::default()
         });
         assert!(message(relative).contains("mounts[0].container_path"));
-        let mut tty = config("web", "busybox");
-        tty.tty = true;
-        assert!(message(tty).contains("invalid tty"));
+        let mut once = config("web", "busybox");
+        once.stdin_once = true;
+        let stdio = validate(Some(once), "pod").ok().map(|s| s.stdio);
+        assert_eq!(
+            stdio,
+            Some(ContainerStdio::default()),
+            "stdin_once without stdin"
+        );
         assert!(validate(Some(config("web", "busybox")), "pod").is_ok());
     }
 

@@ -20,9 +20,11 @@
 //!
 //! Each container's files are in `<state dir>/containers/<id>/`: the record
 //! (`container.json`), `bundle/` (`config.json`, `rootfs/`), the overlay's `upper/` and
-//! `work/`, `exit.json` (written by the monitor), `monitor.log`, and `container.log` unless
-//! the pod gave a log directory.
+//! `work/`, `exit.json` (written by the monitor), `monitor.log`, `attach.sock` (the
+//! monitor's, while the container lives), and `container.log` unless the pod gave a log
+//! directory.
 
+pub mod attach;
 pub mod bundle;
 pub mod cgroup;
 pub mod console;
@@ -125,6 +127,9 @@ pub struct ContainerRecord {
     pub uid: u32,
     pub gid: u32,
     pub mounts: Vec<MountRecord>,
+    /// Its own stdin and terminal, which clients attach to.
+    #[serde(default)]
+    pub stdio: attach::ContainerStdio,
     /// Its CPU and memory resources, as created or last updated.
     #[serde(default)]
     pub resources: resources::Resources,
@@ -170,6 +175,10 @@ impl ContainerDir {
     }
     pub fn exit_file(&self) -> PathBuf {
         self.0.join("exit.json")
+    }
+    /// Where the monitor serves attaches to the container's stdio.
+    pub fn attach_socket(&self) -> PathBuf {
+        self.0.join(attach::SOCKET_FILE)
     }
     pub fn default_log(&self) -> PathBuf {
         self.0.join("container.log")

@@ -12,6 +12,7 @@ use std::process::Stdio;
 use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
+use crate::container::attach::ContainerStdio;
 use crate::container::oci::OciRuntime;
 use crate::process::ProcessHandle;
 
@@ -25,6 +26,10 @@ pub struct MonitorArgs<'a> {
     pub runtime: &'a OciRuntime,
     pub log: &'a Path,
     pub exit_file: &'a Path,
+    pub attach_socket: &'a Path,
+    pub stdio: ContainerStdio,
+    /// Where the runtime hands over the container's terminal, when it has one.
+    pub console_socket: Option<&'a Path>,
 }
 
 /// Finds the monitor: the configured path, else beside the running executable.
@@ -61,6 +66,21 @@ pub async fn spawn(
         .arg(args.log)
         .arg("--exit-file")
         .arg(args.exit_file)
+        .arg("--attach-socket")
+        .arg(args.attach_socket);
+    match (args.stdio.stdin, args.stdio.stdin_once) {
+        (true, true) => {
+            command.args(["--stdin", "once"]);
+        }
+        (true, false) => {
+            command.args(["--stdin", "open"]);
+        }
+        _ => {}
+    }
+    if let Some(console_socket) = args.console_socket {
+        command.arg("--console-socket").arg(console_socket);
+    }
+    command
         .env(CONTAINER_ID_ENV, args.id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,66 +1,21 @@
-//! A streamed Exec (`v4.channel.k8s.io`): the client opens an error stream and one per
-//! standard stream it asked for; the command's stdin comes from the client, its stdout
-//! and stderr go back, and its end is reported on the error stream as a Status (Success,
-//! or Failure with reason NonZeroExitCode and the code). With a terminal, stdin and
-//! stdout are the terminal's, and a resize stream carries the window's size as JSON
-//! (`{"Width":80,"Height":24}`, one object per change). A client that goes away kills
-//! the command.
+//! A streamed Exec (`v4.channel.k8s.io`, see [`crate::stream::remotecommand`]): the
+//! command's stdin comes from the client, its stdout and stderr go back, and its end is
+//! reported on the error stream as a Status (Success, or Failure with reason
+//! NonZeroExitCode and the code). With a terminal, stdin and stdout are the terminal's,
+//! and resizes set its window. A client that goes away kills the command.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
-use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::container::oci::kill_exec;
 use crate::runtime::Runtime;
+use crate::stream::remotecommand::{status, Asked, Resizes, Streams};
 use crate::stream::session::{Stream, StreamWriter};
-
-/// How long the client gets to open the streams its request named.
-const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The streams of one exec, by their `streamtype`.
-#[derive(Default)]
-struct Streams {
-    error: Option<Stream>,
-    stdin: Option<Stream>,
-    stdout: Option<Stream>,
-    stderr: Option<Stream>,
-    resize: Option<Stream>,
-}
-
-impl Streams {
-    fn complete(&self, request: &cri::ExecRequest) -> bool {
-        self.error.is_some()
-            && (!request.stdin || self.stdin.is_some())
-            && (!request.stdout || self.stdout.is_some())
-            && (!request.stderr || request.tty || self.stderr.is_some())
-            && (!request.tty || self.resize.is_some())
-    }
-}
-
-/// The Status the v4 protocol ends an exec with.
-fn status(outcome: Result<i32, String>) -> serde_json::Value {
-    match outcome {
-        Ok(0) => json!({ "metadata": {}, "status": "Success" }),
-        Ok(code) => json!({
-            "metadata": {},
-            "status": "Failure",
-            "message": format!("command terminated with non-zero exit code: exit status {code}"),
-            "reason": "NonZeroExitCode",
-            "details": { "causes": [{ "reason": "ExitCode", "message": code.to_string() }] },
-        }),
-        Err(message) => json!({
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": "InternalError",
-        }),
-    }
-}
 
 pub async fn serve(
     runtime: Arc<Runtime>,
@@ -68,27 +23,15 @@ pub async fn serve(
     mut incoming: mpsc::Receiver<Stream>,
     closed: CancellationToken,
 ) {
-    let mut streams = Streams::default();
-    let deadline = tokio::time::sleep(STREAMS_TIMEOUT);
-    tokio::pin!(deadline);
-    while !streams.complete(&request) {
-        tokio::select! {
-            stream = incoming.recv() => {
-                let Some(stream) = stream else { return };
-                let slot = match stream.header("streamtype") {
-                    Some("error") => &mut streams.error,
-                    Some("stdin") => &mut streams.stdin,
-                    Some("stdout") => &mut streams.stdout,
-                    Some("stderr") => &mut streams.stderr,
-                    Some("resize") => &mut streams.resize,
-                    _ => continue,
-                };
-                *slot = Some(stream);
-            }
-            _ = &mut deadline => return,
-            _ = closed.cancelled() => return,
-        }
-    }
+    let asked = Asked {
+        stdin: request.stdin,
+        stdout: request.stdout,
+        stderr: request.stderr,
+        tty: request.tty,
+    };
+    let Some(mut streams) = Streams::open(asked, &mut incoming, &closed).await else {
+        return;
+    };
     let error = streams.error.take().expect("complete").writer();
     let outputs: Vec<StreamWriter> = [&streams.stdout, &streams.stderr]
         .into_iter()
@@ -199,25 +142,11 @@ async fn run_in_terminal(
     });
     let mut resize_pump = streams.resize.map(|mut stream| {
         tokio::spawn(async move {
-            let mut pending = Vec::new();
+            let mut resizes = Resizes::default();
             while let Some(data) = stream.incoming.recv().await {
-                pending.extend_from_slice(&data);
-                // One JSON object per size; a stream of them may split anywhere.
-                let mut objects =
-                    serde_json::Deserializer::from_slice(&pending).into_iter::<serde_json::Value>();
-                let mut used = 0;
-                while let Some(Ok(size)) = objects.next() {
-                    used = objects.byte_offset();
-                    let (width, height) = (size["Width"].as_u64(), size["Height"].as_u64());
-                    if let (Some(width), Some(height)) = (width, height) {
-                        let _ = crate::container::console::resize(
-                            &master,
-                            width.min(u16::MAX as u64) as u16,
-                            height.min(u16::MAX as u64) as u16,
-                        );
-                    }
+                for (width, height) in resizes.push(&data) {
+                    let _ = crate::container::console::resize(&master, width, height);
                 }
-                pending.drain(..used);
             }
         })
     });
@@ -266,19 +195,5 @@ async fn pump(pipe: Option<impl tokio::io::AsyncRead + Unpin>, stream: Option<St
             let _ = tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await;
         }
         _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_are_the_v4_protocols() {
-        assert_eq!(status(Ok(0))["status"], "Success");
-        let failed = status(Ok(3));
-        assert_eq!(failed["reason"], "NonZeroExitCode");
-        assert_eq!(failed["details"]["causes"][0]["message"], "3");
-        assert_eq!(status(Err("gone".into()))["reason"], "InternalError");
     }
 }

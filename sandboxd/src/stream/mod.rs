@@ -9,8 +9,10 @@
 //! * [`server`]: the tokens, the HTTP listener and the upgrade;
 //! * [`exec`] and [`portforward`]: what runs behind a stream.
 
+mod attach;
 mod exec;
 mod portforward;
+mod remotecommand;
 pub mod server;
 pub mod session;
 pub mod spdy;

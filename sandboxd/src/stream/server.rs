@@ -22,8 +22,8 @@ use crate::stream::session;
 
 /// How long a URL stays good.
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
-/// The exec protocol spoken: stdin, stdout, stderr, and the exit status on the error
-/// stream as a Status object.
+/// The exec and attach protocol spoken: stdin, stdout, stderr, and the exit status on the
+/// error stream as a Status object.
 const EXEC_PROTOCOL: &str = "v4.channel.k8s.io";
 const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 
@@ -31,6 +31,7 @@ const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 #[derive(Debug, Clone)]
 pub enum StreamRequest {
     Exec(cri::ExecRequest),
+    Attach(cri::AttachRequest),
     PortForward(cri::PortForwardRequest),
 }
 
@@ -38,13 +39,14 @@ impl StreamRequest {
     fn kind(&self) -> &'static str {
         match self {
             StreamRequest::Exec(_) => "exec",
+            StreamRequest::Attach(_) => "attach",
             StreamRequest::PortForward(_) => "portforward",
         }
     }
 
     fn protocol(&self) -> &'static str {
         match self {
-            StreamRequest::Exec(_) => EXEC_PROTOCOL,
+            StreamRequest::Exec(_) | StreamRequest::Attach(_) => EXEC_PROTOCOL,
             StreamRequest::PortForward(_) => PORT_FORWARD_PROTOCOL,
         }
     }
@@ -217,6 +219,10 @@ impl StreamServer {
                 match stream_request {
                     StreamRequest::Exec(request) => {
                         crate::stream::exec::serve(runtime, request, streams_rx, closed.clone())
+                            .await
+                    }
+                    StreamRequest::Attach(request) => {
+                        crate::stream::attach::serve(runtime, request, streams_rx, closed.clone())
                             .await
                     }
                     StreamRequest::PortForward(request) => {

@@ -4,7 +4,8 @@
 //! output nor exit codes are lost while sandboxd restarts.
 //!
 //!   sandboxd-monitor --id ID --bundle DIR --runtime runc --runtime-root DIR
-//!                    --log FILE --exit-file FILE
+//!                    --log FILE --exit-file FILE --attach-socket PATH
+//!                    [--stdin open|once] [--console-socket PATH]
 //!
 //! Prints the container's pid on stdout once it is created (then closes stdout); the
 //! container runs once sandboxd calls `<runtime> start ID`. The monitor is the container's
@@ -14,6 +15,12 @@
 //! Once the container is created, the monitor's own messages go to `monitor.log` beside the
 //! exit file (whoever started it may be gone). SIGUSR1 makes it reopen the log, for
 //! ReopenContainerLog after the kubelet rotated it.
+//!
+//! With `--stdin`, the container's stdin is a pipe the monitor holds (`once`: closed when
+//! the first attached client's stdin ends); with `--console-socket`, the container has a
+//! terminal (its config.json says so), whose master the runtime hands to that socket and
+//! the monitor keeps: it is the container's stdin and its one output. Clients attach to
+//! that stdio on the attach socket (see the `attach` module).
 //!
 //!   sandboxd-monitor exec --pid-file FILE -- RUNTIME [ARG…] exec --detach …
 //!
@@ -33,7 +40,11 @@ use anyhow::{bail, Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use sandboxd::container::attach::ContainerStdio;
+use sandboxd::container::console::ConsoleSocket;
 use sandboxd::container::log::LineWriter;
+
+mod attach;
 
 struct Args {
     id: String,
@@ -42,6 +53,9 @@ struct Args {
     runtime_root: PathBuf,
     log: PathBuf,
     exit_file: PathBuf,
+    attach_socket: PathBuf,
+    stdio: ContainerStdio,
+    console_socket: Option<PathBuf>,
 }
 
 fn parse() -> Result<Args> {
@@ -53,19 +67,37 @@ fn parse() -> Result<Args> {
             .with_context(|| format!("{flag} needs a value"))?;
         values.insert(flag, value);
     }
+    let (stdin, stdin_once) = match values.remove("--stdin").as_deref() {
+        None => (false, false),
+        Some("open") => (true, false),
+        Some("once") => (true, true),
+        Some(other) => bail!("--stdin {other:?}: expected open or once"),
+    };
+    let console_socket = values.remove("--console-socket").map(PathBuf::from);
     let mut take = |flag: &str| {
         values
             .remove(flag)
             .with_context(|| format!("{flag} is required"))
     };
-    Ok(Args {
+    let args = Args {
         id: take("--id")?,
         bundle: take("--bundle")?.into(),
         runtime: take("--runtime")?.into(),
         runtime_root: take("--runtime-root")?.into(),
         log: take("--log")?.into(),
         exit_file: take("--exit-file")?.into(),
-    })
+        attach_socket: take("--attach-socket")?.into(),
+        stdio: ContainerStdio {
+            stdin,
+            stdin_once,
+            tty: console_socket.is_some(),
+        },
+        console_socket,
+    };
+    if let Some(flag) = values.keys().next() {
+        bail!("unknown flag {flag}");
+    }
+    Ok(args)
 }
 
 /// Set by SIGUSR1: reopen the log at its path.
@@ -85,7 +117,8 @@ fn now_ns() -> i64 {
 /// Reads what is there without blocking; `Ok(None)` at end of stream.
 fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
     match nix::unistd::read(fd.as_raw_fd(), buf) {
-        Ok(0) => Ok(None),
+        // A terminal's master reads EIO once no process holds its other end.
+        Ok(0) | Err(nix::Error::EIO) => Ok(None),
         Ok(n) => Ok(Some(n)),
         Err(nix::Error::EAGAIN) => Ok(Some(0)),
         Err(e) => Err(e.into()),
@@ -99,21 +132,37 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-type Stream = (Option<OwnedFd>, LineWriter);
+/// One output of the container: its pipe (or terminal), and its lines in the log.
+struct Output {
+    fd: Option<OwnedFd>,
+    log: LineWriter,
+    stderr: bool,
+}
 
-/// Moves everything readable now from the container's pipes into the log.
-fn pump(streams: &mut [Stream], buf: &mut [u8], log: &mut std::fs::File) -> Result<()> {
-    for (fd, writer) in streams.iter_mut() {
-        let Some(stream) = fd.as_ref() else { continue };
+/// Moves everything readable now from the container's outputs into the log and to the
+/// attached clients.
+fn pump(
+    outputs: &mut [Output],
+    buf: &mut [u8],
+    log: &mut std::fs::File,
+    attached: &mut attach::AttachServer,
+) -> Result<()> {
+    for output in outputs.iter_mut() {
+        let Some(stream) = output.fd.as_ref() else {
+            continue;
+        };
         loop {
             match read_some(stream, buf)? {
                 None => {
-                    writer.finish(now_ns(), log)?;
-                    *fd = None;
+                    output.log.finish(now_ns(), log)?;
+                    output.fd = None;
                     break;
                 }
                 Some(0) => break,
-                Some(n) => writer.push(&buf[..n], now_ns(), log)?,
+                Some(n) => {
+                    output.log.push(&buf[..n], now_ns(), log)?;
+                    attached.broadcast(output.stderr, &buf[..n]);
+                }
             }
         }
     }
@@ -144,11 +193,24 @@ fn run(args: Args) -> Result<()> {
     }
     let (out_read, out_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (stdin_read, stdin_write) = if args.stdio.stdin && !args.stdio.tty {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        (Some(read), Some(write))
+    } else {
+        (None, None)
+    };
+    let console = match &args.console_socket {
+        Some(path) => Some(
+            ConsoleSocket::bind(path)
+                .with_context(|| format!("open the console socket {}", path.display()))?,
+        ),
+        None => None,
+    };
     let pid_file = args.bundle.join("container.pid");
     let _ = std::fs::remove_file(&pid_file);
 
-    // The runtime hands its stdio to the container process, so the pipes become the
-    // container's stdout and stderr.
+    // The runtime hands its stdio to the container process (unless it makes a terminal
+    // for it), so the pipes become the container's stdin, stdout and stderr.
     let mut create = Command::new(&args.runtime);
     create
         .arg("--root")
@@ -156,9 +218,13 @@ fn run(args: Args) -> Result<()> {
         .args(["create", "--bundle"])
         .arg(&args.bundle)
         .arg("--pid-file")
-        .arg(&pid_file)
+        .arg(&pid_file);
+    if let Some(console) = &console {
+        create.arg("--console-socket").arg(console.path());
+    }
+    create
         .arg(&args.id)
-        .stdin(Stdio::null())
+        .stdin(stdin_read.map_or_else(Stdio::null, Stdio::from))
         .stdout(Stdio::from(out_write))
         .stderr(Stdio::from(err_write));
     let status = create
@@ -176,6 +242,15 @@ fn run(args: Args) -> Result<()> {
             String::from_utf8_lossy(&message[..n]).trim()
         );
     }
+    // The runtime sent the master before `create` returned: it waits in the socket.
+    let terminal = match console {
+        Some(console) => Some(
+            console
+                .receive_within(std::time::Duration::from_secs(10))
+                .context("take the container's terminal")?,
+        ),
+        None => None,
+    };
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .with_context(|| format!("read {}", pid_file.display()))?
         .trim()
@@ -188,6 +263,15 @@ fn run(args: Args) -> Result<()> {
         .open(&monitor_log)
         .with_context(|| format!("open {}", monitor_log.display()))?;
     nix::unistd::dup2(own_log.as_raw_fd(), 2)?;
+    // Listening before the pid is out: a client may attach as soon as the container runs.
+    let container_stdin = match (&terminal, stdin_write) {
+        (Some(master), _) if args.stdio.stdin => Some(master.try_clone()?),
+        (_, pipe) => pipe,
+    };
+    let resizes = terminal.as_ref().map(OwnedFd::try_clone).transpose()?;
+    let mut attached =
+        attach::AttachServer::bind(&args.attach_socket, args.stdio, container_stdin, resizes)
+            .with_context(|| format!("listen on {}", args.attach_socket.display()))?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{pid}")?;
     stdout.flush()?;
@@ -214,12 +298,29 @@ fn run(args: Args) -> Result<()> {
             ),
         )?;
     }
-    set_nonblocking(&out_read)?;
-    set_nonblocking(&err_read)?;
-    let mut streams = [
-        (Some(out_read), LineWriter::new("stdout")),
-        (Some(err_read), LineWriter::new("stderr")),
-    ];
+    let mut outputs = match terminal {
+        // A terminal is one output; the runtime is gone, so the pipes say nothing more.
+        Some(master) => vec![Output {
+            fd: Some(master),
+            log: LineWriter::new("stdout"),
+            stderr: false,
+        }],
+        None => vec![
+            Output {
+                fd: Some(out_read),
+                log: LineWriter::new("stdout"),
+                stderr: false,
+            },
+            Output {
+                fd: Some(err_read),
+                log: LineWriter::new("stderr"),
+                stderr: true,
+            },
+        ],
+    };
+    for output in outputs.iter().filter_map(|o| o.fd.as_ref()) {
+        set_nonblocking(output)?;
+    }
     let mut buf = vec![0u8; 32 * 1024];
     // A pidfd polls readable when the container exits, so the exit is recorded at once.
     // SAFETY: pidfd_open(2) returns a new descriptor we own, or -1.
@@ -227,11 +328,17 @@ fn run(args: Args) -> Result<()> {
     // SAFETY: a fresh descriptor nothing else owns.
     let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as i32) });
     let exit = loop {
-        let mut fds: Vec<PollFd> = streams
+        let mut fds: Vec<PollFd> = outputs
             .iter()
-            .filter_map(|(fd, _)| fd.as_ref())
+            .filter_map(|o| o.fd.as_ref())
             .chain(pidfd.as_ref())
             .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .chain(
+                attached
+                    .poll_set()
+                    .into_iter()
+                    .map(|(fd, flags)| PollFd::new(fd, flags)),
+            )
             .collect();
         // The timeout is a fallback: a signal or the pidfd ends the wait sooner.
         let _ = poll(&mut fds, PollTimeout::from(1000u16));
@@ -240,14 +347,15 @@ fn run(args: Args) -> Result<()> {
             log.sync_all()?;
             log = open_log()?;
         }
-        pump(&mut streams, &mut buf, &mut log)?;
+        attached.serve();
+        pump(&mut outputs, &mut buf, &mut log, &mut attached)?;
         if let Some(status) = reap(pid) {
             // Take what the container wrote last; a descendant still holding a pipe open
             // must not keep the exit code from being recorded.
-            pump(&mut streams, &mut buf, &mut log)?;
-            for (fd, writer) in streams.iter_mut() {
-                if fd.take().is_some() {
-                    writer.finish(now_ns(), &mut log)?;
+            pump(&mut outputs, &mut buf, &mut log, &mut attached)?;
+            for output in outputs.iter_mut() {
+                if output.fd.take().is_some() {
+                    output.log.finish(now_ns(), &mut log)?;
                 }
             }
             break status;
@@ -268,6 +376,7 @@ fn run(args: Args) -> Result<()> {
     file.sync_all()?;
     std::fs::rename(&staging, &args.exit_file)
         .with_context(|| format!("write {}", args.exit_file.display()))?;
+    attached.finish();
     Ok(())
 }
 

@@ -1,0 +1,160 @@
+//! A streamed Attach (`v4.channel.k8s.io`, see [`crate::stream::remotecommand`]): the
+//! client's streams joined to the container's own stdio through its monitor's attach
+//! socket ([`crate::container::attach`]). It ends when the monitor closes the connection
+//! (the container exited, or the client's stdin ended and it detaches) with Success on
+//! the error stream, or when the client goes away; the container runs on either way.
+
+use std::sync::Arc;
+
+use k8s_cri::v1 as cri;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::container::attach::{self, Frame, FrameReader, Wants};
+use crate::runtime::Runtime;
+use crate::stream::remotecommand::{status, Asked, Resizes, Streams};
+use crate::stream::session::{Stream, StreamWriter};
+
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    request: cri::AttachRequest,
+    mut incoming: mpsc::Receiver<Stream>,
+    closed: CancellationToken,
+) {
+    let asked = Asked {
+        stdin: request.stdin,
+        stdout: request.stdout,
+        stderr: request.stderr,
+        tty: request.tty,
+    };
+    let Some(mut streams) = Streams::open(asked, &mut incoming, &closed).await else {
+        return;
+    };
+    let error = streams.error.take().expect("opened").writer();
+    let outputs: Vec<StreamWriter> = [&streams.stdout, &streams.stderr]
+        .into_iter()
+        .flatten()
+        .map(|s| s.writer())
+        .collect();
+    let outcome = run(&runtime, &request, streams, &closed).await;
+    if let Err(message) = &outcome {
+        eprintln!(
+            "sandboxd: attach to container {}: {message}",
+            request.container_id
+        );
+    }
+    if closed.is_cancelled() {
+        return;
+    }
+    // The client reads its outputs to their end before the status.
+    for output in outputs {
+        output.finish().await;
+    }
+    let report = serde_json::to_vec(&status(outcome.map(|()| 0))).expect("a JSON status");
+    error.write(&report).await;
+    error.finish().await;
+}
+
+async fn run(
+    runtime: &Runtime,
+    request: &cri::AttachRequest,
+    streams: Streams,
+    closed: &CancellationToken,
+) -> Result<(), String> {
+    let target = runtime
+        .attach_target(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let wants = Wants {
+        stdin: streams.stdin.is_some(),
+        stdout: streams.stdout.is_some(),
+        stderr: streams.stderr.is_some() && !request.tty,
+    };
+    let socket = attach::connect(&target.socket, wants)
+        .await
+        .map_err(|e| format!("attach to {}: {e}", target.object))?;
+    let (mut from_monitor, mut to_monitor) = socket.into_split();
+
+    let (stdin, resize) = (streams.stdin, streams.resize);
+    let input = tokio::spawn(async move {
+        let (mut stdin, mut resize) = (stdin, resize);
+        let mut resizes = Resizes::default();
+        while stdin.is_some() || resize.is_some() {
+            let frames = tokio::select! {
+                data = next(&mut stdin) => match data {
+                    Some(data) => vec![Frame::Stdin(data)],
+                    None => {
+                        stdin = None;
+                        vec![Frame::StdinEnd]
+                    }
+                },
+                data = next(&mut resize) => match data {
+                    Some(data) => resizes
+                        .push(&data)
+                        .into_iter()
+                        .map(|(width, height)| Frame::Resize { width, height })
+                        .collect(),
+                    None => {
+                        resize = None;
+                        Vec::new()
+                    }
+                },
+            };
+            for frame in frames {
+                if to_monitor.write_all(&frame.encode()).await.is_err() {
+                    return;
+                }
+            }
+        }
+        // Dropping the write half would shut the connection down, which the monitor
+        // takes for the client leaving: it is held until the attach ends.
+        std::future::pending::<()>().await;
+    });
+
+    let (stdout, stderr) = (
+        streams.stdout.map(|s| s.writer()),
+        streams.stderr.map(|s| s.writer()),
+    );
+    let copy_output = async {
+        let mut reader = FrameReader::default();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = from_monitor
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("read from {}'s monitor: {e}", target.object))?;
+            if n == 0 {
+                return Ok(());
+            }
+            reader.push(&buf[..n]);
+            while let Some(frame) = reader
+                .next_frame()
+                .map_err(|e| format!("{}'s monitor: {e}", target.object))?
+            {
+                let (writer, data) = match frame {
+                    Frame::Stdout(data) => (&stdout, data),
+                    Frame::Stderr(data) => (&stderr, data),
+                    other => return Err(format!("{}'s monitor sent {other:?}", target.object)),
+                };
+                if let Some(writer) = writer {
+                    writer.write(&data).await;
+                }
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = copy_output => outcome,
+        _ = closed.cancelled() => Err("the client went away".to_string()),
+    };
+    input.abort();
+    outcome
+}
+
+/// The next data a client stream carries; `None` at its end; never, for no stream.
+async fn next(stream: &mut Option<Stream>) -> Option<Vec<u8>> {
+    match stream {
+        Some(stream) => stream.incoming.recv().await,
+        None => std::future::pending().await,
+    }
+}
