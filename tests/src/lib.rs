@@ -59,6 +59,33 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A virtualenv at `venv` with `packages` from PyPI (current clients, not Debian's), made
+/// once (under a lock, for tests running at once) and kept; its python.
+pub fn pypi_venv(venv: &Path, import: &str, packages: &[&str]) -> PathBuf {
+    let python = venv.join("bin/python");
+    let ready = |python: &Path| {
+        Command::new(python)
+            .args(["-c", &format!("import {import}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let _lock = sandboxd::lockfile::lock(
+        &venv.with_extension("lock"),
+        sandboxd::lockfile::LockMode::Exclusive,
+    )
+    .expect("lock the virtualenv");
+    if !ready(&python) {
+        run(
+            "/usr/bin/python3",
+            &["-m", "venv", "--clear", venv.to_str().unwrap()],
+        );
+        let mut args = vec!["install", "--quiet"];
+        args.extend_from_slice(packages);
+        run(venv.join("bin/pip").to_str().unwrap(), &args);
+    }
+    python
+}
+
 pub fn require_root() {
     assert!(
         nix_is_root(),

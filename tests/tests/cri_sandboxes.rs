@@ -861,25 +861,11 @@ async fn debians_grpcio_client_drives_the_pod_lifecycle() {
 
 /// A virtualenv with a current grpcio from PyPI, made once per target dir.
 fn current_grpcio() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpcio-venv");
-    let python = venv.join("bin/python");
-    let ready = |python: &Path| {
-        std::process::Command::new(python)
-            .args(["-c", "import grpc, grpc_tools"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !ready(&python) {
-        run(
-            "/usr/bin/python3",
-            &["-m", "venv", "--clear", venv.to_str().unwrap()],
-        );
-        run(
-            venv.join("bin/pip").to_str().unwrap(),
-            &["install", "--quiet", "grpcio>=1.85", "grpcio-tools>=1.85"],
-        );
-    }
-    python
+    sandboxd_tests::pypi_venv(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpcio-venv"),
+        "grpc, grpc_tools",
+        &["grpcio>=1.85", "grpcio-tools>=1.85"],
+    )
 }
 
 // grpcio since 1.57 sends the %-encoded socket path (`tmp%2F…%2Fsandboxd.sock`) as

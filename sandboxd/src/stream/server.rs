@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::NodeNetns;
 use crate::runtime::Runtime;
-use crate::stream::session;
+use crate::stream::remotecommand::Asked;
+use crate::stream::session::Stream;
+use crate::stream::websocket::{self, Protocol};
 
 /// How long a URL stays good.
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -160,17 +162,7 @@ impl StreamServer {
             .take(kind, token, Instant::now())
     }
 
-    fn handle(
-        self: &Arc<Self>,
-        mut request: Request<hyper::body::Incoming>,
-    ) -> Response<Full<Bytes>> {
-        let reply = |status: StatusCode, text: String| {
-            Response::builder()
-                .status(status)
-                .header("Content-Type", "text/plain")
-                .body(Full::new(Bytes::from(text + "\n")))
-                .expect("a plain response")
-        };
+    fn handle(self: &Arc<Self>, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_string();
         let mut parts = path.trim_start_matches('/').splitn(2, '/');
         let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -186,20 +178,26 @@ impl StreamServer {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        if upgrade != "spdy/3.1" {
-            return reply(
+        match upgrade.as_str() {
+            "spdy/3.1" => self.upgrade_to_spdy(request, stream_request, &path),
+            "websocket" => self.upgrade_to_websocket(request, stream_request, &path),
+            _ => reply(
                 StatusCode::BAD_REQUEST,
-                format!("{path}: the connection must upgrade to SPDY/3.1 (got {upgrade:?})"),
-            );
+                format!(
+                    "{path}: the connection must upgrade to SPDY/3.1 or websocket (got {upgrade:?})"
+                ),
+            ),
         }
+    }
+
+    fn upgrade_to_spdy(
+        &self,
+        mut request: Request<hyper::body::Incoming>,
+        stream_request: StreamRequest,
+        path: &str,
+    ) -> Response<Full<Bytes>> {
         let protocol = stream_request.protocol();
-        let offered: Vec<String> = request
-            .headers()
-            .get_all("X-Stream-Protocol-Version")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
-            .collect();
+        let offered = offered(&request, "X-Stream-Protocol-Version");
         if !offered.iter().any(|p| p == protocol) {
             return reply(
                 StatusCode::FORBIDDEN,
@@ -214,28 +212,12 @@ impl StreamServer {
             };
             let (streams_tx, streams_rx) = mpsc::channel(16);
             let closed = CancellationToken::new();
-            let connection = session::serve(TokioIo::new(upgraded), streams_tx, closed.clone());
-            let handler = async {
-                match stream_request {
-                    StreamRequest::Exec(request) => {
-                        crate::stream::exec::serve(runtime, request, streams_rx, closed.clone())
-                            .await
-                    }
-                    StreamRequest::Attach(request) => {
-                        crate::stream::attach::serve(runtime, request, streams_rx, closed.clone())
-                            .await
-                    }
-                    StreamRequest::PortForward(request) => {
-                        crate::stream::portforward::serve(
-                            runtime,
-                            request,
-                            streams_rx,
-                            closed.clone(),
-                        )
-                        .await
-                    }
-                }
-            };
+            let connection = crate::stream::spdy_connection::serve(
+                TokioIo::new(upgraded),
+                streams_tx,
+                closed.clone(),
+            );
+            let handler = handle_streams(runtime, stream_request, streams_rx, closed.clone());
             let _ = tokio::join!(connection, handler);
         });
         Response::builder()
@@ -245,6 +227,154 @@ impl StreamServer {
             .header("X-Stream-Protocol-Version", protocol)
             .body(Full::new(Bytes::new()))
             .expect("an upgrade response")
+    }
+
+    fn upgrade_to_websocket(
+        &self,
+        mut request: Request<hyper::body::Incoming>,
+        stream_request: StreamRequest,
+        path: &str,
+    ) -> Response<Full<Bytes>> {
+        let key = request
+            .headers()
+            .get(hyper::header::SEC_WEBSOCKET_KEY)
+            .map(|k| k.as_bytes().to_vec());
+        let version = request
+            .headers()
+            .get(hyper::header::SEC_WEBSOCKET_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let Some(key) = key.filter(|_| version == "13") else {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("{path}: a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version 13"),
+            );
+        };
+        let supported = match &stream_request {
+            StreamRequest::Exec(_) | StreamRequest::Attach(_) => websocket::EXEC_PROTOCOLS,
+            StreamRequest::PortForward(_) => websocket::PORT_FORWARD_PROTOCOLS,
+        };
+        let offered = offered(&request, "Sec-WebSocket-Protocol");
+        let Some((name, protocol)) = websocket::negotiate(&offered, supported) else {
+            let names: Vec<&str> = supported.iter().map(|(name, _)| *name).collect();
+            return reply(
+                StatusCode::FORBIDDEN,
+                format!("{path}: the client offers {offered:?}; this server speaks {names:?}"),
+            );
+        };
+        let ports = match &stream_request {
+            // A SPDY tunnel names its ports in its streams' headers.
+            StreamRequest::PortForward(forward) if protocol != Protocol::SpdyTunnel => {
+                match websocket::ports(request.uri().query(), &forward.port) {
+                    Ok(ports) => ports,
+                    Err(message) => {
+                        return reply(StatusCode::BAD_REQUEST, format!("{path}: {message}"))
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let (streams_tx, streams_rx) = mpsc::channel(256);
+            let closed = CancellationToken::new();
+            let connection = async {
+                match &stream_request {
+                    StreamRequest::Exec(cri::ExecRequest {
+                        stdin,
+                        stdout,
+                        stderr,
+                        tty,
+                        ..
+                    })
+                    | StreamRequest::Attach(cri::AttachRequest {
+                        stdin,
+                        stdout,
+                        stderr,
+                        tty,
+                        ..
+                    }) => {
+                        let asked = Asked {
+                            stdin: *stdin,
+                            stdout: *stdout,
+                            stderr: *stderr,
+                            tty: *tty,
+                        };
+                        websocket::serve_exec(upgraded, protocol, asked, streams_tx, closed.clone())
+                            .await
+                    }
+                    StreamRequest::PortForward(_) => {
+                        websocket::serve_port_forward(
+                            upgraded,
+                            protocol,
+                            &ports,
+                            streams_tx,
+                            closed.clone(),
+                        )
+                        .await
+                    }
+                }
+            };
+            let handler =
+                handle_streams(runtime, stream_request.clone(), streams_rx, closed.clone());
+            tokio::join!(connection, handler);
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header(hyper::header::UPGRADE, "websocket")
+            .header(
+                hyper::header::SEC_WEBSOCKET_ACCEPT,
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key),
+            )
+            .header(hyper::header::SEC_WEBSOCKET_PROTOCOL, name)
+            .body(Full::new(Bytes::new()))
+            .expect("an upgrade response")
+    }
+}
+
+/// A plain-text answer to a request that is not served.
+fn reply(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "text/plain")
+        .body(Full::new(Bytes::from(text + "\n")))
+        .expect("a plain response")
+}
+
+/// The values of a comma-separated list header, over all its lines.
+fn offered(request: &Request<hyper::body::Incoming>, name: &str) -> Vec<String> {
+    request
+        .headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Runs what a URL was handed out for on the streams its connection opens.
+async fn handle_streams(
+    runtime: Arc<Runtime>,
+    request: StreamRequest,
+    streams: mpsc::Receiver<Stream>,
+    closed: CancellationToken,
+) {
+    match request {
+        StreamRequest::Exec(request) => {
+            crate::stream::exec::serve(runtime, request, streams, closed).await
+        }
+        StreamRequest::Attach(request) => {
+            crate::stream::attach::serve(runtime, request, streams, closed).await
+        }
+        StreamRequest::PortForward(request) => {
+            crate::stream::portforward::serve(runtime, request, streams, closed).await
+        }
     }
 }
 
