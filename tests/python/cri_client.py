@@ -11,7 +11,7 @@ With an authority, the channel sends it as :authority instead of grpcio's own ch
 socket path, %-encoded since grpcio 1.57), as clients such as grpc-java send the raw path.
 
 Runs Version, RunPodSandbox, PodSandboxStatus, ListPodSandbox, StopPodSandbox,
-RemovePodSandbox and an unimplemented RPC, and prints one line per check.
+RemovePodSandbox and an Attach to a container that does not exist (an error status), and prints one line per check.
 """
 import sys
 

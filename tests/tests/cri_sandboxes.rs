@@ -490,7 +490,7 @@ async fn bad_input_gets_the_right_code_and_a_message_naming_the_field() {
         .message()
         .contains("pod sandbox 0123456789 not found"));
     let unimplemented = client
-        .attach(cri::AttachRequest::default())
+        .checkpoint_container(cri::CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(unimplemented.code(), Code::Unimplemented);
@@ -845,7 +845,7 @@ fn python_client_drives_the_pod_lifecycle(
         "{}",
         lines[2]
     );
-    assert_eq!(lines[3..], ["list 1", "removed", "attach UNIMPLEMENTED"]);
+    assert_eq!(lines[3..], ["list 1", "removed", "attach NOT_FOUND"]);
 }
 
 // Python's grpcio is a client of another kind at the HTTP/2 layer (its :authority is the

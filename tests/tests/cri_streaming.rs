@@ -243,14 +243,17 @@ async fn crictl_attach_joins_the_containers_stdin_and_output(runtime: &[&str]) {
 
 /// A container with a terminal: `crictl attach -it` from a terminal (40 rows by 100
 /// columns, by `script`) types into it and sets its size; what it shows is in the log as
-/// stdout.
+/// stdout. The container's monitor holds the terminal, so a restart of sandboxd between
+/// the start and the attach changes nothing.
 async fn crictl_attach_it_reaches_a_containers_terminal(runtime: &[&str]) {
-    let daemon = SandboxdProcess::start_with(runtime);
+    let mut daemon = SandboxdProcess::start_with(runtime);
     let (mut cri, pod, id) = pod_with_stdio(&daemon, "busybox", &["sh"], |c| {
         c.stdin = true;
         c.tty = true;
     })
     .await;
+    daemon.respawn_with(runtime);
+    cri.client = daemon.client().await;
     let crictl_line = {
         let command = crictl(&daemon, &["attach", "-it", &id]);
         let mut words = vec![command.get_program().to_string_lossy().into_owned()];
