@@ -40,6 +40,7 @@ pub mod cidr;
 pub mod client;
 pub mod cluster;
 pub mod cluster_api;
+pub mod cni_plugin;
 pub mod config;
 pub mod container;
 pub mod cri;

@@ -258,6 +258,12 @@ impl RouteSocket {
         self.0.request(request)
     }
 
+    /// `ip link set dev INDEX down`.
+    pub fn set_down(&mut self, index: u32) -> Result<(), KernelError> {
+        let request = Encoder::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, IFF_UP));
+        self.0.request(request)
+    }
+
     /// `ip link set dev INDEX master BRIDGE`.
     pub fn set_master(&mut self, index: u32, bridge: u32) -> Result<(), KernelError> {
         let mut request = Encoder::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));

@@ -1,0 +1,56 @@
+//! sandboxd's own CNI plugins: the plugin side of the CNI protocol (the runtime's side is
+//! the `cni-host` crate). One binary, `sandboxd-cni`, is every plugin, chosen by the name
+//! it is run under (`host-local`, `loopback`, …, links to it in a directory of their
+//! own), and sandboxd runs the same code in-process. Each plugin reads the same network
+//! config fields as the upstream plugin it replaces and keeps its on-disk state in the
+//! same format, so either can take over from the other on a running node.
+//!
+//! * [`invocation`]: what a plugin is asked (CNI_* variables, the config on stdin) and
+//!   how it answers (a result in the config's version, or an error object);
+//! * the plugins: [`host_local`] (IPAM: leases in files, as upstream keeps them) and
+//!   [`loopback`].
+
+pub mod host_local;
+pub mod invocation;
+pub mod loopback;
+
+pub use invocation::{Command, Invocation, PluginError};
+
+use serde_json::Value;
+
+/// The spec versions these plugins speak.
+pub const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// The plugins the binary is, by the name it is installed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plugin {
+    HostLocal,
+    Loopback,
+}
+
+impl Plugin {
+    pub const ALL: &'static [Plugin] = &[Plugin::HostLocal, Plugin::Loopback];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Plugin::HostLocal => "host-local",
+            Plugin::Loopback => "loopback",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Plugin> {
+        Plugin::ALL.iter().copied().find(|p| p.name() == name)
+    }
+
+    /// Runs one invocation: what goes on stdout on success (a result, the version
+    /// answer, or nothing).
+    pub fn run(self, invocation: &Invocation) -> Result<Option<Value>, PluginError> {
+        if invocation.command == Command::Version {
+            return Ok(Some(invocation::version_answer(invocation)));
+        }
+        match self {
+            Plugin::HostLocal => host_local::run(invocation),
+            Plugin::Loopback => loopback::run(invocation),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! sandboxd's own CNI plugins (`sandboxd-cni`, run as a runtime runs a plugin: by the
+//! name of a link to it, with CNI_* variables and the config on stdin) against Debian's
+//! upstream plugins as the reference: host-local's leases are read and written
+//! interchangeably with upstream's (one ADD by each, a DEL by the other, nothing left);
+//! loopback brings a namespace's lo up and down. Needs root.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sandboxd_tests::{workspace_binary, Netns};
+use serde_json::{json, Value};
+
+const UPSTREAM: &str = "/usr/lib/cni";
+
+/// A directory of links to sandboxd-cni, one per plugin name, as an install makes.
+fn own_plugins(dir: &Path) -> PathBuf {
+    let bin = dir.join("own-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in ["host-local", "loopback"] {
+        let link = bin.join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(workspace_binary("sandboxd-cni"), &link).unwrap();
+        }
+    }
+    bin
+}
+
+/// Runs a plugin; (exit code, what it printed on stdout).
+fn call(
+    plugin: &Path,
+    command: &str,
+    container: &str,
+    netns: &Path,
+    config: &Value,
+) -> (i32, Value) {
+    let mut child = Command::new(plugin)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", plugin.parent().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let value = if out.stdout.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{} {command}: not JSON ({e}): {}",
+                plugin.display(),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    };
+    (out.status.code().unwrap_or(-1), value)
+}
+
+fn host_local_network(data_dir: &Path, version: &str) -> Value {
+    json!({
+        "cniVersion": version,
+        "name": "interop",
+        "type": "host-local",
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{ "subnet": "10.77.0.0/24" }]],
+            "routes": [{ "dst": "0.0.0.0/0" }],
+            "dataDir": data_dir,
+        }
+    })
+}
+
+fn lease_files(data_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("interop"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn host_local_leases_are_shared_with_upstreams() {
+    let pod = Netns::new("sbt-pod");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = own_plugins(dir.path()).join("host-local");
+    let upstream = Path::new(UPSTREAM).join("host-local");
+    let data = dir.path().join("ipam");
+    let network = host_local_network(&data, "1.0.0");
+
+    let (code, first) = call(&upstream, "ADD", "upstream-1", &pod.path(), &network);
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(first["ips"][0]["address"], "10.77.0.2/24");
+    // Ours continues from upstream's last address, and writes the same kind of file.
+    let (code, second) = call(&ours, "ADD", "ours-1", &pod.path(), &network);
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(second["ips"][0]["address"], "10.77.0.3/24");
+    assert_eq!(second["ips"][0]["gateway"], "10.77.0.1");
+    assert_eq!(second["routes"], json!([{ "dst": "0.0.0.0/0" }]));
+    assert_eq!(
+        std::fs::read_to_string(data.join("interop/10.77.0.3")).unwrap(),
+        std::fs::read_to_string(data.join("interop/10.77.0.2"))
+            .unwrap()
+            .replace("upstream-1", "ours-1"),
+        "the same lease format"
+    );
+    // Upstream continues from ours.
+    let (code, third) = call(&upstream, "ADD", "upstream-2", &pod.path(), &network);
+    assert_eq!(code, 0, "{third}");
+    assert_eq!(third["ips"][0]["address"], "10.77.0.4/24");
+    // Each sees the other's lease: CHECK, and no second lease for the same container.
+    assert_eq!(
+        call(&ours, "CHECK", "upstream-1", &pod.path(), &network).0,
+        0
+    );
+    assert_eq!(
+        call(&upstream, "CHECK", "ours-1", &pod.path(), &network).0,
+        0
+    );
+    let (code, duplicate) = call(&ours, "ADD", "upstream-2", &pod.path(), &network);
+    assert_ne!(code, 0);
+    assert!(
+        duplicate["msg"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate allocation"),
+        "{duplicate}"
+    );
+
+    // Each releases the other's; a DEL of nothing is no error.
+    assert_eq!(call(&ours, "DEL", "upstream-1", &pod.path(), &network).0, 0);
+    assert_eq!(call(&upstream, "DEL", "ours-1", &pod.path(), &network).0, 0);
+    assert_eq!(call(&ours, "DEL", "upstream-2", &pod.path(), &network).0, 0);
+    assert_eq!(call(&ours, "DEL", "upstream-2", &pod.path(), &network).0, 0);
+    assert_eq!(lease_files(&data), ["last_reserved_ip.0", "lock"]);
+}
+
+#[test]
+fn host_local_speaks_each_version_and_refuses_bad_input_by_field() {
+    let pod = Netns::new("sbt-pod");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = own_plugins(dir.path()).join("host-local");
+    let data = dir.path().join("ipam");
+
+    let (code, v04) = call(
+        &ours,
+        "ADD",
+        "c1",
+        &pod.path(),
+        &host_local_network(&data, "0.4.0"),
+    );
+    assert_eq!(code, 0, "{v04}");
+    assert_eq!(v04["cniVersion"], "0.4.0");
+    assert_eq!(
+        v04["ips"][0]["version"], "4",
+        "0.4.0 results tag the family"
+    );
+
+    let (code, version) = call(
+        &ours,
+        "VERSION",
+        "",
+        &pod.path(),
+        &json!({"cniVersion": "1.1.0"}),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        version["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+
+    let mut bad = host_local_network(&data, "1.0.0");
+    bad["ipam"]["ranges"][0][0]["subnet"] = json!("10.77.0.0/33");
+    let (code, error) = call(&ours, "ADD", "c2", &pod.path(), &bad);
+    assert_eq!(code, 1);
+    assert_eq!(error["code"], 7);
+    assert!(
+        error["msg"]
+            .as_str()
+            .unwrap()
+            .contains("ranges[0][0].subnet"),
+        "{error}"
+    );
+
+    // GC (CNI 1.1) keeps the valid attachments' leases and frees the rest.
+    let network = host_local_network(&data, "1.1.0");
+    assert_eq!(call(&ours, "ADD", "c3", &pod.path(), &network).0, 0);
+    let mut gc = network.clone();
+    gc["cni.dev/valid-attachments"] = json!([{ "containerID": "c3", "ifname": "eth0" }]);
+    let (code, out) = call(&ours, "GC", "", &pod.path(), &gc);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(call(&ours, "CHECK", "c3", &pod.path(), &network).0, 0);
+    assert_ne!(call(&ours, "CHECK", "c1", &pod.path(), &network).0, 0);
+    let (code, out) = call(&ours, "STATUS", "", &pod.path(), &network);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn loopback_brings_lo_up_and_down() {
+    let pod = Netns::new("sbt-pod");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = own_plugins(dir.path()).join("loopback");
+    let network = json!({ "cniVersion": "1.0.0", "name": "lo", "type": "loopback" });
+    let lo_up = || {
+        pod.exec(&["ip", "-o", "link", "show", "lo"])
+            .contains(",UP")
+    };
+    // The test's namespaces come with lo up, as a node's has it.
+    pod.exec(&["ip", "link", "set", "lo", "down"]);
+    assert!(!lo_up());
+    let (code, result) = call(&ours, "ADD", "c1", &pod.path(), &network);
+    assert_eq!(code, 0, "{result}");
+    assert!(lo_up());
+    assert_eq!(result["interfaces"][0]["name"], "lo");
+    assert_eq!(result["ips"][0]["address"], "127.0.0.1/8");
+    assert_eq!(call(&ours, "CHECK", "c1", &pod.path(), &network).0, 0);
+    assert_eq!(call(&ours, "DEL", "c1", &pod.path(), &network).0, 0);
+    assert!(!lo_up());
+    assert_ne!(call(&ours, "CHECK", "c1", &pod.path(), &network).0, 0);
+    // A DEL after the namespace is gone succeeds.
+    let gone = dir.path().join("no-such-netns");
+    assert_eq!(call(&ours, "DEL", "c1", &gone, &network).0, 0);
+}
