@@ -62,9 +62,10 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(e),
         };
-        let written = file
-            .write_all(format!("{}{LINE_BREAK}{ifname}", container_id.trim()).as_bytes())
-            .and_then(|()| file.sync_all());
+        // Not fsynced, as upstream does not: a power loss that loses the lease loses the
+        // pod's namespace and veth with it.
+        let written =
+            file.write_all(format!("{}{LINE_BREAK}{ifname}", container_id.trim()).as_bytes());
         if let Err(e) = written {
             let _ = std::fs::remove_file(&path);
             return Err(e);
