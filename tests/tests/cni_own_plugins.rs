@@ -2,7 +2,9 @@
 //! name of a link to it, with CNI_* variables and the config on stdin) against Debian's
 //! upstream plugins as the reference: host-local's leases are read and written
 //! interchangeably with upstream's (one ADD by each, a DEL by the other, nothing left);
-//! loopback brings a namespace's lo up and down. Needs root.
+//! loopback brings a namespace's lo up and down; the default chain (bridge + host-local,
+//! upstream's portmap, loopback) runs through cni-host as upstream's does, and a failure
+//! mid-ADD leaves nothing. Needs root.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ const UPSTREAM: &str = "/usr/lib/cni";
 fn own_plugins(dir: &Path) -> PathBuf {
     let bin = dir.join("own-bin");
     std::fs::create_dir_all(&bin).unwrap();
-    for name in ["host-local", "loopback"] {
+    for name in ["bridge", "host-local", "loopback"] {
         let link = bin.join(name);
         if !link.exists() {
             std::os::unix::fs::symlink(workspace_binary("sandboxd-cni"), &link).unwrap();
@@ -222,7 +224,10 @@ fn loopback_brings_lo_up_and_down() {
     let (code, result) = call(&ours, "ADD", "c1", &pod.path(), &network);
     assert_eq!(code, 0, "{result}");
     assert!(lo_up());
-    assert_eq!(result["interfaces"][0]["name"], "lo");
+    assert_eq!(
+        result["interfaces"][0]["name"], "lo",
+        "lo whatever CNI_IFNAME says"
+    );
     assert_eq!(result["ips"][0]["address"], "127.0.0.1/8");
     assert_eq!(call(&ours, "CHECK", "c1", &pod.path(), &network).0, 0);
     assert_eq!(call(&ours, "DEL", "c1", &pod.path(), &network).0, 0);
@@ -231,4 +236,131 @@ fn loopback_brings_lo_up_and_down() {
     // A DEL after the namespace is gone succeeds.
     let gone = dir.path().join("no-such-netns");
     assert_eq!(call(&ours, "DEL", "c1", &gone, &network).0, 0);
+}
+
+/// The default chain with sandboxd-cni's bridge, host-local and loopback, and upstream's
+/// portmap, through cni-host in a node namespace of the test's own: the pod gets its
+/// address and default route, the host veth is a hairpin port of the bridge, the bridge
+/// holds the gateway; CHECK passes; DEL leaves no veth, lease or cache entry.
+#[tokio::test]
+async fn the_default_chain_runs_with_the_own_bridge() {
+    use cni_host::{CniHost, NetworkConfigList, ProcessExec, RuntimeConf};
+    use sandboxd_tests::{files_under, ip_reservations};
+    let node = Netns::new("sbt-node");
+    let pod = Netns::new("sbt-pod");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = own_plugins(dir.path());
+    let ipam = dir.path().join("ipam");
+    let cache = dir.path().join("cache");
+    let bridge = format!("sbt{}", std::process::id() % 100_000);
+    let chain = |bridge_extra: Value| {
+        let mut bridge_plugin = json!({
+            "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": "10.78.0.0/24" }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+                "dataDir": ipam,
+            }
+        });
+        for (k, v) in bridge_extra.as_object().unwrap() {
+            bridge_plugin[k] = v.clone();
+        }
+        let doc = json!({
+            "cniVersion": "1.0.0", "name": "pods",
+            "plugins": [
+                bridge_plugin,
+                { "type": "portmap", "capabilities": { "portMappings": true } },
+                { "type": "loopback" }
+            ]
+        });
+        NetworkConfigList::from_bytes(doc.to_string().as_bytes(), "<test>").unwrap()
+    };
+    let host = CniHost::with_exec(
+        vec![bin.clone(), PathBuf::from(UPSTREAM)],
+        cache.clone(),
+        ProcessExec::in_netns(node.path()),
+    );
+    let network = chain(json!({}));
+    let rt = RuntimeConf::new("own-1", pod.path().display().to_string(), "eth0")
+        .with_pod("default", "own-1", "own-1");
+
+    let result = host.add(&network, &rt).await.expect("ADD");
+    let ip = result.ips[0].address;
+    assert_eq!(ip.to_string(), "10.78.0.2/24");
+    assert_eq!(result.ips[0].interface, Some(2));
+    let names: Vec<&str> = result.interfaces.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names[0], bridge);
+    assert!(names[1].starts_with("veth"), "{names:?}");
+    assert_eq!(
+        result.interfaces[2].sandbox,
+        pod.path().display().to_string()
+    );
+    let addrs = pod.exec(&["ip", "-o", "addr", "show", "eth0"]);
+    assert!(addrs.contains("10.78.0.2/24"), "{addrs}");
+    let routes = pod.exec(&["ip", "route"]);
+    assert!(
+        routes.contains("default via 10.78.0.1 dev eth0"),
+        "{routes}"
+    );
+    let port = node.exec(&["ip", "-d", "-o", "link", "show", names[1]]);
+    assert!(port.contains(&format!("master {bridge}")), "{port}");
+    assert!(port.contains("hairpin on"), "{port}");
+    let gateway = node.exec(&["ip", "-o", "addr", "show", &bridge]);
+    assert!(gateway.contains("10.78.0.1/24"), "{gateway}");
+    assert_eq!(
+        node.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        "1"
+    );
+    // The pod reaches the bridge's address through its veth.
+    pod.exec(&["ping", "-c", "1", "-W", "2", "10.78.0.1"]);
+    let mut without_portmap = network.clone();
+    without_portmap
+        .plugins
+        .retain(|p| p.plugin_type != "portmap");
+    host.check(&without_portmap, &rt).await.expect("CHECK");
+
+    host.del(&network, &rt).await.expect("DEL");
+    assert_eq!(node.veths(), Vec::<String>::new(), "veths left");
+    assert_eq!(ip_reservations(&ipam), Vec::<String>::new(), "leases left");
+    assert_eq!(files_under(&cache), Vec::<PathBuf>::new(), "cache left");
+    host.del(&network, &rt).await.expect("a second DEL");
+
+    // A failure after the veth and the lease (an address of the subnet already on the
+    // bridge, without forceAddress) undoes both.
+    node.exec(&["ip", "addr", "flush", "dev", &bridge]);
+    node.exec(&["ip", "addr", "add", "10.78.0.9/24", "dev", &bridge]);
+    let err = host
+        .add(
+            &network,
+            &RuntimeConf::new("own-2", pod.path().display().to_string(), "eth0"),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("forceAddress"), "{err}");
+    assert_eq!(
+        node.veths(),
+        Vec::<String>::new(),
+        "veths left after a failed ADD"
+    );
+    assert_eq!(
+        ip_reservations(&ipam),
+        Vec::<String>::new(),
+        "leases left after a failed ADD"
+    );
+    assert_eq!(pod.links(), Vec::<String>::new(), "eth0 left in the pod");
+    // forceAddress replaces it.
+    let forced = chain(json!({ "forceAddress": true }));
+    let rt2 = RuntimeConf::new("own-3", pod.path().display().to_string(), "eth0");
+    host.add(&forced, &rt2)
+        .await
+        .expect("ADD with forceAddress");
+    let gateway = node.exec(&["ip", "-o", "addr", "show", &bridge]);
+    assert!(
+        gateway.contains("10.78.0.1/24") && !gateway.contains("10.78.0.9"),
+        "{gateway}"
+    );
+    host.del(&forced, &rt2).await.expect("DEL");
+    assert_eq!(ip_reservations(&ipam), Vec::<String>::new());
 }

@@ -44,6 +44,8 @@ pub struct Invocation {
     pub ifname: String,
     /// `CNI_ARGS`: `K=V;K=V`.
     pub args: Vec<(String, String)>,
+    /// `CNI_PATH`: where delegated plugins (another IPAM) are found.
+    pub cni_path: Vec<PathBuf>,
     /// The network config (with `prevResult`, `runtimeConfig`, …); `Null` for VERSION
     /// without one.
     pub config: Value,
@@ -206,12 +208,16 @@ impl Invocation {
             })?;
             args.push((key.to_string(), value.to_string()));
         }
+        let cni_path = env("CNI_PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
         Ok(Invocation {
             command,
             container_id,
             netns,
             ifname,
             args,
+            cni_path,
             config,
             version,
         })

@@ -1,6 +1,6 @@
-//! loopback: brings the container's `lo` up on ADD (and reports it with its addresses, as
-//! upstream does), down on DEL (a namespace already gone is not an error); CHECK finds it
-//! up.
+//! loopback: brings the container's `lo` up on ADD, down on DEL (a namespace already gone
+//! is not an error); CHECK finds it up. As upstream: in a chain, its result is the
+//! previous plugin's, passed on; alone, it reports the interface with its addresses.
 
 use cni_host::result::{CniResult, Interface, IpConfig, IpNetwork};
 use serde_json::Value;
@@ -13,8 +13,15 @@ pub fn run(invocation: &Invocation) -> Result<Option<Value>, PluginError> {
         Command::Add => {
             let netns = invocation.netns.as_deref().expect("ADD has a netns");
             set(invocation, true)?;
+            if let Some(previous) = invocation.config.get("prevResult") {
+                let previous = CniResult::from_value(previous.clone())
+                    .map_err(|e| PluginError::config(format!("prevResult: {e}")))?;
+                return invocation.render(&previous).map(Some);
+            }
+            // Always lo, whatever CNI_IFNAME says, as upstream.
             let interface = Interface {
                 name: "lo".into(),
+                mac: "00:00:00:00:00:00".into(),
                 sandbox: netns.display().to_string(),
                 ..Interface::default()
             };

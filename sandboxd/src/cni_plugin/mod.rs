@@ -7,9 +7,10 @@
 //!
 //! * [`invocation`]: what a plugin is asked (CNI_* variables, the config on stdin) and
 //!   how it answers (a result in the config's version, or an error object);
-//! * the plugins: [`host_local`] (IPAM: leases in files, as upstream keeps them) and
-//!   [`loopback`].
+//! * the plugins: [`bridge`] (a veth pair per container on a node bridge),
+//!   [`host_local`] (IPAM: leases in files, as upstream keeps them) and [`loopback`].
 
+pub mod bridge;
 pub mod host_local;
 pub mod invocation;
 pub mod loopback;
@@ -24,15 +25,17 @@ pub const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// The plugins the binary is, by the name it is installed under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plugin {
+    Bridge,
     HostLocal,
     Loopback,
 }
 
 impl Plugin {
-    pub const ALL: &'static [Plugin] = &[Plugin::HostLocal, Plugin::Loopback];
+    pub const ALL: &'static [Plugin] = &[Plugin::Bridge, Plugin::HostLocal, Plugin::Loopback];
 
     pub fn name(self) -> &'static str {
         match self {
+            Plugin::Bridge => "bridge",
             Plugin::HostLocal => "host-local",
             Plugin::Loopback => "loopback",
         }
@@ -49,6 +52,7 @@ impl Plugin {
             return Ok(Some(invocation::version_answer(invocation)));
         }
         match self {
+            Plugin::Bridge => bridge::run(invocation),
             Plugin::HostLocal => host_local::run(invocation),
             Plugin::Loopback => loopback::run(invocation),
         }

@@ -28,6 +28,11 @@ const IFLA_VXLAN_LOCAL: u16 = 4;
 const IFLA_VXLAN_LEARNING: u16 = 7;
 const IFLA_VXLAN_PORT: u16 = 15;
 const IFF_UP: u32 = 0x1;
+const IFF_PROMISC: u32 = 0x100;
+const RTM_SETLINK: u16 = 19;
+const IFLA_PROTINFO: u16 = 12;
+const IFLA_BRPORT_MODE: u16 = 4;
+const NLA_F_NESTED: u16 = 0x8000;
 
 /// A link as `ip -d link show` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +266,28 @@ impl RouteSocket {
     /// `ip link set dev INDEX down`.
     pub fn set_down(&mut self, index: u32) -> Result<(), KernelError> {
         let request = Encoder::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, IFF_UP));
+        self.0.request(request)
+    }
+
+    /// `bridge link set dev INDEX hairpin on|off`: whether the bridge sends a port's frames
+    /// back out of it (a pod reaching itself through a Service).
+    pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<(), KernelError> {
+        let mut header = ifinfomsg(index, 0, 0);
+        header[0] = libc::AF_BRIDGE as u8;
+        let mut request = Encoder::new(RTM_SETLINK, NLM_F_ACK, &header);
+        request.nested(IFLA_PROTINFO | NLA_F_NESTED, |m| {
+            m.u8(IFLA_BRPORT_MODE, u8::from(on));
+        });
+        self.0.request(request)
+    }
+
+    /// `ip link set dev INDEX promisc on`.
+    pub fn set_promiscuous(&mut self, index: u32) -> Result<(), KernelError> {
+        let request = Encoder::new(
+            RTM_NEWLINK,
+            NLM_F_ACK,
+            &ifinfomsg(index, IFF_PROMISC, IFF_PROMISC),
+        );
         self.0.request(request)
     }
 

@@ -438,6 +438,7 @@ mod tests {
             netns: Some("/proc/self/ns/net".into()),
             ifname: "eth0".into(),
             args: Vec::new(),
+            cni_path: Vec::new(),
             version: "1.0.0".parse().unwrap(),
             config,
         }

@@ -1,0 +1,593 @@
+//! bridge: a veth pair per container, its host end a port of a bridge on the node, its
+//! container end (`CNI_IFNAME`) given the addresses and routes the IPAM plugin hands out.
+//! Reads upstream's fields: `bridge` (default `cni0`), `isGateway` (the bridge takes each
+//! subnet's gateway address, forwarding is turned on), `isDefaultGateway` (also a default
+//! route via it), `forceAddress`, `mtu`, `hairpinMode`, `promiscMode`, `ipam`. IPv4 only
+//! for now; `ipMasq` and `vlan` are refused as unsupported fields (code 2) rather than
+//! ignored. host-local as the IPAM runs in-process; any other IPAM plugin is run from
+//! `CNI_PATH`, as upstream delegates.
+//!
+//! Every ADD step is undone if a later one fails: the lease is given back and the veth
+//! pair deleted. DEL gives the lease back and deletes the container's end (taking the
+//! pair); a namespace already gone is not an error.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use cni_host::result::{CniResult, Interface, IpNetwork, Route};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cni_plugin::host_local;
+use crate::cni_plugin::invocation::{Command, Invocation, PluginError};
+use crate::netlink::address::Address;
+use crate::netlink::link::format_mac;
+use crate::netlink::route::Route as KernelRoute;
+use crate::netlink::{KernelError, RouteSocket};
+
+/// The code the spec gives a field a plugin does not support.
+const UNSUPPORTED_FIELD: u32 = 2;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BridgeConfig {
+    #[serde(default = "default_bridge")]
+    bridge: String,
+    #[serde(default)]
+    is_gateway: bool,
+    #[serde(default)]
+    is_default_gateway: bool,
+    #[serde(default)]
+    force_address: bool,
+    #[serde(default)]
+    ip_masq: bool,
+    #[serde(default)]
+    mtu: Option<u32>,
+    #[serde(default)]
+    hairpin_mode: bool,
+    #[serde(default)]
+    promisc_mode: bool,
+    #[serde(default)]
+    vlan: u32,
+}
+
+fn default_bridge() -> String {
+    "cni0".into()
+}
+
+impl BridgeConfig {
+    fn load(config: &Value) -> Result<BridgeConfig, PluginError> {
+        let mut bridge: BridgeConfig = serde_path_to_error::deserialize(config)
+            .map_err(|e| PluginError::config(format!("{}: {}", e.path(), e.inner())))?;
+        if bridge.ip_masq {
+            return Err(PluginError::new(
+                UNSUPPORTED_FIELD,
+                "ipMasq: sandboxd-cni's bridge does not masquerade yet (use upstream's bridge for it)",
+            ));
+        }
+        if bridge.vlan != 0 {
+            return Err(PluginError::new(
+                UNSUPPORTED_FIELD,
+                "vlan: sandboxd-cni's bridge does not tag VLANs",
+            ));
+        }
+        if bridge.bridge.is_empty() || bridge.bridge.len() > 15 {
+            return Err(PluginError::config(format!(
+                "bridge: {:?} is not an interface name",
+                bridge.bridge
+            )));
+        }
+        if bridge.is_default_gateway {
+            bridge.is_gateway = true;
+        }
+        Ok(bridge)
+    }
+}
+
+/// Where the node's side lives: None, the caller's namespace.
+pub type HostNetns<'a> = Option<&'a Path>;
+
+pub fn run(invocation: &Invocation) -> Result<Option<Value>, PluginError> {
+    run_in(invocation, None)
+}
+
+/// Runs the bridge with its node side in `host` (sandboxd's node namespace in-process).
+pub fn run_in(invocation: &Invocation, host: HostNetns<'_>) -> Result<Option<Value>, PluginError> {
+    let bridge = BridgeConfig::load(&invocation.config)?;
+    let ipam = invocation
+        .config
+        .get("ipam")
+        .ok_or_else(|| PluginError::config("ipam: missing (the bridge needs addresses)"))?;
+    match invocation.command {
+        Command::Add => {
+            let result = add(invocation, &bridge, ipam, host)?;
+            invocation.render(&result).map(Some)
+        }
+        Command::Del => {
+            ipam_call(invocation, ipam, Command::Del)?;
+            if let Some(netns) = invocation.netns.as_deref().filter(|n| n.exists()) {
+                let mut pod = socket(Some(netns))?;
+                if let Some(link) = pod
+                    .link(&invocation.ifname)
+                    .map_err(kernel("find the container's interface"))?
+                {
+                    pod.delete_link(link.index)
+                        .map_err(kernel("delete the container's veth"))?;
+                }
+            }
+            Ok(None)
+        }
+        Command::Check => {
+            check(invocation, &bridge, host)?;
+            ipam_call(invocation, ipam, Command::Check)?;
+            Ok(None)
+        }
+        Command::Gc | Command::Status => {
+            ipam_call(invocation, ipam, invocation.command)?;
+            Ok(None)
+        }
+        Command::Version => unreachable!("answered by the plugin"),
+    }
+}
+
+fn kernel(step: &'static str) -> impl Fn(KernelError) -> PluginError {
+    move |e| PluginError::internal(format!("{step}: {e}"))
+}
+
+fn socket(netns: Option<&Path>) -> Result<RouteSocket, PluginError> {
+    RouteSocket::open_in(netns).map_err(|e| {
+        PluginError::internal(format!(
+            "open a netlink socket in {}: {e}",
+            netns.map_or("the node's namespace".into(), |n| n.display().to_string())
+        ))
+    })
+}
+
+/// A random host-side name, as upstream makes them (`veth` and 8 hex digits).
+fn veth_name() -> String {
+    let mut bytes = [0u8; 4];
+    if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut random, &mut bytes);
+    }
+    format!("veth{:08x}", u32::from_ne_bytes(bytes))
+}
+
+fn add(
+    invocation: &Invocation,
+    bridge: &BridgeConfig,
+    ipam: &Value,
+    host: HostNetns<'_>,
+) -> Result<CniResult, PluginError> {
+    let netns = invocation.netns.as_deref().expect("ADD has a netns");
+    let mut node = socket(host)?;
+    let br = ensure_bridge(&mut node, bridge)?;
+    let mut pod = socket(Some(netns))?;
+    if pod
+        .link(&invocation.ifname)
+        .map_err(kernel("look for the container's interface"))?
+        .is_some()
+    {
+        return Err(PluginError::internal(format!(
+            "container veth name provided ({}) already exists",
+            invocation.ifname
+        )));
+    }
+    let pod_fd = std::fs::File::open(netns).map_err(|e| {
+        PluginError::new(
+            PluginError::INVALID_ENVIRONMENT,
+            format!("CNI_NETNS {}: {e}", netns.display()),
+        )
+    })?;
+    let mut host_name = veth_name();
+    let mut attempts = 0;
+    loop {
+        match node.add_veth(&host_name, &invocation.ifname, Some(pod_fd.as_fd())) {
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && attempts < 8 => {
+                attempts += 1;
+                host_name = veth_name();
+            }
+            Err(e) => return Err(kernel("create the veth pair")(e)),
+        }
+    }
+    // From here a failure deletes the pair (and gives the lease back, once taken).
+    let mut leased = false;
+    let outcome = (|| -> Result<CniResult, PluginError> {
+        let host_veth = node
+            .link(&host_name)
+            .map_err(kernel("find the host veth"))?
+            .ok_or_else(|| PluginError::internal(format!("{host_name} vanished")))?;
+        if let Some(mtu) = bridge.mtu {
+            node.set_mtu(host_veth.index, mtu)
+                .map_err(kernel("set the host veth's mtu"))?;
+        }
+        node.set_master(host_veth.index, br.index)
+            .map_err(kernel("attach the host veth to the bridge"))?;
+        if bridge.hairpin_mode {
+            node.set_hairpin(host_veth.index, true)
+                .map_err(kernel("turn hairpin mode on"))?;
+        }
+        node.set_up(host_veth.index)
+            .map_err(kernel("bring the host veth up"))?;
+
+        let mut result = ipam_add(invocation, ipam)?;
+        leased = true;
+        let container = pod
+            .link(&invocation.ifname)
+            .map_err(kernel("find the container's interface"))?
+            .ok_or_else(|| PluginError::internal(format!("{} vanished", invocation.ifname)))?;
+        if let Some(mtu) = bridge.mtu {
+            pod.set_mtu(container.index, mtu)
+                .map_err(kernel("set the container interface's mtu"))?;
+        }
+        pod.set_up(container.index)
+            .map_err(kernel("bring the container's interface up"))?;
+        let mut gateway = None;
+        for ip in &mut result.ips {
+            let IpAddr::V4(address) = ip.address.addr else {
+                return Err(PluginError::new(
+                    UNSUPPORTED_FIELD,
+                    format!(
+                        "ipam: {} is IPv6; sandboxd-cni's bridge is IPv4 only",
+                        ip.address
+                    ),
+                ));
+            };
+            pod.replace_address(&Address {
+                index: container.index,
+                ip: address,
+                prefix: ip.address.prefix,
+            })
+            .map_err(kernel("give the container its address"))?;
+            ip.interface = Some(2);
+            if let Some(IpAddr::V4(gw)) = ip.gateway {
+                gateway.get_or_insert(gw);
+                if bridge.is_gateway {
+                    ensure_gateway_address(
+                        &mut node,
+                        br.index,
+                        gw,
+                        ip.address,
+                        bridge.force_address,
+                    )?;
+                }
+            }
+        }
+        if bridge.is_default_gateway
+            && !result
+                .routes
+                .iter()
+                .any(|r| r.dst.prefix == 0 && r.dst.is_ipv4())
+        {
+            result.routes.push(Route {
+                dst: IpNetwork {
+                    addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    prefix: 0,
+                },
+                gw: gateway.map(IpAddr::V4),
+                mtu: None,
+                advmss: None,
+                priority: None,
+                table: None,
+                scope: None,
+            });
+        }
+        for route in &result.routes {
+            let IpAddr::V4(destination) = route.dst.addr else {
+                continue;
+            };
+            let via = match route.gw {
+                Some(IpAddr::V4(gw)) => Some(gw),
+                _ => gateway,
+            };
+            pod.replace_route(&KernelRoute {
+                destination,
+                prefix: route.dst.prefix,
+                gateway: via,
+                device: Some(container.index),
+                onlink: false,
+            })
+            .map_err(kernel("add the container's route"))?;
+        }
+        if bridge.is_gateway {
+            crate::netns::run_in(host, || {
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+                Ok(())
+            })
+            .map_err(|e| PluginError::internal(format!("turn on IPv4 forwarding: {e}")))?;
+        }
+        let container = pod
+            .link(&invocation.ifname)
+            .map_err(kernel("read the container's interface"))?
+            .unwrap_or(container);
+        let br = node.link(&bridge.bridge).ok().flatten().unwrap_or(br);
+        let mac = |m: Option<[u8; 6]>| m.map(|m| format_mac(&m)).unwrap_or_default();
+        result.interfaces = vec![
+            Interface {
+                name: br.name.clone(),
+                mac: mac(br.mac),
+                ..Interface::default()
+            },
+            Interface {
+                name: host_veth.name.clone(),
+                mac: mac(host_veth.mac),
+                ..Interface::default()
+            },
+            Interface {
+                name: container.name.clone(),
+                mac: mac(container.mac),
+                sandbox: netns.display().to_string(),
+                ..Interface::default()
+            },
+        ];
+        Ok(result)
+    })();
+    if outcome.is_err() {
+        if leased {
+            let _ = ipam_call(invocation, ipam, Command::Del);
+        }
+        if let Ok(Some(link)) = node.link(&host_name) {
+            let _ = node.delete_link(link.index);
+        }
+    }
+    outcome
+}
+
+/// The bridge, made (and brought up) if it is not there yet.
+fn ensure_bridge(
+    node: &mut RouteSocket,
+    bridge: &BridgeConfig,
+) -> Result<crate::netlink::link::Link, PluginError> {
+    let existing = node
+        .link(&bridge.bridge)
+        .map_err(kernel("look for the bridge"))?;
+    let link = match existing {
+        Some(link) => link,
+        None => {
+            match node.add_bridge(&bridge.bridge) {
+                // Another ADD made it first.
+                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                    return Err(kernel("create the bridge")(e))
+                }
+                _ => {}
+            }
+            let link = node
+                .link(&bridge.bridge)
+                .map_err(kernel("find the bridge"))?
+                .ok_or_else(|| PluginError::internal(format!("{} vanished", bridge.bridge)))?;
+            if let Some(mtu) = bridge.mtu {
+                node.set_mtu(link.index, mtu)
+                    .map_err(kernel("set the bridge's mtu"))?;
+            }
+            link
+        }
+    };
+    if link.kind.as_deref() != Some("bridge") {
+        return Err(PluginError::internal(format!(
+            "{} already exists but is not a bridge",
+            bridge.bridge
+        )));
+    }
+    if bridge.promisc_mode {
+        node.set_promiscuous(link.index)
+            .map_err(kernel("make the bridge promiscuous"))?;
+    }
+    if !link.up {
+        node.set_up(link.index)
+            .map_err(kernel("bring the bridge up"))?;
+    }
+    Ok(link)
+}
+
+/// Gives the bridge the gateway address of a pod subnet, unless it has it. Another
+/// address of the same subnet is an error, or, with forceAddress, replaced.
+fn ensure_gateway_address(
+    node: &mut RouteSocket,
+    bridge: u32,
+    gateway: Ipv4Addr,
+    pod_address: IpNetwork,
+    force: bool,
+) -> Result<(), PluginError> {
+    let subnet = IpNetwork {
+        addr: IpAddr::V4(gateway),
+        prefix: pod_address.prefix,
+    };
+    let present = node
+        .addresses(Some(bridge))
+        .map_err(kernel("read the bridge's addresses"))?;
+    for address in present {
+        if address.ip == gateway {
+            return Ok(());
+        }
+        if subnet.contains(IpAddr::V4(address.ip)) && address.prefix == pod_address.prefix {
+            if !force {
+                return Err(PluginError::internal(format!(
+                    "the bridge has {}/{} in the subnet of gateway {gateway}; set forceAddress to replace it",
+                    address.ip, address.prefix
+                )));
+            }
+            node.delete_address(&address)
+                .map_err(kernel("remove the bridge's old address"))?;
+        }
+    }
+    node.replace_address(&Address {
+        index: bridge,
+        ip: gateway,
+        prefix: pod_address.prefix,
+    })
+    .map_err(kernel("give the bridge the gateway address"))
+}
+
+/// CHECK: the container's interface is up with the addresses of the previous result, and
+/// its peer is a port of the bridge.
+fn check(
+    invocation: &Invocation,
+    bridge: &BridgeConfig,
+    host: HostNetns<'_>,
+) -> Result<(), PluginError> {
+    let netns = invocation.netns.as_deref().expect("CHECK has a netns");
+    let mut pod = socket(Some(netns))?;
+    let container = pod
+        .link(&invocation.ifname)
+        .map_err(kernel("find the container's interface"))?
+        .ok_or_else(|| PluginError::internal(format!("{} is missing", invocation.ifname)))?;
+    if !container.up {
+        return Err(PluginError::internal(format!(
+            "{} is down",
+            invocation.ifname
+        )));
+    }
+    let present = pod
+        .addresses(Some(container.index))
+        .map_err(kernel("read the container's addresses"))?;
+    if let Some(previous) = invocation.config.get("prevResult") {
+        let previous = CniResult::from_value(previous.clone())
+            .map_err(|e| PluginError::config(format!("prevResult: {e}")))?;
+        for ip in previous.ips.iter().filter(|ip| ip.address.is_ipv4()) {
+            if !present.iter().any(|a| IpAddr::V4(a.ip) == ip.address.addr) {
+                return Err(PluginError::internal(format!(
+                    "{} lacks its address {}",
+                    invocation.ifname, ip.address
+                )));
+            }
+        }
+    }
+    let mut node = socket(host)?;
+    let br = node
+        .link(&bridge.bridge)
+        .map_err(kernel("find the bridge"))?
+        .ok_or_else(|| PluginError::internal(format!("the bridge {} is missing", bridge.bridge)))?;
+    let peer = container.peer_index;
+    let attached = node
+        .links()
+        .map_err(kernel("list the node's links"))?
+        .into_iter()
+        .any(|l| Some(l.index) == peer && l.master == Some(br.index));
+    if !attached {
+        return Err(PluginError::internal(format!(
+            "the host end of {} is not a port of {}",
+            invocation.ifname, bridge.bridge
+        )));
+    }
+    Ok(())
+}
+
+/// ADD through the IPAM plugin: host-local in-process, any other one run from CNI_PATH.
+fn ipam_add(invocation: &Invocation, ipam: &Value) -> Result<CniResult, PluginError> {
+    match ipam_type(ipam)? {
+        "host-local" => {
+            let config = host_local::Config::load(invocation)?;
+            host_local::add(&config, &invocation.container_id, &invocation.ifname)
+        }
+        other => {
+            let out = delegate(invocation, other, Command::Add)?;
+            CniResult::parse(&out).map_err(|e| PluginError::internal(format!("ipam {other}: {e}")))
+        }
+    }
+}
+
+/// DEL, CHECK, GC or STATUS through the IPAM plugin.
+fn ipam_call(invocation: &Invocation, ipam: &Value, command: Command) -> Result<(), PluginError> {
+    match ipam_type(ipam)? {
+        "host-local" => {
+            let mut call = invocation.clone();
+            call.command = command;
+            host_local::run(&call).map(|_| ())
+        }
+        other => delegate(invocation, other, command).map(|_| ()),
+    }
+}
+
+fn ipam_type(ipam: &Value) -> Result<&str, PluginError> {
+    ipam.get("type")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| PluginError::config("ipam.type: missing"))
+}
+
+/// Runs another plugin with this call's variables and config, as upstream's delegation
+/// does; its stdout.
+fn delegate(
+    invocation: &Invocation,
+    plugin: &str,
+    command: Command,
+) -> Result<Vec<u8>, PluginError> {
+    let binary: PathBuf = invocation
+        .cni_path
+        .iter()
+        .map(|dir| dir.join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            PluginError::config(format!("ipam.type: plugin {plugin:?} is not in CNI_PATH"))
+        })?;
+    let name = match command {
+        Command::Add => "ADD",
+        Command::Del => "DEL",
+        Command::Check => "CHECK",
+        Command::Status => "STATUS",
+        Command::Gc => "GC",
+        Command::Version => "VERSION",
+    };
+    let args: Vec<String> = invocation
+        .args
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut child = std::process::Command::new(&binary)
+        .env("CNI_COMMAND", name)
+        .env("CNI_CONTAINERID", &invocation.container_id)
+        .env(
+            "CNI_NETNS",
+            invocation.netns.as_deref().unwrap_or(Path::new("")),
+        )
+        .env("CNI_IFNAME", &invocation.ifname)
+        .env("CNI_ARGS", args.join(";"))
+        .env(
+            "CNI_PATH",
+            std::env::join_paths(&invocation.cni_path).unwrap_or_default(),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| PluginError::internal(format!("run {}: {e}", binary.display())))?;
+    let config = invocation.config.to_string();
+    std::io::Write::write_all(&mut child.stdin.take().expect("piped"), config.as_bytes())
+        .map_err(|e| PluginError::internal(format!("write to {}: {e}", binary.display())))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| PluginError::internal(format!("wait for {}: {e}", binary.display())))?;
+    if !out.status.success() {
+        let error: Option<cni_host::result::ErrorObject> = serde_json::from_slice(&out.stdout).ok();
+        return Err(match error {
+            Some(e) => PluginError::new(e.code, format!("ipam {plugin}: {}", e.msg)),
+            None => PluginError::internal(format!("ipam {plugin} failed ({})", out.status)),
+        });
+    }
+    Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn configs_are_read_as_upstream_writes_them() {
+        let config = BridgeConfig::load(&json!({
+            "type": "bridge", "isDefaultGateway": true, "hairpinMode": true, "mtu": 1400,
+        }))
+        .unwrap();
+        assert_eq!(config.bridge, "cni0");
+        assert!(config.is_gateway, "isDefaultGateway implies isGateway");
+        assert_eq!(config.mtu, Some(1400));
+        let masq = BridgeConfig::load(&json!({ "ipMasq": true })).unwrap_err();
+        assert_eq!(masq.code, UNSUPPORTED_FIELD);
+        let bad = BridgeConfig::load(&json!({ "mtu": "big" })).unwrap_err();
+        assert!(bad.msg.starts_with("mtu:"), "{bad}");
+        let long = BridgeConfig::load(&json!({ "bridge": "a-very-long-bridge-name" })).unwrap_err();
+        assert!(long.msg.contains("bridge"), "{long}");
+        assert!(veth_name().starts_with("veth") && veth_name().len() == 12);
+    }
+}
