@@ -6,7 +6,9 @@
 //! * CNI ADD, DEL and ADD+DEL of the upstream chain (bridge + host-local, portmap, loopback)
 //!   through cni-host, N cycles on one pod netns, in a node netns of its own;
 //! * with `--libcni PATH` (the Go harness `examples/libcni-bench`, built by
-//!   `scripts/bench.sh`), the same cycles through upstream libcni, in the same run.
+//!   `scripts/bench.sh`), the same cycles through upstream libcni, in the same run;
+//! * the same chain with sandboxd's own bridge, host-local and loopback (`sandboxd-cni`)
+//!   in place of Debian's, through cni-host.
 //!
 //! Needs root, iproute2, util-linux and Debian's containernetworking-plugins.
 
@@ -94,6 +96,10 @@ impl Scratch {
     fn noop_bin_dir(&self) -> PathBuf {
         self.dir.path().join("noop-bin")
     }
+    /// Links to sandboxd-cni as bridge, host-local and loopback.
+    fn own_bin_dir(&self) -> PathBuf {
+        self.dir.path().join("own-bin")
+    }
     /// The plugin dirs both runtimes search: the no-op plugin's, then Debian's.
     fn cni_path(&self) -> String {
         format!(
@@ -132,11 +138,13 @@ fn conflist(ipam_dir: &Path) -> serde_json::Value {
 /// and with one (portmap adds and removes iptables rules, which dominates their cost), and
 /// a chain of three no-op plugins, which leaves only the runtime's own work per call
 /// (spawn, pipes, JSON, the cache write).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Scenario {
     NoHostPort,
     OneHostPort,
     NoopChain,
+    /// NoHostPort with sandboxd-cni's bridge, host-local and loopback.
+    OwnPlugins,
 }
 
 const NOOP_NETWORK: &str = "noop";
@@ -151,7 +159,7 @@ impl Scenario {
 
     fn port_mappings(self) -> Option<serde_json::Value> {
         match self {
-            Scenario::NoHostPort | Scenario::NoopChain => None,
+            Scenario::NoHostPort | Scenario::NoopChain | Scenario::OwnPlugins => None,
             Scenario::OneHostPort => {
                 Some(json!([{ "hostPort": 8080, "containerPort": 80, "protocol": "tcp" }]))
             }
@@ -163,6 +171,7 @@ impl Scenario {
             Scenario::NoHostPort => "no hostPort",
             Scenario::OneHostPort => "1 hostPort",
             Scenario::NoopChain => "3 no-op plugins",
+            Scenario::OwnPlugins => "no hostPort, sandboxd-cni bridge/host-local/loopback",
         }
     }
 }
@@ -183,8 +192,12 @@ async fn bench_cni_host(
     cycles: usize,
     scenario: Scenario,
 ) -> Result<Series> {
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&scratch.cni_path()).collect();
+    if scenario == Scenario::OwnPlugins {
+        dirs.insert(0, scratch.own_bin_dir());
+    }
     let host = CniHost::with_exec(
-        std::env::split_paths(&scratch.cni_path()).collect(),
+        dirs,
         scratch.dir.path().join("cache-cni-host"),
         scratch.node().netns().plugin_exec(),
     );
@@ -341,6 +354,17 @@ async fn main() -> Result<()> {
     let noop = json!({ "cniVersion": "1.0.0", "name": NOOP_NETWORK,
         "plugins": [{ "type": "noop" }, { "type": "noop" }, { "type": "noop" }] });
     std::fs::write(conf_dir.join("20-noop.conflist"), noop.to_string())?;
+    let own = std::env::current_exe()?.with_file_name("sandboxd-cni");
+    if !own.is_file() {
+        bail!(
+            "{} is missing: cargo build --release --workspace",
+            own.display()
+        );
+    }
+    std::fs::create_dir_all(scratch.own_bin_dir())?;
+    for name in ["bridge", "host-local", "loopback"] {
+        std::os::unix::fs::symlink(&own, scratch.own_bin_dir().join(name))?;
+    }
 
     println!(
         "run {} on {} ({} cores), {cycles} cycles each",
@@ -361,13 +385,14 @@ async fn main() -> Result<()> {
         Scenario::NoHostPort,
         Scenario::OneHostPort,
         Scenario::NoopChain,
+        Scenario::OwnPlugins,
     ] {
         let list = cni_host::load_network(&conf_dir, scenario.network())?;
         let (mut ours, mut theirs) = (Series::default(), Series::default());
         for block in 0..BLOCKS {
             let block_cycles = cycles / BLOCKS + usize::from(block < cycles % BLOCKS);
             ours.extend(bench_cni_host(&scratch, &list, block_cycles, scenario).await?);
-            if let Some(harness) = &libcni {
+            if let Some(harness) = libcni.as_ref().filter(|_| scenario != Scenario::OwnPlugins) {
                 theirs.extend(bench_libcni(
                     &scratch,
                     harness,
@@ -380,6 +405,7 @@ async fn main() -> Result<()> {
         let ours = ours.rows(scenario.label(), "cni-host (Rust)");
         let theirs = libcni
             .as_ref()
+            .filter(|_| scenario != Scenario::OwnPlugins)
             .map(|_| theirs.rows(scenario.label(), "libcni 1.1.2 (Go)"));
         for (i, row) in ours.iter().enumerate() {
             println!("{row}");
