@@ -3,6 +3,7 @@
 # images and the same CRI calls, for Debian's containerd (1.6) with its CRI plugin:
 # RunPodSandbox and CreateContainer+StartContainer latency (sequential and 10 in parallel),
 # the container path with sandboxd's embedded runtime and with runc on the same bundles,
+# the pod path with sandboxd's own CNI plugins in-process (--cni-plugins own),
 # ExecSync and the streamed exec round trip (`crictl exec`, cri-tools v1.26.1 from
 # $CRICTL or ../shared/tools), and memory with 50 pods running (one container each). Each
 # runtime runs inside a node network namespace of its own, so neither touches the
@@ -85,6 +86,11 @@ stop_daemon
 start_sandboxd --runtime runc
 nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" \
   --label "sandboxd (runc)" --crictl "$crictl" --log-dir "$work/logs" "$@" | grep -E "Container|Exec|exec"
+stop_daemon
+# The pod path again with sandboxd-cni's bridge, host-local and loopback run in-process.
+start_sandboxd --cni-plugins own
+nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" \
+  --label "sandboxd (own CNI plugins, in-process)" --log-dir "$work/logs" "$@" | grep -E "PodSandbox" || true
 stop_daemon
 start_sandboxd
 "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd (embedded runtime)" \

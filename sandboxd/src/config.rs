@@ -16,6 +16,8 @@ pub struct Config {
     /// CNI network configs; the first valid one is the pod network.
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Whose bridge, host-local and loopback the pod network uses.
+    pub cni_plugins: CniPlugins,
     /// The node: its name (as `get pods -o wide` shows it; by default the machine's
     /// hostname) and the network namespace its pods, bridge, overlay and service rules live
     /// in (by default sandboxd's own).
@@ -43,6 +45,16 @@ pub struct Config {
     pub streaming_address: std::net::SocketAddr,
 }
 
+/// Whose plugins the pod network's bridge, host-local and loopback are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CniPlugins {
+    /// The plugin dirs' (Debian's containernetworking-plugins), each call a process.
+    Upstream,
+    /// sandboxd-cni's: links to it, in `<state dir>/cni-bin`, come first in the plugin
+    /// dirs, and sandboxd runs them in-process; other plugins come from the plugin dirs.
+    Own,
+}
+
 /// The embedded OCI runtime (youki's libcontainer), which containers run with unless
 /// configured otherwise.
 pub const EMBEDDED_RUNTIME_NAME: &str = "sandboxd-runtime";
@@ -58,6 +70,7 @@ impl Default for Config {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            cni_plugins: CniPlugins::Upstream,
             node: crate::node::Node::new(machine_hostname(), crate::node::NodeNetns::own()),
             pause_binary: None,
             cni_timeout: cni_host::DEFAULT_PLUGIN_TIMEOUT,
@@ -75,6 +88,11 @@ impl Default for Config {
 impl Config {
     pub fn services_dir(&self) -> PathBuf {
         self.state_dir.join("services")
+    }
+
+    /// Where the links to sandboxd-cni go, with `CniPlugins::Own`.
+    pub fn own_cni_bin_dir(&self) -> PathBuf {
+        self.state_dir.join("cni-bin")
     }
 
     pub fn sandboxes_dir(&self) -> PathBuf {

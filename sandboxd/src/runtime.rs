@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use cni_host::{CniHost, NetworkConfigList, ProcessExec, RuntimeConf};
+use cni_host::{CniHost, NetworkConfigList, RuntimeConf};
+
+use crate::cni_plugin::in_process::InProcessExec;
 
 use crate::config::Config;
 use crate::container::ContainerRecord;
@@ -35,7 +37,7 @@ pub(crate) struct ContainerName {
 
 pub struct Runtime {
     pub config: Config,
-    pub(crate) cni: CniHost<ProcessExec>,
+    pub(crate) cni: CniHost<InProcessExec>,
     pub(crate) sandboxes: Store,
     /// The intents of RunPodSandbox calls, beside the records (see
     /// [`crate::sandbox::RunIntent`]).
@@ -89,10 +91,19 @@ impl Runtime {
                 )
             })?,
         };
+        let mut plugin_dirs = config.cni_bin_dirs.clone();
+        let own_plugins = match config.cni_plugins {
+            crate::config::CniPlugins::Upstream => None,
+            crate::config::CniPlugins::Own => {
+                let binary = crate::cni_plugin::in_process::install(&config.own_cni_bin_dir())?;
+                plugin_dirs.insert(0, config.own_cni_bin_dir());
+                Some(binary)
+            }
+        };
         let cni = CniHost::with_exec(
-            config.cni_bin_dirs.clone(),
+            plugin_dirs,
             config.cni_cache_dir(),
-            config.node.netns.plugin_exec(),
+            InProcessExec::new(config.node.netns.plugin_exec(), own_plugins.as_deref()),
         )
         .plugin_timeout(config.cni_timeout);
         crate::netns::prepare_dir(&config.netns_dir)?;

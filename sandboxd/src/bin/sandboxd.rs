@@ -37,6 +37,11 @@ struct Args {
     /// CNI plugin dirs, colon-separated.
     #[arg(long, default_value = "/opt/cni/bin:/usr/lib/cni")]
     cni_bin_dir: String,
+    /// Whose bridge, host-local and loopback the pod network uses: upstream (the plugin
+    /// dirs', a process per call) or own (sandboxd-cni's, run inside sandboxd; links to it
+    /// in <state dir>/cni-bin come first). Other plugins come from the plugin dirs.
+    #[arg(long, default_value = "upstream")]
+    cni_plugins: CniPluginsArg,
     /// Run CNI plugins in this network namespace (a lab node) instead of sandboxd's own.
     #[arg(long)]
     node_netns: Option<PathBuf>,
@@ -99,6 +104,12 @@ struct Args {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum CniPluginsArg {
+    Upstream,
+    Own,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum ProxyModeArg {
     Nftables,
     Iptables,
@@ -123,6 +134,10 @@ async fn main() -> anyhow::Result<()> {
         netns_dir: args.netns_dir,
         cni_conf_dir: args.cni_conf_dir,
         cni_bin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
+        cni_plugins: match args.cni_plugins {
+            CniPluginsArg::Upstream => sandboxd::config::CniPlugins::Upstream,
+            CniPluginsArg::Own => sandboxd::config::CniPlugins::Own,
+        },
         node: Node::new(
             args.node_name
                 .unwrap_or_else(sandboxd::config::machine_hostname),

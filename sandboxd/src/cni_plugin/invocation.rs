@@ -254,7 +254,18 @@ pub fn respond(
     env: impl Fn(&str) -> Option<String>,
     stdin: &[u8],
 ) -> (i32, Vec<u8>) {
-    let outcome = Invocation::from_env(env, stdin).and_then(|invocation| plugin.run(&invocation));
+    respond_in(plugin, env, stdin, None)
+}
+
+/// [`respond`] with the node's side in the namespace at `host`.
+pub fn respond_in(
+    plugin: Plugin,
+    env: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    host: Option<&std::path::Path>,
+) -> (i32, Vec<u8>) {
+    let outcome =
+        Invocation::from_env(env, stdin).and_then(|invocation| plugin.run_in(&invocation, host));
     match outcome {
         Ok(Some(answer)) => (0, serde_json::to_vec(&answer).expect("JSON")),
         Ok(None) => (0, Vec::new()),

@@ -7,11 +7,13 @@
 //!
 //! * [`invocation`]: what a plugin is asked (CNI_* variables, the config on stdin) and
 //!   how it answers (a result in the config's version, or an error object);
+//! * [`in_process`]: the plugins run inside sandboxd, behind cni-host's exec seam;
 //! * the plugins: [`bridge`] (a veth pair per container on a node bridge),
 //!   [`host_local`] (IPAM: leases in files, as upstream keeps them) and [`loopback`].
 
 pub mod bridge;
 pub mod host_local;
+pub mod in_process;
 pub mod invocation;
 pub mod loopback;
 
@@ -48,11 +50,22 @@ impl Plugin {
     /// Runs one invocation: what goes on stdout on success (a result, the version
     /// answer, or nothing).
     pub fn run(self, invocation: &Invocation) -> Result<Option<Value>, PluginError> {
+        self.run_in(invocation, None)
+    }
+
+    /// Runs one invocation with the node's side (the bridge, host veths, forwarding) in
+    /// the namespace at `host` (None: the caller's), as a plugin process started there
+    /// would.
+    pub fn run_in(
+        self,
+        invocation: &Invocation,
+        host: Option<&std::path::Path>,
+    ) -> Result<Option<Value>, PluginError> {
         if invocation.command == Command::Version {
             return Ok(Some(invocation::version_answer(invocation)));
         }
         match self {
-            Plugin::Bridge => bridge::run(invocation),
+            Plugin::Bridge => bridge::run_in(invocation, host),
             Plugin::HostLocal => host_local::run(invocation),
             Plugin::Loopback => loopback::run(invocation),
         }
