@@ -19,7 +19,7 @@ const UPSTREAM: &str = "/usr/lib/cni";
 fn own_plugins(dir: &Path) -> PathBuf {
     let bin = dir.join("own-bin");
     std::fs::create_dir_all(&bin).unwrap();
-    for name in ["bridge", "host-local", "loopback"] {
+    for name in ["bridge", "host-local", "loopback", "portmap"] {
         let link = bin.join(name);
         if !link.exists() {
             std::os::unix::fs::symlink(workspace_binary("sandboxd-cni"), &link).unwrap();
@@ -277,8 +277,14 @@ async fn the_default_chain_runs_with_the_own_bridge() {
         });
         NetworkConfigList::from_bytes(doc.to_string().as_bytes(), "<test>").unwrap()
     };
+    // Debian's portmap in this chain; sandboxd-cni's is tested on its own below.
+    let mixed = dir.path().join("mixed-bin");
+    std::fs::create_dir_all(&mixed).unwrap();
+    for name in ["bridge", "host-local", "loopback"] {
+        std::os::unix::fs::symlink(bin.join(name), mixed.join(name)).unwrap();
+    }
     let host = CniHost::with_exec(
-        vec![bin.clone(), PathBuf::from(UPSTREAM)],
+        vec![mixed, PathBuf::from(UPSTREAM)],
         cache.clone(),
         ProcessExec::in_netns(node.path()),
     );
@@ -363,4 +369,170 @@ async fn the_default_chain_runs_with_the_own_bridge() {
     );
     host.del(&forced, &rt2).await.expect("DEL");
     assert_eq!(ip_reservations(&ipam), Vec::<String>::new());
+}
+
+/// Answers every connection to `port` in `netns` with "pong from <name>".
+fn serve(netns: &Path, port: u16, name: &'static str) {
+    let listener = sandboxd::netns::run_in(Some(netns), move || {
+        std::net::TcpListener::bind(("0.0.0.0", port))
+    })
+    .unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.write_all(format!("pong from {name}\n").as_bytes());
+        }
+    });
+}
+
+/// What a connection from `netns` to `address` reads, or the error.
+fn call_from(netns: &Path, address: &str) -> String {
+    let address = address.to_string();
+    sandboxd::netns::run_in(Some(netns), move || {
+        let mut tcp = std::net::TcpStream::connect_timeout(
+            &address.parse().unwrap(),
+            std::time::Duration::from_secs(2),
+        )?;
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut tcp, &mut answer)?;
+        Ok(answer)
+    })
+    .unwrap_or_else(|e| format!("error: {e}"))
+}
+
+/// sandboxd-cni's portmap (nftables, in the table `ip sandboxd-hostports`): a hostPort
+/// answers on the node's address and on its loopback, and from the pod itself (hairpin);
+/// a second pod asking for the same hostPort is refused and leaves nothing; DEL removes
+/// the forward without a cache; GC removes a forward whose container is gone.
+#[tokio::test]
+async fn the_own_portmap_forwards_host_ports_in_nftables() {
+    use cni_host::{CniHost, NetworkConfigList, ProcessExec, RuntimeConf};
+    use sandboxd_tests::ip_reservations;
+    let node = Netns::new("sbt-node");
+    let pod_a = Netns::new("sbt-pod");
+    let pod_b = Netns::new("sbt-pod");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = own_plugins(dir.path());
+    let ipam = dir.path().join("ipam");
+    let bridge = format!("sbp{}", std::process::id() % 100_000);
+    let doc = json!({
+        "cniVersion": "1.1.0", "name": "pods",
+        "plugins": [
+            { "type": "bridge", "bridge": bridge, "isGateway": true, "hairpinMode": true,
+              "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.79.0.0/24" }]],
+                        "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": ipam } },
+            { "type": "portmap", "capabilities": { "portMappings": true } },
+            { "type": "loopback" }
+        ]
+    });
+    let network = NetworkConfigList::from_bytes(doc.to_string().as_bytes(), "<test>").unwrap();
+    let host = CniHost::with_exec(
+        vec![bin.clone()],
+        dir.path().join("cache"),
+        ProcessExec::in_netns(node.path()),
+    );
+    let runtime = |id: &str, pod: &Netns| {
+        let mut rt = RuntimeConf::new(id, pod.path().display().to_string(), "eth0");
+        rt.capability_args.insert(
+            "portMappings".into(),
+            json!([{ "hostPort": 18080, "containerPort": 8080, "protocol": "tcp" }]),
+        );
+        rt
+    };
+    let rt_a = runtime("pm-a", &pod_a);
+    host.add(&network, &rt_a).await.expect("ADD a");
+    serve(&pod_a.path(), 8080, "a");
+    assert_eq!(call_from(&node.path(), "10.79.0.1:18080"), "pong from a\n");
+    assert_eq!(
+        call_from(&node.path(), "127.0.0.1:18080"),
+        "pong from a\n",
+        "via loopback"
+    );
+    assert_eq!(
+        call_from(&pod_a.path(), "10.79.0.1:18080"),
+        "pong from a\n",
+        "hairpin"
+    );
+    let table = node.exec(&["nft", "list", "table", "ip", "sandboxd-hostports"]);
+    assert!(table.contains("chain hp/pm-a/tcp/18080"), "{table}");
+    assert!(table.contains("dnat to 10.79.0.2:8080"), "{table}");
+    host.check(&network, &rt_a).await.expect("CHECK");
+
+    let err = host
+        .add(&network, &runtime("pm-b", &pod_b))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("held by another pod"), "{err}");
+    assert_eq!(
+        pod_b.links(),
+        Vec::<String>::new(),
+        "b's ADD was rolled back"
+    );
+    assert_eq!(ip_reservations(&ipam).len(), 1, "only a's lease");
+    assert_eq!(call_from(&node.path(), "10.79.0.1:18080"), "pong from a\n");
+
+    // Attached through the binary, detached in-process (sandboxd's path): the same.
+    let in_process = CniHost::with_exec(
+        vec![bin.clone()],
+        dir.path().join("cache"),
+        sandboxd::cni_plugin::in_process::InProcessExec::new(
+            ProcessExec::in_netns(node.path()),
+            Some(&workspace_binary("sandboxd-cni")),
+        ),
+    );
+    in_process
+        .check(&network, &rt_a)
+        .await
+        .expect("CHECK in-process");
+    in_process
+        .del(&network, &rt_a)
+        .await
+        .expect("DEL a in-process");
+    let table = node.exec(&["nft", "list", "table", "ip", "sandboxd-hostports"]);
+    assert!(!table.contains("hp/pm-a"), "{table}");
+    assert!(call_from(&node.path(), "10.79.0.1:18080").starts_with("error"));
+    assert_eq!(ip_reservations(&ipam), Vec::<String>::new());
+    assert_eq!(node.veths(), Vec::<String>::new());
+    // And the other way: attached in-process, detached through the binary.
+    in_process
+        .add(&network, &rt_a)
+        .await
+        .expect("ADD a in-process");
+    assert_eq!(call_from(&node.path(), "10.79.0.1:18080"), "pong from a\n");
+    host.del(&network, &rt_a)
+        .await
+        .expect("DEL a through the binary");
+    assert_eq!(ip_reservations(&ipam), Vec::<String>::new());
+    assert_eq!(node.veths(), Vec::<String>::new());
+
+    // GC: a forward whose container is not among the valid attachments goes.
+    host.add(&network, &rt_a).await.expect("ADD a again");
+    let portmap = bin.join("portmap");
+    let mut gc = doc["plugins"][1].clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["name"] = json!("pods");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let out = sandboxd::netns::run_in(Some(&node.path()), move || {
+        let mut child = Command::new(&portmap)
+            .env("CNI_COMMAND", "GC")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(gc.to_string().as_bytes())?;
+        child.wait_with_output()
+    })
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let table = node.exec(&["nft", "list", "table", "ip", "sandboxd-hostports"]);
+    assert!(!table.contains("hp/pm-a"), "{table}");
+    host.del(&network, &rt_a).await.expect("DEL a");
 }

@@ -1,8 +1,7 @@
-//! sandboxd with `--cni-plugins own`: the default network's bridge, host-local and
-//! loopback are sandboxd-cni's, run inside sandboxd (portmap stays Debian's). Pods get
-//! their address and reach the gateway and each other; a pod attached by one path is
-//! detached by the other (the leases, the cache and the kernel objects are the same
-//! either way). Needs root.
+//! sandboxd with `--cni-plugins own`: the default network's bridge, host-local, portmap
+//! and loopback are sandboxd-cni's, run inside sandboxd. Pods get their address and reach
+//! the gateway and each other; a pod attached by one path is detached by the other (the
+//! leases, the cache and the kernel objects are the same either way). Needs root.
 
 use k8s_cri::v1 as cri;
 use sandboxd_tests::cri::{container_config, pod_config, Cri};

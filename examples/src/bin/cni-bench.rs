@@ -7,8 +7,8 @@
 //!   through cni-host, N cycles on one pod netns, in a node netns of its own;
 //! * with `--libcni PATH` (the Go harness `examples/libcni-bench`, built by
 //!   `scripts/bench.sh`), the same cycles through upstream libcni, in the same run;
-//! * the same chain with sandboxd's own bridge, host-local and loopback (`sandboxd-cni`)
-//!   in place of Debian's, through cni-host.
+//! * the same chain with sandboxd's own plugins (`sandboxd-cni`) in place of Debian's,
+//!   through cni-host, without and with a hostPort.
 //!
 //! Needs root, iproute2, util-linux and Debian's containernetworking-plugins.
 
@@ -143,8 +143,10 @@ enum Scenario {
     NoHostPort,
     OneHostPort,
     NoopChain,
-    /// NoHostPort with sandboxd-cni's bridge, host-local and loopback.
+    /// NoHostPort with sandboxd-cni's plugins.
     OwnPlugins,
+    /// OneHostPort with sandboxd-cni's plugins (portmap in nftables).
+    OwnPluginsHostPort,
 }
 
 const NOOP_NETWORK: &str = "noop";
@@ -160,10 +162,14 @@ impl Scenario {
     fn port_mappings(self) -> Option<serde_json::Value> {
         match self {
             Scenario::NoHostPort | Scenario::NoopChain | Scenario::OwnPlugins => None,
-            Scenario::OneHostPort => {
+            Scenario::OneHostPort | Scenario::OwnPluginsHostPort => {
                 Some(json!([{ "hostPort": 8080, "containerPort": 80, "protocol": "tcp" }]))
             }
         }
+    }
+
+    fn own(self) -> bool {
+        matches!(self, Scenario::OwnPlugins | Scenario::OwnPluginsHostPort)
     }
 
     fn label(self) -> &'static str {
@@ -171,7 +177,8 @@ impl Scenario {
             Scenario::NoHostPort => "no hostPort",
             Scenario::OneHostPort => "1 hostPort",
             Scenario::NoopChain => "3 no-op plugins",
-            Scenario::OwnPlugins => "no hostPort, sandboxd-cni bridge/host-local/loopback",
+            Scenario::OwnPlugins => "no hostPort, sandboxd-cni's four plugins",
+            Scenario::OwnPluginsHostPort => "1 hostPort, sandboxd-cni's four plugins",
         }
     }
 }
@@ -193,7 +200,7 @@ async fn bench_cni_host(
     scenario: Scenario,
 ) -> Result<Series> {
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&scratch.cni_path()).collect();
-    if scenario == Scenario::OwnPlugins {
+    if scenario.own() {
         dirs.insert(0, scratch.own_bin_dir());
     }
     let host = CniHost::with_exec(
@@ -362,7 +369,7 @@ async fn main() -> Result<()> {
         );
     }
     std::fs::create_dir_all(scratch.own_bin_dir())?;
-    for name in ["bridge", "host-local", "loopback"] {
+    for name in ["bridge", "host-local", "portmap", "loopback"] {
         std::os::unix::fs::symlink(&own, scratch.own_bin_dir().join(name))?;
     }
 
@@ -386,13 +393,14 @@ async fn main() -> Result<()> {
         Scenario::OneHostPort,
         Scenario::NoopChain,
         Scenario::OwnPlugins,
+        Scenario::OwnPluginsHostPort,
     ] {
         let list = cni_host::load_network(&conf_dir, scenario.network())?;
         let (mut ours, mut theirs) = (Series::default(), Series::default());
         for block in 0..BLOCKS {
             let block_cycles = cycles / BLOCKS + usize::from(block < cycles % BLOCKS);
             ours.extend(bench_cni_host(&scratch, &list, block_cycles, scenario).await?);
-            if let Some(harness) = libcni.as_ref().filter(|_| scenario != Scenario::OwnPlugins) {
+            if let Some(harness) = libcni.as_ref().filter(|_| !scenario.own()) {
                 theirs.extend(bench_libcni(
                     &scratch,
                     harness,
@@ -405,7 +413,7 @@ async fn main() -> Result<()> {
         let ours = ours.rows(scenario.label(), "cni-host (Rust)");
         let theirs = libcni
             .as_ref()
-            .filter(|_| scenario != Scenario::OwnPlugins)
+            .filter(|_| !scenario.own())
             .map(|_| theirs.rows(scenario.label(), "libcni 1.1.2 (Go)"));
         for (i, row) in ours.iter().enumerate() {
             println!("{row}");

@@ -116,7 +116,7 @@ mod tests {
         std::fs::write(&other, "").unwrap();
         let links = dir.path().join("bin");
         std::fs::create_dir(&links).unwrap();
-        for (name, target) in [("bridge", &own), ("portmap", &own), ("loopback", &other)] {
+        for (name, target) in [("bridge", &own), ("tuning", &own), ("loopback", &other)] {
             std::os::unix::fs::symlink(target, links.join(name)).unwrap();
         }
         let exec = InProcessExec::new(ProcessExec::new(), Some(&own));

@@ -9,13 +9,15 @@
 //!   how it answers (a result in the config's version, or an error object);
 //! * [`in_process`]: the plugins run inside sandboxd, behind cni-host's exec seam;
 //! * the plugins: [`bridge`] (a veth pair per container on a node bridge),
-//!   [`host_local`] (IPAM: leases in files, as upstream keeps them) and [`loopback`].
+//!   [`host_local`] (IPAM: leases in files, as upstream keeps them), [`loopback`] and
+//!   [`portmap`] (hostPorts in nftables).
 
 pub mod bridge;
 pub mod host_local;
 pub mod in_process;
 pub mod invocation;
 pub mod loopback;
+pub mod portmap;
 
 pub use invocation::{Command, Invocation, PluginError};
 
@@ -30,16 +32,23 @@ pub enum Plugin {
     Bridge,
     HostLocal,
     Loopback,
+    Portmap,
 }
 
 impl Plugin {
-    pub const ALL: &'static [Plugin] = &[Plugin::Bridge, Plugin::HostLocal, Plugin::Loopback];
+    pub const ALL: &'static [Plugin] = &[
+        Plugin::Bridge,
+        Plugin::HostLocal,
+        Plugin::Loopback,
+        Plugin::Portmap,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Plugin::Bridge => "bridge",
             Plugin::HostLocal => "host-local",
             Plugin::Loopback => "loopback",
+            Plugin::Portmap => "portmap",
         }
     }
 
@@ -68,6 +77,7 @@ impl Plugin {
             Plugin::Bridge => bridge::run_in(invocation, host),
             Plugin::HostLocal => host_local::run(invocation),
             Plugin::Loopback => loopback::run(invocation),
+            Plugin::Portmap => portmap::run_in(invocation, host),
         }
     }
 }

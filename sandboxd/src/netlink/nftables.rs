@@ -14,8 +14,8 @@ use std::io;
 use std::path::Path;
 
 use crate::netlink::{
-    align, Socket, NETLINK_NETFILTER, NLA_F_NESTED, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
-    NLM_F_REQUEST,
+    align, attributes, Encoder, Socket, NETLINK_NETFILTER, NLA_F_NESTED, NLM_F_ACK, NLM_F_APPEND,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 
 use crate::service::plan::{ChainType, Hook, Key, MapKey, Op, Plan, Rule, Verdict, TABLE};
@@ -31,6 +31,7 @@ const NFPROTO_IPV4: u8 = 2;
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
@@ -144,12 +145,52 @@ impl NftSocket {
         Socket::open_in(netns, NETLINK_NETFILTER).map(NftSocket)
     }
 
-    /// Applies the plan as one transaction: all of it, or (on an error) none of it.
+    /// Applies the plan to the service proxy's table (`ip sandboxd`) as one transaction:
+    /// all of it, or (on an error) none of it.
     pub fn apply(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        self.apply_to(TABLE, plan)
+    }
+
+    /// The names of the chains of the table `ip <table>` (none if there is no such table).
+    pub fn chains(&mut self, table: &str) -> anyhow::Result<Vec<String>> {
+        let mut request = Encoder::new(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
+            NLM_F_DUMP,
+            &[NFPROTO_IPV4, 0, 0, 0],
+        );
+        request.str(NFTA_CHAIN_TABLE, table);
+        let replies = match self.0.dump(request) {
+            Ok(replies) => replies,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
+            Err(e) => anyhow::bail!("list the chains of table {table}: {e}"),
+        };
+        let text = |value: &[u8]| {
+            String::from_utf8_lossy(value.split(|b| *b == 0).next().unwrap_or(&[])).into_owned()
+        };
+        let mut names = Vec::new();
+        for payload in replies {
+            // After the 4-byte nfgenmsg: the chain's attributes.
+            let (mut in_table, mut name) = (false, None);
+            for (attr, value) in attributes(payload.get(4..).unwrap_or(&[])) {
+                match attr {
+                    NFTA_CHAIN_TABLE => in_table = text(value) == table,
+                    NFTA_CHAIN_NAME => name = Some(text(value)),
+                    _ => {}
+                }
+            }
+            if let (true, Some(name)) = (in_table, name) {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Applies the plan to the table `ip <table>`, as one transaction.
+    pub fn apply_to(&mut self, table: &'static str, plan: &Plan) -> anyhow::Result<()> {
         if plan.ops.is_empty() {
             return Ok(());
         }
-        let batch = Batch::encode(plan, self.0.next_seq());
+        let batch = Batch::encode(plan, table, self.0.next_seq());
         self.0.continue_at(batch.seq);
         self.0
             .send(&batch.buf)
@@ -185,6 +226,8 @@ impl NftSocket {
 /// A batch being encoded: the bytes, and which operation each message's sequence number
 /// came from (for error messages).
 struct Batch {
+    /// The table every message names.
+    table: &'static str,
     buf: Vec<u8>,
     seq: u32,
     origin: Vec<(u32, usize)>,
@@ -231,8 +274,9 @@ fn key_bytes(key: &Key) -> Vec<u8> {
 }
 
 impl Batch {
-    fn encode(plan: &Plan, first_seq: u32) -> Batch {
+    fn encode(plan: &Plan, table: &'static str, first_seq: u32) -> Batch {
         let mut batch = Batch {
+            table,
             buf: Vec::with_capacity(plan.ops.len() * 160),
             seq: first_seq,
             origin: Vec::new(),
@@ -331,7 +375,7 @@ impl Batch {
                     (NFT_MSG_DELTABLE, 0)
                 };
                 let start = self.message(msg, flags | ack, index);
-                self.str(NFTA_TABLE_NAME, TABLE);
+                self.str(NFTA_TABLE_NAME, self.table);
                 self.finish(start);
             }
             Op::AddMap { name, key } => {
@@ -343,7 +387,7 @@ impl Batch {
                     MapKey::ProtocolPort => ((TYPE_INET_PROTOCOL << 6) | TYPE_INET_SERVICE, 8),
                 };
                 let start = self.message(NFT_MSG_NEWSET, NLM_F_CREATE | ack, index);
-                self.str(NFTA_SET_TABLE, TABLE);
+                self.str(NFTA_SET_TABLE, self.table);
                 self.str(NFTA_SET_NAME, name);
                 self.be32(NFTA_SET_FLAGS, NFT_SET_MAP);
                 self.be32(NFTA_SET_KEY_TYPE, key_type);
@@ -360,7 +404,7 @@ impl Batch {
                 timeout_seconds,
             } => {
                 let start = self.message(NFT_MSG_NEWSET, NLM_F_CREATE | ack, index);
-                self.str(NFTA_SET_TABLE, TABLE);
+                self.str(NFTA_SET_TABLE, self.table);
                 self.str(NFTA_SET_NAME, name);
                 self.be32(NFTA_SET_FLAGS, NFT_SET_TIMEOUT | NFT_SET_EVAL);
                 self.be32(NFTA_SET_KEY_TYPE, TYPE_IPADDR);
@@ -374,13 +418,13 @@ impl Batch {
             }
             Op::DeleteSet(name) => {
                 let start = self.message(NFT_MSG_DELSET, ack, index);
-                self.str(NFTA_SET_TABLE, TABLE);
+                self.str(NFTA_SET_TABLE, self.table);
                 self.str(NFTA_SET_NAME, name);
                 self.finish(start);
             }
             Op::AddChain { name, base } => {
                 let start = self.message(NFT_MSG_NEWCHAIN, NLM_F_CREATE | ack, index);
-                self.str(NFTA_CHAIN_TABLE, TABLE);
+                self.str(NFTA_CHAIN_TABLE, self.table);
                 self.str(NFTA_CHAIN_NAME, name);
                 if let Some(base) = base {
                     let hook = match base.hook {
@@ -405,20 +449,30 @@ impl Batch {
             }
             Op::FlushChain(name) => {
                 let start = self.message(NFT_MSG_DELRULE, ack, index);
-                self.str(NFTA_RULE_TABLE, TABLE);
+                self.str(NFTA_RULE_TABLE, self.table);
                 self.str(NFTA_RULE_CHAIN, name);
                 self.finish(start);
             }
             Op::DeleteChain(name) => {
                 let start = self.message(NFT_MSG_DELCHAIN, ack, index);
-                self.str(NFTA_CHAIN_TABLE, TABLE);
+                self.str(NFTA_CHAIN_TABLE, self.table);
                 self.str(NFTA_CHAIN_NAME, name);
                 self.finish(start);
             }
             Op::AddRule { chain, rule } => self.rule(chain, rule, index, ack),
             Op::AddElement { map, key, verdict } => {
                 let start = self.message(NFT_MSG_NEWSETELEM, NLM_F_CREATE | ack, index);
-                self.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                self.str(NFTA_SET_ELEM_LIST_TABLE, self.table);
+                self.str(NFTA_SET_ELEM_LIST_SET, map);
+                self.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                    b.element(&key_bytes(key), Some(verdict));
+                });
+                self.finish(start);
+            }
+            Op::ClaimElement { map, key, verdict } => {
+                let start =
+                    self.message(NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL | ack, index);
+                self.str(NFTA_SET_ELEM_LIST_TABLE, self.table);
                 self.str(NFTA_SET_ELEM_LIST_SET, map);
                 self.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
                     b.element(&key_bytes(key), Some(verdict));
@@ -427,7 +481,7 @@ impl Batch {
             }
             Op::DeleteElement { map, key } => {
                 let start = self.message(NFT_MSG_DELSETELEM, ack, index);
-                self.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                self.str(NFTA_SET_ELEM_LIST_TABLE, self.table);
                 self.str(NFTA_SET_ELEM_LIST_SET, map);
                 self.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
                     b.element(&key_bytes(key), None);
@@ -482,7 +536,7 @@ impl Batch {
             _ => None,
         };
         let start = self.message(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND | ack, index);
-        self.str(NFTA_RULE_TABLE, TABLE);
+        self.str(NFTA_RULE_TABLE, self.table);
         self.str(NFTA_RULE_CHAIN, chain);
         self.nested(NFTA_RULE_EXPRESSIONS, |b| b.expressions(rule, anonymous));
         self.finish(start);
@@ -502,7 +556,7 @@ impl Batch {
     ) -> (u32, String) {
         let id = self.set_id();
         let start = self.message(NFT_MSG_NEWSET, NLM_F_CREATE, index);
-        self.str(NFTA_SET_TABLE, TABLE);
+        self.str(NFTA_SET_TABLE, self.table);
         let name = format!("__map-{rule_chain}");
         self.str(NFTA_SET_NAME, &name);
         self.be32(
@@ -521,7 +575,7 @@ impl Batch {
         self.finish(start);
 
         let start = self.message(NFT_MSG_NEWSETELEM, NLM_F_CREATE, index);
-        self.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+        self.str(NFTA_SET_ELEM_LIST_TABLE, self.table);
         self.str(NFTA_SET_ELEM_LIST_SET, &name);
         self.be32(NFTA_SET_ELEM_LIST_SET_ID, id);
         self.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
@@ -675,6 +729,15 @@ impl Batch {
                 self.cmp(REG_1, CMP_NEQ, &[127]);
                 self.protocol_port_vmap(REG_1, map);
             }
+            Rule::AnyLocalPortVmap(map) => {
+                self.expr("fib", |b| {
+                    b.be32(1, REG_1); // NFTA_FIB_DREG
+                    b.be32(2, FIB_RESULT_ADDRTYPE); // NFTA_FIB_RESULT
+                    b.be32(3, FIB_F_DADDR); // NFTA_FIB_FLAGS
+                });
+                self.cmp(REG_1, CMP_EQ, &RTN_LOCAL.to_ne_bytes());
+                self.protocol_port_vmap(REG_1, map);
+            }
             Rule::Always(verdict) => self.immediate_verdict(verdict),
             Rule::Reject => self.expr("reject", |b| {
                 b.be32(1, REJECT_ICMP_UNREACH); // NFTA_REJECT_TYPE
@@ -694,7 +757,13 @@ impl Batch {
                 self.cmp(REG_1, CMP_EQ, &ip.octets());
                 self.immediate_verdict(verdict);
             }
-            Rule::FromOutside((net, prefix), verdict) => {
+            Rule::FromOutside((net, prefix), verdict)
+            | Rule::FromNetwork((net, prefix), verdict) => {
+                let op = if matches!(rule, Rule::FromOutside(..)) {
+                    CMP_NEQ
+                } else {
+                    CMP_EQ
+                };
                 // As nft: a whole-byte prefix loads just those bytes; any other loads the
                 // address and masks it.
                 let prefix = u32::from(*prefix).min(32);
@@ -703,11 +772,11 @@ impl Batch {
                 if prefix % 8 == 0 {
                     let bytes = (prefix / 8).max(1) as usize;
                     self.source_address(bytes as u32);
-                    self.cmp(REG_1, CMP_NEQ, &value[..bytes]);
+                    self.cmp(REG_1, op, &value[..bytes]);
                 } else {
                     self.source_address(4);
                     self.bitwise(REG_1, &mask.to_be_bytes(), &[0; 4]);
-                    self.cmp(REG_1, CMP_NEQ, &value);
+                    self.cmp(REG_1, op, &value);
                 }
                 self.immediate_verdict(verdict);
             }

@@ -40,12 +40,19 @@ impl std::fmt::Display for Rule {
                 f,
                 "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @{map}"
             ),
+            Rule::AnyLocalPortVmap(map) => write!(
+                f,
+                "fib daddr type local meta l4proto . th dport vmap @{map}"
+            ),
             Rule::Always(verdict) => write!(f, "{verdict}"),
             Rule::Reject => write!(f, "reject"),
             Rule::NewConnection(verdict) => write!(f, "ct state new {verdict}"),
             Rule::FromAddress(ip, verdict) => write!(f, "ip saddr {ip} {verdict}"),
             Rule::FromOutside((net, prefix), verdict) => {
                 write!(f, "ip saddr != {net}/{prefix} {verdict}")
+            }
+            Rule::FromNetwork((net, prefix), verdict) => {
+                write!(f, "ip saddr {net}/{prefix} {verdict}")
             }
             Rule::RememberSource(set) => write!(f, "update @{set} {{ ip saddr }}"),
             Rule::FromRemembered(set, verdict) => write!(f, "ip saddr @{set} {verdict}"),
@@ -117,6 +124,9 @@ impl std::fmt::Display for Op {
             Op::AddRule { chain, rule } => write!(f, "add rule ip {t} {chain} {rule}"),
             Op::AddElement { map, key, verdict } => {
                 write!(f, "add element ip {t} {map} {{ {key} : {verdict} }}")
+            }
+            Op::ClaimElement { map, key, verdict } => {
+                write!(f, "create element ip {t} {map} {{ {key} : {verdict} }}")
             }
             Op::DeleteElement { map, key } => write!(f, "delete element ip {t} {map} {{ {key} }}"),
         }

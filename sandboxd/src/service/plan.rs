@@ -156,6 +156,9 @@ pub enum Rule {
     DestinationVmap(&'static str),
     /// `fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @MAP`
     LocalPortVmap(&'static str),
+    /// `fib daddr type local meta l4proto . th dport vmap @MAP` (loopback included, as a
+    /// hostPort is reachable on 127.0.0.1).
+    AnyLocalPortVmap(&'static str),
     /// `jump CHAIN` and the like.
     Always(Verdict),
     /// `reject` (ICMP port unreachable).
@@ -166,6 +169,8 @@ pub enum Rule {
     FromAddress(Ipv4Addr, Verdict),
     /// `ip saddr != NET/PREFIX VERDICT`
     FromOutside((Ipv4Addr, u8), Verdict),
+    /// `ip saddr NET/PREFIX VERDICT`
+    FromNetwork((Ipv4Addr, u8), Verdict),
     /// `update @SET { ip saddr }`
     RememberSource(String),
     /// `ip saddr @SET VERDICT`
@@ -204,6 +209,12 @@ pub enum Op {
         rule: Rule,
     },
     AddElement {
+        map: &'static str,
+        key: Key,
+        verdict: Verdict,
+    },
+    /// An element added only if its key is free (the transaction fails otherwise).
+    ClaimElement {
         map: &'static str,
         key: Key,
         verdict: Verdict,
