@@ -42,6 +42,19 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 show() { step "$*"; "$@"; }
+# lsns reads every process's namespaces; on a busy machine a process that exits during
+# the scan can make it come back empty (seen in CI): it is asked again.
+show_lsns() {
+  step "lsns -p $1"
+  local out status
+  for _ in 1 2 3; do
+    out=$(lsns -p "$1" 2>&1) && status=0 || status=$?
+    if [ "$status" -eq 0 ] && [ -n "$out" ]; then echo "$out"; return 0; fi
+    sleep 0.2
+  done
+  echo "$out" >&2
+  return 1
+}
 # The first "key": "text" or "key": 123 of a JSON document.
 json_string() { sed -n "s/.*\"$1\": \"\([^\"]*\)\".*/\1/p" | head -1; }
 json_number() { sed -n "s/.*\"$1\": \([0-9][0-9]*\).*/\1/p" | head -1; }
@@ -84,10 +97,10 @@ step "sandboxctl inspectp ${pod:0:12} | grep -E 'netnsPath|\"ip\"|\"pid\"'"
 echo "$inspectp" | grep -E '"netnsPath"|"ip": "|"pid": [0-9]'
 
 # lsns: the pause owns net and ipc; each container has its own mnt, uts and pid.
-show lsns -p "$pause_pid"
+show_lsns "$pause_pid"
 for c in "$c1" "$c2"; do
   pid=$(sandboxctl inspect "$c" | json_number pid)
-  show lsns -p "$pid"
+  show_lsns "$pid"
 done
 
 show ip netns exec "$(basename "$netns")" ip -br addr show eth0
