@@ -133,6 +133,21 @@ pub struct Route {
     pub scope: Option<u32>,
 }
 
+impl Route {
+    /// A route to `dst` (via `gw`, or the interface's gateway) with nothing else set.
+    pub fn to(dst: IpNetwork, gw: Option<IpAddr>) -> Route {
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Dns {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -250,15 +265,9 @@ impl CniResult {
                 gateway: ip.gateway,
                 interface: None,
             });
-            result.routes.extend(ip.routes.into_iter().map(|r| Route {
-                dst: r.dst,
-                gw: r.gw,
-                mtu: None,
-                advmss: None,
-                priority: None,
-                table: None,
-                scope: None,
-            }));
+            result
+                .routes
+                .extend(ip.routes.into_iter().map(|r| Route::to(r.dst, r.gw)));
         }
         Ok(result)
     }

@@ -40,6 +40,20 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command `CNI_COMMAND` names (as a plugin reads it).
+    pub fn parse(text: &str) -> Option<Command> {
+        [
+            Command::Add,
+            Command::Del,
+            Command::Check,
+            Command::Status,
+            Command::Gc,
+            Command::Version,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == text)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Command::Add => "ADD",

@@ -260,18 +260,13 @@ fn add(
                 .iter()
                 .any(|r| r.dst.prefix == 0 && r.dst.is_ipv4())
         {
-            result.routes.push(Route {
-                dst: IpNetwork {
+            result.routes.push(Route::to(
+                IpNetwork {
                     addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                     prefix: 0,
                 },
-                gw: gateway.map(IpAddr::V4),
-                mtu: None,
-                advmss: None,
-                priority: None,
-                table: None,
-                scope: None,
-            });
+                gateway.map(IpAddr::V4),
+            ));
         }
         for route in &result.routes {
             let IpAddr::V4(destination) = route.dst.addr else {
@@ -521,21 +516,13 @@ fn delegate(
         .ok_or_else(|| {
             PluginError::config(format!("ipam.type: plugin {plugin:?} is not in CNI_PATH"))
         })?;
-    let name = match command {
-        Command::Add => "ADD",
-        Command::Del => "DEL",
-        Command::Check => "CHECK",
-        Command::Status => "STATUS",
-        Command::Gc => "GC",
-        Command::Version => "VERSION",
-    };
     let args: Vec<String> = invocation
         .args
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     let mut child = std::process::Command::new(&binary)
-        .env("CNI_COMMAND", name)
+        .env("CNI_COMMAND", command.as_str())
         .env("CNI_CONTAINERID", &invocation.container_id)
         .env(
             "CNI_NETNS",

@@ -10,29 +10,8 @@ use serde_json::{json, Value};
 
 use crate::cni_plugin::{Plugin, VERSIONS};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Add,
-    Del,
-    Check,
-    Status,
-    Gc,
-    Version,
-}
-
-impl Command {
-    fn parse(text: &str) -> Option<Command> {
-        Some(match text {
-            "ADD" => Command::Add,
-            "DEL" => Command::Del,
-            "CHECK" => Command::Check,
-            "STATUS" => Command::Status,
-            "GC" => Command::Gc,
-            "VERSION" => Command::Version,
-            _ => return None,
-        })
-    }
-}
+/// The commands, as the runtime side (cni-host) names them.
+pub use cni_host::Command;
 
 /// What a plugin is asked to do.
 #[derive(Debug, Clone)]

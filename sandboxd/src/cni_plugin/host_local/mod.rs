@@ -157,15 +157,7 @@ impl Config {
             routes: ipam
                 .routes
                 .into_iter()
-                .map(|r| Route {
-                    dst: r.dst,
-                    gw: r.gw,
-                    mtu: None,
-                    advmss: None,
-                    priority: None,
-                    table: None,
-                    scope: None,
-                })
+                .map(|r| Route::to(r.dst, r.gw))
                 .collect(),
             resolv_conf: ipam.resolv_conf,
             requested,
