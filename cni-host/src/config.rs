@@ -30,7 +30,13 @@ pub struct PluginConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkConfigList {
     pub name: String,
+    /// The version plugins are called with. For a SPEC 1.1 `cniVersions` list it is the
+    /// highest candidate until [`CniHost`](crate::CniHost) learns which of them every
+    /// plugin of the chain speaks.
     pub cni_version: SpecVersion,
+    /// The versions this config may be spoken in that this runtime knows, highest first:
+    /// `cniVersions` and `cniVersion` together. Just `[cni_version]` for older configs.
+    pub cni_versions: Vec<SpecVersion>,
     pub disable_check: bool,
     pub disable_gc: bool,
     pub plugins: Vec<PluginConfig>,
@@ -122,24 +128,63 @@ impl NetworkConfigList {
             Some(_) => return Err(err("name", "must be a string".into())),
             None => return Err(err("name", "missing".into())),
         };
-        let cni_version = match top.get("cniVersion") {
+        let unsupported = |field: &str, text: &str| {
+            err(
+                field,
+                format!(
+                    "version {text} is not supported (supported: {})",
+                    crate::version::SUPPORTED.join(", ")
+                ),
+            )
+        };
+        let single = match top.get("cniVersion") {
             Some(Value::String(s)) => {
                 let version: SpecVersion =
                     s.parse().map_err(|e| err("cniVersion", format!("{e}")))?;
-                if !version.is_supported() {
-                    return Err(err(
-                        "cniVersion",
-                        format!(
-                            "version {s} is not supported (supported: {})",
-                            crate::version::SUPPORTED.join(", ")
-                        ),
-                    ));
-                }
-                version
+                Some((version, s.as_str()))
             }
             Some(_) => return Err(err("cniVersion", "must be a string".into())),
-            None => return Err(err("cniVersion", "missing".into())),
+            None => None,
         };
+        // SPEC 1.1: `cniVersions` lists every version the config may be spoken in; versions
+        // newer than this runtime are skipped (as libcni does), and `cniVersion` joins them.
+        let mut cni_versions = Vec::new();
+        match top.get("cniVersions") {
+            None | Some(Value::Null) => match single {
+                Some((version, _)) if version.is_supported() => cni_versions.push(version),
+                Some((_, text)) => return Err(unsupported("cniVersion", text)),
+                None => return Err(err("cniVersion", "missing".into())),
+            },
+            Some(Value::Array(entries)) => {
+                for (i, entry) in entries.iter().enumerate() {
+                    let field = format!("cniVersions[{i}]");
+                    let Value::String(text) = entry else {
+                        return Err(err(&field, "must be a string".into()));
+                    };
+                    let version: SpecVersion =
+                        text.parse().map_err(|e| err(&field, format!("{e}")))?;
+                    if version.is_supported() {
+                        cni_versions.push(version);
+                    }
+                }
+                if let Some((version, _)) = single.filter(|(v, _)| v.is_supported()) {
+                    cni_versions.push(version);
+                }
+                if cni_versions.is_empty() {
+                    let listed: Vec<&str> = entries.iter().filter_map(Value::as_str).collect();
+                    return Err(unsupported("cniVersions", &listed.join(", ")));
+                }
+            }
+            Some(_) => {
+                return Err(err(
+                    "cniVersions",
+                    "must be a list of version strings".into(),
+                ))
+            }
+        }
+        cni_versions.sort_by(|a, b| b.cmp(a));
+        cni_versions.dedup();
+        let cni_version = cni_versions[0];
         let flag = |field: &str| -> Result<bool, ConfigError> {
             match top.get(field) {
                 None | Some(Value::Null) => Ok(false),
@@ -175,6 +220,7 @@ impl NetworkConfigList {
         Ok(NetworkConfigList {
             name,
             cni_version,
+            cni_versions,
             disable_check,
             disable_gc,
             plugins,
@@ -191,6 +237,10 @@ impl NetworkConfigList {
             "name": self.name,
             "plugins": self.plugins.iter().map(|p| Value::Object(p.raw.clone())).collect::<Vec<_>>(),
         });
+        if self.cni_versions.len() > 1 {
+            let versions: Vec<String> = self.cni_versions.iter().map(|v| v.to_string()).collect();
+            doc["cniVersions"] = serde_json::json!(versions);
+        }
         if self.disable_check {
             doc["disableCheck"] = Value::Bool(true);
         }
@@ -211,6 +261,16 @@ impl NetworkConfigList {
         let mut list = Self::from_bytes(&bytes, &source_name)?;
         list.source = Some(path.to_path_buf());
         Ok(list)
+    }
+
+    /// The same network pinned to one of its versions, as a chain is called once the
+    /// plugins' versions are known (and as the cache records it).
+    pub fn at_version(&self, version: SpecVersion) -> Self {
+        NetworkConfigList {
+            cni_version: version,
+            cni_versions: vec![version],
+            ..self.clone()
+        }
     }
 
     /// What messages call this network: its name and, if known, its file.
@@ -411,6 +471,48 @@ mod tests {
                 message.contains(expected),
                 "{text}: got {message:?}, want {expected:?}"
             );
+        }
+    }
+
+    #[test]
+    fn cni_versions_offer_every_known_version_highest_first() {
+        let list = parse(
+            r#"{"cniVersion":"0.4.0","cniVersions":["1.0.0","9.9.9","1.1.0"],"name":"n",
+                "plugins":[{"type":"x"}]}"#,
+        )
+        .unwrap();
+        let v = |s: &str| s.parse::<SpecVersion>().unwrap();
+        assert_eq!(list.cni_versions, [v("1.1.0"), v("1.0.0"), v("0.4.0")]);
+        assert_eq!(list.cni_version, v("1.1.0"));
+
+        let without_single =
+            parse(r#"{"cniVersions":["1.0.0"],"name":"n","plugins":[{"type":"x"}]}"#).unwrap();
+        assert_eq!(without_single.cni_version, SpecVersion::V1_0_0);
+
+        let pinned = list.at_version(SpecVersion::V1_0_0);
+        assert_eq!(pinned.cni_versions, [SpecVersion::V1_0_0]);
+        assert_eq!(pinned.to_json()["cniVersion"], "1.0.0");
+
+        for (text, expected) in [
+            (
+                r#"{"cniVersions":["9.0.0"],"name":"n","plugins":[{"type":"x"}]}"#,
+                "cniVersions: version 9.0.0 is not supported",
+            ),
+            (
+                r#"{"cniVersions":["1.0.0",1],"name":"n","plugins":[{"type":"x"}]}"#,
+                "cniVersions[1]: must be a string",
+            ),
+            (
+                r#"{"cniVersions":["1.0"],"name":"n","plugins":[{"type":"x"}]}"#,
+                "cniVersions[0]: \"1.0\" is not a CNI version",
+            ),
+            (
+                r#"{"cniVersions":"1.0.0","name":"n","plugins":[{"type":"x"}]}"#,
+                "cniVersions: must be a list",
+            ),
+        ] {
+            let message = parse(text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{text}: got {message:?}");
         }
     }
 

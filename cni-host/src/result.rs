@@ -272,6 +272,16 @@ impl CniResult {
         Ok(result)
     }
 
+    /// Renders the result in the version it carries (as [`CniHost::add`](crate::CniHost::add)
+    /// returns it: the version the chain was spoken in).
+    pub fn to_value(&self) -> Result<Value, ResultError> {
+        let version: SpecVersion = self
+            .cni_version
+            .parse()
+            .map_err(|_| ResultError::UnsupportedVersion(self.cni_version.clone()))?;
+        self.to_version(version)
+    }
+
     /// Renders the result as a plugin of spec `version` expects it (e.g. as `prevResult`).
     pub fn to_version(&self, version: SpecVersion) -> Result<Value, ResultError> {
         let conversion = |reason: &str| ResultError::Conversion {

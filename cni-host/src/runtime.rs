@@ -8,6 +8,7 @@
 //! * plugin versions are checked before the first side effect of an ADD, and remembered per
 //!   binary (path, size, mtime) so the check costs one exec per plugin, not per ADD.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -404,13 +405,8 @@ impl<E: PluginExec> CniHost<E> {
         rt.validate(Command::Add)?;
         let subject = Subject::Container(rt.container_id.clone());
         // Resolve every binary and its version before the first side effect.
-        let mut paths = Vec::with_capacity(list.plugins.len());
-        for plugin in &list.plugins {
-            let path = self.find(plugin, Command::Add, &subject)?;
-            self.require_version(plugin, &path, list.cni_version, &subject)
-                .await?;
-            paths.push(path);
-        }
+        let (list, paths) = self.negotiate(list, Command::Add, &subject).await?;
+        let list = list.as_ref();
 
         let mut result: Option<CniResult> = None;
         for (plugin, path) in list.plugins.iter().zip(paths) {
@@ -440,7 +436,9 @@ impl<E: PluginExec> CniHost<E> {
                 }
             }
         }
-        let result = result.expect("a validated list has at least one plugin");
+        let mut result = result.expect("a validated list has at least one plugin");
+        // The chain was spoken in one version; the caller learns which from the result.
+        result.cni_version = list.cni_version.to_string();
 
         let mut entry = CachedAttachment::new(&list.name, &rt.container_id, &rt.ifname);
         entry.config = serde_json::to_vec(&list.to_json()).expect("config serializes");
@@ -482,6 +480,14 @@ impl<E: PluginExec> CniHost<E> {
     /// `prevResult` when there is one. Safe to repeat; works without a cache entry.
     pub async fn del(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), Error> {
         rt.validate(Command::Del)?;
+        let subject = Subject::Container(rt.container_id.clone());
+        // The same binaries give the same answer as at ADD; a plugin that is gone or silent
+        // must not stop the others' DELs, so the highest candidate is the fallback.
+        let list = match self.negotiate(list, Command::Del, &subject).await {
+            Ok((list, _)) => list,
+            Err(_) => Cow::Borrowed(list),
+        };
+        let list = list.as_ref();
         let cached = if list.cni_version.has_check() {
             // A corrupt entry must not make the attachment impossible to delete.
             self.cache
@@ -542,6 +548,9 @@ impl<E: PluginExec> CniHost<E> {
     /// CHECKs the attachment against what ADD cached.
     pub async fn check(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), Error> {
         rt.validate(Command::Check)?;
+        let subject = Subject::Container(rt.container_id.clone());
+        let (list, paths) = self.negotiate(list, Command::Check, &subject).await?;
+        let list = list.as_ref();
         if !list.cni_version.has_check() {
             return Err(Error::CheckNotSupported {
                 network: list.name.clone(),
@@ -560,11 +569,7 @@ impl<E: PluginExec> CniHost<E> {
                 network: list.name.clone(),
                 container_id: rt.container_id.clone(),
             })?;
-        let subject = Subject::Container(rt.container_id.clone());
-        for plugin in &list.plugins {
-            let path = self.find(plugin, Command::Check, &subject)?;
-            self.require_version(plugin, &path, list.cni_version, &subject)
-                .await?;
+        for (plugin, path) in list.plugins.iter().zip(paths) {
             let stdin = plugin_stdin(list, plugin, Some(rt), Some(&prev), None);
             self.run(
                 plugin,
@@ -583,10 +588,8 @@ impl<E: PluginExec> CniHost<E> {
     /// configs, answers STATUS without error.
     pub async fn status(&self, list: &NetworkConfigList) -> Result<(), Error> {
         let subject = Subject::Network(list.name.clone());
-        let mut paths = Vec::with_capacity(list.plugins.len());
-        for plugin in &list.plugins {
-            paths.push(self.find(plugin, Command::Status, &subject)?);
-        }
+        let (list, paths) = self.negotiate(list, Command::Status, &subject).await?;
+        let list = list.as_ref();
         if !list.cni_version.has_status_and_gc() {
             return Ok(());
         }
@@ -612,6 +615,12 @@ impl<E: PluginExec> CniHost<E> {
         list: &NetworkConfigList,
         valid: &[GcAttachment],
     ) -> Result<GcReport, Error> {
+        let subject = Subject::Network(list.name.clone());
+        let list = match self.negotiate(list, Command::Gc, &subject).await {
+            Ok((list, _)) => list,
+            Err(_) => Cow::Borrowed(list),
+        };
+        let list = list.as_ref();
         let mut report = GcReport::default();
         let mut errors = Vec::new();
         for entry in self
@@ -652,7 +661,6 @@ impl<E: PluginExec> CniHost<E> {
         }
 
         if list.cni_version.has_status_and_gc() && !list.disable_gc {
-            let subject = Subject::Network(list.name.clone());
             let valid_json = serde_json::to_value(valid).expect("attachments serialize");
             for plugin in &list.plugins {
                 let outcome = match self.find(plugin, Command::Gc, &subject) {
@@ -750,26 +758,54 @@ impl<E: PluginExec> CniHost<E> {
         Ok(versions)
     }
 
-    async fn require_version(
+    /// Finds every plugin of the chain and settles the version it is spoken in: the
+    /// config's own, or for a SPEC 1.1 `cniVersions` config the highest of them that every
+    /// plugin supports (one chain, one version: results pass from plugin to plugin).
+    async fn negotiate<'l>(
         &self,
-        plugin: &PluginConfig,
-        path: &std::path::Path,
-        wanted: SpecVersion,
+        list: &'l NetworkConfigList,
+        command: Command,
         subject: &Subject,
-    ) -> Result<(), Error> {
-        let versions = self.versions_of(plugin, path, wanted, subject).await?;
-        if versions.supports(wanted) {
-            return Ok(());
+    ) -> Result<(Cow<'l, NetworkConfigList>, Vec<PathBuf>), Error> {
+        let mut paths = Vec::with_capacity(list.plugins.len());
+        let mut answers = Vec::with_capacity(list.plugins.len());
+        for plugin in &list.plugins {
+            let path = self.find(plugin, command, subject)?;
+            answers.push(
+                self.versions_of(plugin, &path, list.cni_version, subject)
+                    .await?,
+            );
+            paths.push(path);
         }
-        Err(Error::Plugin {
-            plugin: plugin.plugin_type.clone(),
-            command: Command::Version,
-            subject: subject.clone(),
-            source: Box::new(PluginError::IncompatibleVersion {
-                wanted: wanted.to_string(),
-                supported: versions.supported_versions,
-            }),
-        })
+        let spoken_by_all = |v: SpecVersion| answers.iter().all(|a| a.supports(v));
+        match list
+            .cni_versions
+            .iter()
+            .copied()
+            .find(|v| spoken_by_all(*v))
+        {
+            Some(version) if version == list.cni_version => Ok((Cow::Borrowed(list), paths)),
+            Some(version) => Ok((Cow::Owned(list.at_version(version)), paths)),
+            None => {
+                // No candidate is common, so some plugin lacks the highest: name it.
+                let (plugin, answer) = list
+                    .plugins
+                    .iter()
+                    .zip(answers)
+                    .find(|(_, a)| !a.supports(list.cni_version))
+                    .expect("no common version, so the highest is not spoken by one");
+                let wanted: Vec<String> = list.cni_versions.iter().map(|v| v.to_string()).collect();
+                Err(Error::Plugin {
+                    plugin: plugin.plugin_type.clone(),
+                    command: Command::Version,
+                    subject: subject.clone(),
+                    source: Box::new(PluginError::IncompatibleVersion {
+                        wanted: wanted.join(" or "),
+                        supported: answer.supported_versions,
+                    }),
+                })
+            }
+        }
     }
 
     fn attachment_env(&self, command: Command, rt: &RuntimeConf) -> Vec<(&'static str, String)> {
@@ -851,6 +887,8 @@ fn plugin_stdin(
     extra: Option<(&str, Value)>,
 ) -> Vec<u8> {
     let mut conf = plugin.raw.clone();
+    // SPEC: `capabilities` is the runtime's to read; plugins see only `runtimeConfig`.
+    conf.remove("capabilities");
     conf.insert("name".into(), json!(list.name));
     conf.insert("cniVersion".into(), json!(list.cni_version.to_string()));
     if let Some(rt) = rt {

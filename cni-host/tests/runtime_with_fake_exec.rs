@@ -1,5 +1,6 @@
 //! The runtime's protocol logic against a recording fake: no processes, no root.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,6 +17,8 @@ struct FakeExec {
     bin_dir: tempfile::TempDir,
     calls: Mutex<Vec<Invocation>>,
     respond: Responder,
+    /// What VERSION answers, per plugin; every version from 0.3.1 unless set.
+    supported: HashMap<String, Vec<&'static str>>,
 }
 
 impl FakeExec {
@@ -26,7 +29,13 @@ impl FakeExec {
             bin_dir: tempfile::tempdir().unwrap(),
             calls: Mutex::new(Vec::new()),
             respond: Box::new(respond),
+            supported: HashMap::new(),
         }
+    }
+
+    fn supporting(mut self, plugin: &str, versions: &[&'static str]) -> Self {
+        self.supported.insert(plugin.to_string(), versions.to_vec());
+        self
     }
 
     fn calls(&self) -> Vec<(String, String)> {
@@ -63,9 +72,16 @@ impl PluginExec for FakeExec {
         let stdin: Value = serde_json::from_slice(&invocation.stdin).unwrap();
         let command = invocation.var("CNI_COMMAND").unwrap().to_string();
         if command == "VERSION" {
-            return Ok(serde_json::to_vec(&json!({"cniVersion": "1.1.0",
-                "supportedVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]}))
-            .unwrap());
+            let all = vec!["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+            let supported = self
+                .supported
+                .get(&plugin_type(&invocation))
+                .unwrap_or(&all);
+            return Ok(
+                serde_json::to_vec(&json!({"cniVersion": stdin["cniVersion"],
+                "supportedVersions": supported}))
+                .unwrap(),
+            );
         }
         (self.respond)(&plugin_type(&invocation), &command, &stdin).map(|v| {
             if v.is_null() {
@@ -155,6 +171,10 @@ async fn add_chains_prev_result_and_passes_declared_capabilities_only() {
     assert_eq!(bridge_in["cniVersion"], "1.0.0");
     assert!(bridge_in.get("runtimeConfig").is_none() && bridge_in.get("prevResult").is_none());
     let portmap_in = exec.stdin_of("portmap", "ADD");
+    assert!(
+        portmap_in.get("capabilities").is_none(),
+        "capabilities is the runtime's; the plugin gets runtimeConfig: {portmap_in}"
+    );
     assert_eq!(
         portmap_in["runtimeConfig"],
         json!({"portMappings": rt().capability_args["portMappings"]})
@@ -179,6 +199,64 @@ async fn add_chains_prev_result_and_passes_declared_capabilities_only() {
     );
     drop(calls);
     assert!(host.cache().load("pods", "c1", "eth0").unwrap().is_some());
+}
+
+/// SPEC 1.1: a `cniVersions` config is spoken in the highest version every plugin knows.
+#[tokio::test]
+async fn cni_versions_pick_the_highest_version_the_whole_chain_speaks() {
+    let conf = |versions: Value| {
+        let text = json!({"cniVersions": versions, "name": "pods", "plugins": [
+            {"type": "bridge"}, {"type": "portmap", "capabilities": {"portMappings": true}}]});
+        NetworkConfigList::from_bytes(text.to_string().as_bytes(), "<test>").unwrap()
+    };
+    let exec = FakeExec::new(well_behaved).supporting("portmap", &["0.4.0", "1.0.0"]);
+    let (chain, _cache) = host(exec);
+    let result = chain
+        .add(&conf(json!(["0.4.0", "1.0.0", "1.1.0"])), &rt())
+        .await
+        .unwrap();
+    assert_eq!(result.cni_version, "1.0.0", "1.1.0 is not portmap's");
+    assert_eq!(
+        chain.exec().stdin_of("bridge", "ADD")["cniVersion"],
+        "1.0.0"
+    );
+    assert_eq!(
+        chain.exec().stdin_of("portmap", "ADD")["cniVersion"],
+        "1.0.0"
+    );
+    let cached = chain.cache().load("pods", "c1", "eth0").unwrap().unwrap();
+    let cached_conf: Value = serde_json::from_slice(&cached.config).unwrap();
+    assert_eq!(cached_conf["cniVersion"], "1.0.0");
+    assert_eq!(cached.result.unwrap()["cniVersion"], "1.0.0");
+
+    chain
+        .del(&conf(json!(["0.4.0", "1.0.0", "1.1.0"])), &rt())
+        .await
+        .unwrap();
+    assert_eq!(
+        chain.exec().stdin_of("bridge", "DEL")["cniVersion"],
+        "1.0.0"
+    );
+
+    // No version common to the chain: refused before any side effect, naming the plugin.
+    let exec = FakeExec::new(well_behaved)
+        .supporting("bridge", &["1.1.0"])
+        .supporting("portmap", &["1.0.0"]);
+    let (disagreeing, _cache) = host(exec);
+    let err = disagreeing
+        .add(&conf(json!(["1.0.0", "1.1.0"])), &rt())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "plugin portmap failed (VERSION) for container c1: does not support CNI version 1.1.0 or 1.0.0 (it supports 1.0.0)"
+    );
+    assert!(disagreeing
+        .exec()
+        .calls()
+        .iter()
+        .all(|(_, c)| c == "VERSION"));
 }
 
 #[tokio::test]
@@ -445,7 +523,10 @@ async fn status_asks_plugins_only_from_1_1_0() {
         }
     }));
     host.status(&list("1.0.0")).await.unwrap();
-    assert!(host.exec().calls().is_empty());
+    assert!(
+        host.exec().calls().iter().all(|(_, c)| c == "VERSION"),
+        "a 1.0.0 network is ready when its plugins are there and speak 1.0.0"
+    );
     let err = host.status(&list("1.1.0")).await.unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -28,6 +28,15 @@ impl Rollback {
         self.undos.push((what, Box::pin(undo)));
     }
 
+    /// The step pushed last as `what` cleaned up after its own failure: forget its undo,
+    /// so the cleanup is not done twice. The undo stays registered while the step runs,
+    /// because a cancelled step gets no chance to clean up.
+    pub fn settled(&mut self, what: &'static str) {
+        if let Some(at) = self.undos.iter().rposition(|(name, _)| *name == what) {
+            drop(self.undos.remove(at));
+        }
+    }
+
     /// The operation succeeded: forget the undos.
     pub fn commit(mut self) {
         self.undos.clear();
@@ -103,6 +112,18 @@ mod tests {
         rollback.push("third", undo("third", true));
         assert_eq!(rollback.run().await, vec!["undo second: boom".to_string()]);
         assert_eq!(*log.lock().unwrap(), vec!["third", "second", "first"]);
+    }
+
+    #[tokio::test]
+    async fn a_settled_step_is_not_undone() {
+        let (log, undo) = recorder();
+        let mut rollback = Rollback::new();
+        rollback.push("first", undo("first", true));
+        rollback.push("attach", undo("attach", true));
+        rollback.settled("attach");
+        rollback.settled("never pushed");
+        assert!(rollback.run().await.is_empty());
+        assert_eq!(*log.lock().unwrap(), vec!["first"]);
     }
 
     #[tokio::test]

@@ -573,6 +573,19 @@ async fn a_network_that_fails_rolls_the_whole_sandbox_back() {
     assert!(list(&mut client, cri::PodSandboxFilter::default())
         .await
         .is_empty());
+    // SPEC: the failed ADD is cleaned by one DEL of the chain, not one per layer.
+    let calls = std::fs::read_to_string(daemon.dir.path().join("bin/fake.log")).unwrap();
+    let commands: Vec<String> = calls
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["command"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .filter(|c| c != "VERSION")
+        .collect();
+    assert_eq!(commands, ["ADD", "DEL"], "{calls}");
 
     // The name was given back: the same pod runs once the network works.
     daemon.install_fake("ok", json!({}));

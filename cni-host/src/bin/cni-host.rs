@@ -90,9 +90,7 @@ async fn run(args: &[String]) -> Result<String, String> {
             match verb {
                 "add" => {
                     let result = host.add(&list, &rt).await.map_err(|e| e.to_string())?;
-                    let value = result
-                        .to_version(list.cni_version)
-                        .map_err(|e| e.to_string())?;
+                    let value = result.to_value().map_err(|e| e.to_string())?;
                     Ok(serde_json::to_string_pretty(&value).expect("json"))
                 }
                 "check" => host

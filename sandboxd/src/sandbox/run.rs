@@ -390,7 +390,9 @@ impl Runtime {
             record.netns_path = Some(path);
             fault::point("run-pod-sandbox/netns-pinned");
 
-            // 5. Attach the network. The DEL is registered first: a plugin may allocate and fail.
+            // 5. Attach the network. The DEL is registered first, for an ADD cancelled
+            // half-way; an ADD that fails has had its chain DELeted by cni-host already (SPEC:
+            // one DEL after a failed ADD), so only a failed cleanup leaves ours to retry.
             let rt = Runtime::cni_runtime_conf(&record);
             let runtime = self.clone();
             let (del_list, del_rt) = (network.clone(), rt.clone());
@@ -401,16 +403,20 @@ impl Runtime {
                     .await
                     .map_err(|e| e.to_string())
             });
-            let result = self
-                .cni
-                .add(&network, &rt)
-                .await
-                .map_err(|e| Error::step("attach the pod network", &object, e))?;
+            let result = match self.cni.add(&network, &rt).await {
+                Ok(result) => result,
+                Err(failure) => {
+                    if !matches!(failure, cni_host::Error::AddAndCleanup { .. }) {
+                        rollback.settled("attach the pod network");
+                    }
+                    return Err(Error::step("attach the pod network", &object, failure));
+                }
+            };
             let mut ips = result.ips.iter().map(|ip| ip.address.addr.to_string());
             record.ip = ips.next().unwrap_or_default();
             record.additional_ips = ips.collect();
             record.network = Some(network.name.clone());
-            record.cni_result = result.to_version(network.cni_version).ok();
+            record.cni_result = result.to_value().ok();
             fault::point("run-pod-sandbox/network-attached");
         }
 
