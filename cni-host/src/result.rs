@@ -45,6 +45,28 @@ impl IpNetwork {
             _ => false,
         }
     }
+
+    /// The network the address is in: `10.244.1.5/24` → `10.244.1.0/24`.
+    pub fn network(&self) -> IpNetwork {
+        let addr = match self.addr {
+            IpAddr::V4(ip) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(ip) & mask).into())
+            }
+            IpAddr::V6(ip) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(ip) & mask).into())
+            }
+        };
+        IpNetwork {
+            addr,
+            prefix: self.prefix,
+        }
+    }
 }
 
 impl fmt::Display for IpNetwork {
@@ -462,6 +484,15 @@ mod tests {
             CniResult::parse(br#"{"cniVersion":"1.0.0","ips":[{"address":"nope"}]}"#),
             Err(ResultError::Schema { .. })
         ));
+    }
+
+    #[test]
+    fn networks_are_addresses_masked() {
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        assert_eq!(net("10.244.1.5/24").network(), net("10.244.1.0/24"));
+        assert_eq!(net("10.244.1.5/32").network(), net("10.244.1.5/32"));
+        assert_eq!(net("10.244.1.5/0").network(), net("0.0.0.0/0"));
+        assert_eq!(net("fd00::5/64").network(), net("fd00::/64"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ const UPSTREAM: &str = "/usr/lib/cni";
 fn own_plugins(dir: &Path) -> PathBuf {
     let bin = dir.join("own-bin");
     std::fs::create_dir_all(&bin).unwrap();
-    for name in ["bridge", "host-local", "loopback", "portmap"] {
+    for name in ["bridge", "host-local", "loopback", "portmap", "ptp"] {
         let link = bin.join(name);
         if !link.exists() {
             std::os::unix::fs::symlink(workspace_binary("sandboxd-cni"), &link).unwrap();

@@ -1,5 +1,7 @@
-//! cni-host against Debian's upstream plugins (bridge, host-local, portmap, loopback) and the
-//! fake plugin, each test in a node netns and pod netns of its own. Needs root.
+//! cni-host against Debian's upstream plugins (bridge, host-local, portmap, loopback, ptp)
+//! and the fake plugin, each test in a node netns and pod netns of its own; and the same
+//! tests again with sandboxd-cni's plugins in their place (`own::…`), upstream's behaviour
+//! being the reference. Needs root.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,15 +13,58 @@ use serde_json::{json, Value};
 const UPSTREAM_BIN_DIR: &str = "/usr/lib/cni";
 const SUBNET_PREFIX: &str = "10.244.1.";
 
+/// Whose bridge, host-local, portmap, loopback and ptp a test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plugins {
+    /// Debian's containernetworking-plugins.
+    Upstream,
+    /// sandboxd-cni, as links named after each plugin, found before Debian's.
+    Own,
+}
+
+/// Runs each test once with Debian's plugins (`upstream::…`) and once with sandboxd-cni's
+/// (`own::…`).
+macro_rules! with_each_plugin_set {
+    ($($test:ident),* $(,)?) => {
+        mod upstream {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(super::Plugins::Upstream).await
+            })*
+        }
+        mod own {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(super::Plugins::Own).await
+            })*
+        }
+    };
+}
+
+with_each_plugin_set!(
+    bridge_chain_add_check_del,
+    a_cni_error_mid_chain_is_reported_and_rolled_back,
+    garbage_output_is_reported_and_rolled_back,
+    a_hanging_plugin_is_killed_and_rolled_back_with_a_fresh_deadline,
+    a_silent_non_zero_exit_is_reported_and_rolled_back,
+    a_result_in_an_unsupported_version_is_reported_and_rolled_back,
+    a_plugin_without_the_networks_version_is_refused_before_any_side_effect,
+    gc_removes_attachments_not_in_the_valid_list_and_frees_their_ips,
+    two_hundred_add_del_cycles_leak_nothing,
+    ptp_routes_each_pod_through_the_node,
+    ip_masq_lets_pods_reach_a_network_with_no_route_back,
+);
+
 /// A node (netns) with its own conf, IPAM, cache and plugin dirs.
 struct Node {
     netns: Netns,
     dir: tempfile::TempDir,
     bridge: String,
+    plugins: Plugins,
 }
 
 impl Node {
-    fn new() -> Node {
+    fn new(plugins: Plugins) -> Node {
         assert!(
             PathBuf::from(UPSTREAM_BIN_DIR).join("bridge").is_file(),
             "upstream CNI plugins are missing: apt-get install containernetworking-plugins"
@@ -27,10 +72,34 @@ impl Node {
         let netns = Netns::new("sbt-node");
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        if plugins == Plugins::Own {
+            let own = dir.path().join("own-bin");
+            std::fs::create_dir_all(&own).unwrap();
+            for name in ["bridge", "host-local", "loopback", "portmap", "ptp"] {
+                std::os::unix::fs::symlink(workspace_binary("sandboxd-cni"), own.join(name))
+                    .unwrap();
+            }
+        }
         Node {
             netns,
             dir,
             bridge: format!("sbt{}", std::process::id() % 100_000),
+            plugins,
+        }
+    }
+
+    /// Whether a hostPort forward to `port` is in the node's firewall: upstream's portmap
+    /// writes iptables rules, sandboxd-cni's a chain per mapping in nftables.
+    fn forwards_host_port(&self, port: u16) -> bool {
+        match self.plugins {
+            Plugins::Upstream => self
+                .netns
+                .exec(&["iptables-save", "-t", "nat"])
+                .contains(&format!("--dport {port}")),
+            Plugins::Own => self
+                .netns
+                .exec(&["nft", "list", "ruleset"])
+                .contains(&format!("/tcp/{port}")),
         }
     }
 
@@ -74,8 +143,13 @@ impl Node {
     }
 
     fn host(&self, timeout: Duration) -> CniHost<ProcessExec> {
+        let mut dirs = vec![self.bin_dir()];
+        if self.plugins == Plugins::Own {
+            dirs.push(self.dir.path().join("own-bin"));
+        }
+        dirs.push(PathBuf::from(UPSTREAM_BIN_DIR));
         CniHost::with_exec(
-            vec![self.bin_dir(), PathBuf::from(UPSTREAM_BIN_DIR)],
+            dirs,
             self.cache_dir(),
             ProcessExec::in_netns(self.netns.path()),
         )
@@ -115,11 +189,12 @@ impl Node {
 
     /// Asserts nothing of any pod is left on the node: no veth, no IP lease, no cache entry.
     fn assert_clean(&self) {
-        assert_eq!(
-            self.netns.veths(),
-            Vec::<String>::new(),
-            "veths left on the node"
-        );
+        self.assert_clean_but(&[]);
+    }
+
+    /// As [`assert_clean`](Self::assert_clean), with veths of the test's own to keep.
+    fn assert_clean_but(&self, kept_veths: &[&str]) {
+        assert_eq!(self.netns.veths(), kept_veths, "veths left on the node");
         assert_eq!(
             ip_reservations(&self.ipam_dir()),
             Vec::<String>::new(),
@@ -143,9 +218,8 @@ fn pod_rt(pod: &Netns, id: &str) -> RuntimeConf {
     rt
 }
 
-#[tokio::test]
-async fn bridge_chain_add_check_del_with_upstream_plugins() {
-    let node = Node::new();
+async fn bridge_chain_add_check_del(plugins: Plugins) {
+    let node = Node::new(plugins);
     let pod = Netns::new("sbt-pod");
     let host = node.host(Duration::from_secs(20));
     let network = node.standard_network();
@@ -185,31 +259,27 @@ async fn bridge_chain_add_check_del_with_upstream_plugins() {
     assert_eq!(ip_reservations(&node.ipam_dir()), vec![ip.addr.to_string()]);
     assert_eq!(node.cache_files().len(), 1);
     // portmap got its runtimeConfig: the DNAT rule exists in the node's netns.
-    let nat = node.netns.exec(&["iptables-save", "-t", "nat"]);
-    assert!(nat.contains("--dport 18080"), "no portmap rule: {nat}");
+    assert!(node.forwards_host_port(18080), "no portmap rule");
 
     // Debian's portmap 1.1.1 fails CHECK on IPv4-only pods, looking for ip6tables rules it
     // never made (containernetworking/plugins#819, fixed upstream in 1.2); CHECK the rest.
-    let mut without_portmap = network.clone();
-    without_portmap
-        .plugins
-        .retain(|p| p.plugin_type != "portmap");
-    host.check(&without_portmap, &rt).await.expect("CHECK");
+    let mut checked = network.clone();
+    if plugins == Plugins::Upstream {
+        checked.plugins.retain(|p| p.plugin_type != "portmap");
+    }
+    host.check(&checked, &rt).await.expect("CHECK");
 
     host.del(&network, &rt).await.expect("DEL");
     node.assert_clean();
-    assert!(!node
-        .netns
-        .exec(&["iptables-save", "-t", "nat"])
-        .contains("--dport 18080"));
+    assert!(!node.forwards_host_port(18080), "the portmap rule is left");
     host.del(&network, &rt)
         .await
         .expect("a second DEL succeeds");
 }
 
 /// bridge (with host-local) then the fake plugin scripted to fail ADD in some way.
-async fn failing_chain(script: Value, expected: &[&str]) -> Node {
-    let node = Node::new();
+async fn failing_chain(plugins: Plugins, script: Value, expected: &[&str]) -> Node {
+    let node = Node::new(plugins);
     node.install_fake("fake", script);
     let pod = Netns::new("sbt-pod");
     let host = node.host(Duration::from_secs(2));
@@ -231,9 +301,9 @@ async fn failing_chain(script: Value, expected: &[&str]) -> Node {
     node
 }
 
-#[tokio::test]
-async fn a_cni_error_mid_chain_is_reported_and_rolled_back() {
+async fn a_cni_error_mid_chain_is_reported_and_rolled_back(plugins: Plugins) {
     let node = failing_chain(
+        plugins,
         json!({ "ADD": { "action": "error", "code": 11, "msg": "try later", "details": "lock held" } }),
         &["plugin fake failed (ADD) for container ctr-", ": try later: lock held (code 11)"],
     )
@@ -250,9 +320,9 @@ async fn a_cni_error_mid_chain_is_reported_and_rolled_back() {
     );
 }
 
-#[tokio::test]
-async fn garbage_output_is_reported_and_rolled_back() {
+async fn garbage_output_is_reported_and_rolled_back(plugins: Plugins) {
     failing_chain(
+        plugins,
         json!({ "ADD": { "action": "print", "output": "<html>oops</html>" } }),
         &[
             "plugin fake failed (ADD)",
@@ -263,10 +333,10 @@ async fn garbage_output_is_reported_and_rolled_back() {
     .await;
 }
 
-#[tokio::test]
-async fn a_hanging_plugin_is_killed_and_rolled_back_with_a_fresh_deadline() {
+async fn a_hanging_plugin_is_killed_and_rolled_back_with_a_fresh_deadline(plugins: Plugins) {
     let started = std::time::Instant::now();
     let node = failing_chain(
+        plugins,
         json!({ "ADD": { "action": "hang" } }),
         &[
             "plugin fake failed (ADD) for container ctr-",
@@ -292,9 +362,9 @@ async fn a_hanging_plugin_is_killed_and_rolled_back_with_a_fresh_deadline() {
     );
 }
 
-#[tokio::test]
-async fn a_silent_non_zero_exit_is_reported_and_rolled_back() {
+async fn a_silent_non_zero_exit_is_reported_and_rolled_back(plugins: Plugins) {
     failing_chain(
+        plugins,
         json!({ "ADD": { "action": "exit", "status": 3 } }),
         &[
             "plugin fake failed (ADD)",
@@ -304,9 +374,9 @@ async fn a_silent_non_zero_exit_is_reported_and_rolled_back() {
     .await;
 }
 
-#[tokio::test]
-async fn a_result_in_an_unsupported_version_is_reported_and_rolled_back() {
+async fn a_result_in_an_unsupported_version_is_reported_and_rolled_back(plugins: Plugins) {
     failing_chain(
+        plugins,
         json!({ "ADD": { "action": "print", "output": "{\"cniVersion\":\"9.9.9\"}" } }),
         &[
             "plugin fake failed (ADD)",
@@ -316,9 +386,9 @@ async fn a_result_in_an_unsupported_version_is_reported_and_rolled_back() {
     .await;
 }
 
-#[tokio::test]
-async fn a_plugin_without_the_networks_version_is_refused_before_any_side_effect() {
+async fn a_plugin_without_the_networks_version_is_refused_before_any_side_effect(plugins: Plugins) {
     let node = failing_chain(
+        plugins,
         json!({ "VERSION": { "action": "version", "supportedVersions": ["0.3.1"] } }),
         &[
             "plugin fake failed (VERSION) for container ctr-",
@@ -333,14 +403,19 @@ async fn a_plugin_without_the_networks_version_is_refused_before_any_side_effect
     );
 }
 
-#[tokio::test]
-async fn gc_removes_attachments_not_in_the_valid_list_and_frees_their_ips() {
-    let node = Node::new();
+async fn gc_removes_attachments_not_in_the_valid_list_and_frees_their_ips(plugins: Plugins) {
+    let node = Node::new(plugins);
     let host = node.host(Duration::from_secs(20));
     let network = node.standard_network();
     let (kept_ns, leaked_ns) = (Netns::new("sbt-pod"), Netns::new("sbt-pod"));
     let kept = pod_rt(&kept_ns, &unique_name("kept"));
-    let leaked = pod_rt(&leaked_ns, &unique_name("leaked"));
+    let mut leaked = pod_rt(&leaked_ns, &unique_name("leaked"));
+    // A hostPort of its own: sandboxd-cni's portmap refuses one another pod holds, where
+    // iptables would shadow it.
+    leaked.capability_args.insert(
+        "portMappings".into(),
+        json!([{ "hostPort": 18081, "containerPort": 8080, "protocol": "tcp" }]),
+    );
     let kept_ip = host.add(&network, &kept).await.unwrap().ips[0]
         .address
         .addr
@@ -380,9 +455,8 @@ async fn gc_removes_attachments_not_in_the_valid_list_and_frees_their_ips() {
     node.assert_clean();
 }
 
-#[tokio::test]
-async fn two_hundred_add_del_cycles_leak_nothing() {
-    let node = Node::new();
+async fn two_hundred_add_del_cycles_leak_nothing(plugins: Plugins) {
+    let node = Node::new(plugins);
     let pod = Netns::new("sbt-pod");
     let host = node.host(Duration::from_secs(20));
     let network = node.standard_network();
@@ -408,9 +482,181 @@ async fn two_hundred_add_del_cycles_leak_nothing() {
     );
 }
 
+/// ptp + loopback: the routed network Calico builds.
+fn routed_network(node: &Node, ip_masq: bool) -> NetworkConfigList {
+    node.network(vec![
+        json!({
+            "type": "ptp", "ipMasq": ip_masq, "mtu": 1400,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": format!("{SUBNET_PREFIX}0/24") }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+                "dataDir": node.ipam_dir(),
+            }
+        }),
+        json!({ "type": "loopback" }),
+    ])
+}
+
+/// Whether `ping` from `netns` to `address` is answered within a second.
+fn answers_ping(netns: &Netns, address: &str) -> bool {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.path().display()))
+        .args(["ping", "-c", "1", "-W", "1", address])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// ptp: no bridge; each pod's packets, even to a pod of the same subnet, go to the gateway
+/// (its host veth) and through the node's routing table; the node reaches each pod by a
+/// /32 route. DEL removes the pair, its routes and the lease.
+async fn ptp_routes_each_pod_through_the_node(plugins: Plugins) {
+    let node = Node::new(plugins);
+    let (pod_a, pod_b) = (Netns::new("sbt-pod"), Netns::new("sbt-pod"));
+    let host = node.host(Duration::from_secs(20));
+    let network = routed_network(&node, false);
+    let (rt_a, rt_b) = (
+        pod_rt(&pod_a, &unique_name("ptp")),
+        pod_rt(&pod_b, &unique_name("ptp")),
+    );
+    let a = host.add(&network, &rt_a).await.expect("ADD a");
+    let b = host.add(&network, &rt_b).await.expect("ADD b");
+    let gateway = format!("{SUBNET_PREFIX}1");
+
+    assert_eq!(a.interfaces.len(), 2, "{:?}", a.interfaces);
+    assert!(a.interfaces[0].sandbox.is_empty() && a.interfaces[0].name.starts_with("veth"));
+    assert_eq!(a.interfaces[1].name, "eth0");
+    assert_eq!(a.interfaces[1].sandbox, pod_a.path().display().to_string());
+    assert_eq!(a.ips[0].interface, Some(1));
+    assert_eq!(
+        a.ips[0].gateway.map(|g| g.to_string()),
+        Some(gateway.clone())
+    );
+    let (ip_a, ip_b) = (
+        a.ips[0].address.addr.to_string(),
+        b.ips[0].address.addr.to_string(),
+    );
+    let host_veth = a.interfaces[0].name.clone();
+
+    let routes = pod_a.exec(&["ip", "route"]);
+    for expected in [
+        format!("default via {gateway} dev eth0"),
+        format!("{SUBNET_PREFIX}0/24 via {gateway} dev eth0"),
+        format!("{gateway} dev eth0 scope link src {ip_a}"),
+    ] {
+        assert!(
+            routes.contains(&expected),
+            "pod routes lack {expected:?}: {routes}"
+        );
+    }
+    assert!(
+        !routes.contains("proto kernel"),
+        "the kernel's subnet route is left: {routes}"
+    );
+    assert!(pod_a
+        .exec(&["ip", "-o", "link", "show", "eth0"])
+        .contains("mtu 1400"));
+    let node_routes = node.netns.exec(&["ip", "route"]);
+    // Upstream's route has scope host, ours scope link (as `ip route add` makes it); either
+    // reaches the pod.
+    assert!(
+        node_routes.contains(&format!("{ip_a} dev {host_veth} scope ")),
+        "{node_routes}"
+    );
+    let host_addr = node
+        .netns
+        .exec(&["ip", "-o", "addr", "show", "dev", &host_veth]);
+    assert!(host_addr.contains(&format!("{gateway}/32")), "{host_addr}");
+    assert!(
+        node.netns.links().iter().all(|l| l != &node.bridge),
+        "ptp makes no bridge"
+    );
+    assert_eq!(
+        node.netns
+            .exec(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .trim(),
+        "1"
+    );
+
+    // Pod to pod through the node, and to the gateway.
+    assert!(answers_ping(&pod_a, &ip_b), "pod a cannot reach pod b");
+    assert!(answers_ping(&pod_b, &ip_a), "pod b cannot reach pod a");
+    assert!(
+        answers_ping(&pod_a, &gateway),
+        "pod a cannot reach its gateway"
+    );
+    host.check(&network, &rt_a).await.expect("CHECK");
+
+    host.del(&network, &rt_a).await.expect("DEL a");
+    host.del(&network, &rt_b).await.expect("DEL b");
+    host.del(&network, &rt_b).await.expect("a second DEL");
+    node.assert_clean();
+    assert_eq!(pod_a.links(), Vec::<String>::new());
+    let node_routes = node.netns.exec(&["ip", "route"]);
+    assert!(!node_routes.contains(SUBNET_PREFIX), "{node_routes}");
+}
+
+/// bridge's and ptp's `ipMasq`: an "outside" network that has no route back to the pod
+/// subnet answers the pod only when the node masquerades it; DEL takes the rule away.
+async fn ip_masq_lets_pods_reach_a_network_with_no_route_back(plugins: Plugins) {
+    let node = Node::new(plugins);
+    let pod = Netns::new("sbt-pod");
+    let outside = Netns::new("sbt-out");
+    {
+        let mut link = sandboxd::netlink::RouteSocket::open_in(Some(&node.netns.path())).unwrap();
+        let fd = std::fs::File::open(outside.path()).unwrap();
+        link.add_veth("out0", "eth0", Some(std::os::fd::AsFd::as_fd(&fd)))
+            .unwrap();
+    }
+    node.netns
+        .exec(&["ip", "addr", "add", "198.51.100.1/24", "dev", "out0"]);
+    node.netns.exec(&["ip", "link", "set", "out0", "up"]);
+    outside.exec(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    outside.exec(&["ip", "link", "set", "eth0", "up"]);
+    let host = node.host(Duration::from_secs(20));
+    let firewall = || {
+        let nft = node.netns.exec(&["nft", "list", "ruleset"]);
+        let iptables = node.netns.exec(&["iptables-save", "-t", "nat"]);
+        format!("{nft}\n{iptables}")
+    };
+
+    for interface_plugin in ["bridge", "ptp"] {
+        for ip_masq in [false, true] {
+            let network = match interface_plugin {
+                "bridge" => {
+                    let mut bridge = node.bridge_plugin();
+                    bridge["ipMasq"] = json!(ip_masq);
+                    node.network(vec![bridge, json!({ "type": "loopback" })])
+                }
+                _ => routed_network(&node, ip_masq),
+            };
+            let rt = pod_rt(&pod, &unique_name("masq"));
+            host.add(&network, &rt).await.expect("ADD");
+            assert_eq!(
+                answers_ping(&pod, "198.51.100.2"),
+                ip_masq,
+                "{interface_plugin} with ipMasq {ip_masq}"
+            );
+            if ip_masq {
+                assert!(firewall().contains(&rt.container_id), "no masquerade rule");
+            }
+            host.del(&network, &rt).await.expect("DEL");
+            node.assert_clean_but(&["out0"]);
+            let left = firewall();
+            assert!(
+                !left.contains(&rt.container_id),
+                "{interface_plugin}: a rule of {} is left: {left}",
+                rt.container_id
+            );
+        }
+    }
+}
+
 #[test]
 fn the_cli_speaks_cnitools_interface() {
-    let node = Node::new();
+    let node = Node::new(Plugins::Upstream);
     let pod = Netns::new("sbt-pod");
     let conf_dir = node.dir.path().join("net.d");
     std::fs::create_dir_all(&conf_dir).unwrap();

@@ -2,29 +2,29 @@
 //! container end (`CNI_IFNAME`) given the addresses and routes the IPAM plugin hands out.
 //! Reads upstream's fields: `bridge` (default `cni0`), `isGateway` (the bridge takes each
 //! subnet's gateway address, forwarding is turned on), `isDefaultGateway` (also a default
-//! route via it), `forceAddress`, `mtu`, `hairpinMode`, `promiscMode`, `ipam`. IPv4 only
-//! for now; `ipMasq` and `vlan` are refused as unsupported fields (code 2) rather than
-//! ignored. host-local as the IPAM runs in-process; any other IPAM plugin is run from
-//! `CNI_PATH`, as upstream delegates.
+//! route via it), `forceAddress`, `mtu`, `hairpinMode`, `promiscMode`, `ipMasq` (in
+//! nftables, see [`masquerade`](super::masquerade)), `ipam`. IPv4 only for now; `vlan` is
+//! refused as an unsupported field (code 2) rather than ignored. host-local as the IPAM
+//! runs in-process; any other IPAM plugin is run from `CNI_PATH`, as upstream delegates.
 //!
 //! Every ADD step is undone if a later one fails: the lease is given back and the veth
 //! pair deleted. DEL gives the lease back and deletes the container's end (taking the
 //! pair); a namespace already gone is not an error.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cni_host::result::{CniResult, Interface, IpNetwork, Route};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cni_plugin::host_local;
 use crate::cni_plugin::invocation::{Command, Invocation, PluginError};
+use crate::cni_plugin::veth::{self, kernel, socket};
+use crate::cni_plugin::{ipam, masquerade};
 use crate::netlink::address::Address;
 use crate::netlink::link::format_mac;
 use crate::netlink::route::Route as KernelRoute;
-use crate::netlink::{KernelError, RouteSocket};
+use crate::netlink::RouteSocket;
 
 /// The code the spec gives a field a plugin does not support.
 const UNSUPPORTED_FIELD: u32 = 2;
@@ -60,12 +60,6 @@ impl BridgeConfig {
     fn load(config: &Value) -> Result<BridgeConfig, PluginError> {
         let mut bridge: BridgeConfig = serde_path_to_error::deserialize(config)
             .map_err(|e| PluginError::config(format!("{}: {}", e.path(), e.inner())))?;
-        if bridge.ip_masq {
-            return Err(PluginError::new(
-                UNSUPPORTED_FIELD,
-                "ipMasq: sandboxd-cni's bridge does not masquerade yet (use upstream's bridge for it)",
-            ));
-        }
         if bridge.vlan != 0 {
             return Err(PluginError::new(
                 UNSUPPORTED_FIELD,
@@ -95,62 +89,34 @@ pub fn run(invocation: &Invocation) -> Result<Option<Value>, PluginError> {
 /// Runs the bridge with its node side in `host` (sandboxd's node namespace in-process).
 pub fn run_in(invocation: &Invocation, host: HostNetns<'_>) -> Result<Option<Value>, PluginError> {
     let bridge = BridgeConfig::load(&invocation.config)?;
-    let ipam = invocation
-        .config
-        .get("ipam")
-        .ok_or_else(|| PluginError::config("ipam: missing (the bridge needs addresses)"))?;
+    let ipam = ipam::config(invocation, "the bridge")?;
     match invocation.command {
         Command::Add => {
             let result = add(invocation, &bridge, ipam, host)?;
             invocation.render(&result).map(Some)
         }
         Command::Del => {
-            ipam_call(invocation, ipam, Command::Del)?;
-            if let Some(netns) = invocation.netns.as_deref().filter(|n| n.exists()) {
-                let mut pod = socket(Some(netns))?;
-                if let Some(link) = pod
-                    .link(&invocation.ifname)
-                    .map_err(kernel("find the container's interface"))?
-                {
-                    pod.delete_link(link.index)
-                        .map_err(kernel("delete the container's veth"))?;
-                }
+            ipam::call(invocation, ipam, Command::Del)?;
+            veth::delete(invocation)?;
+            if bridge.ip_masq {
+                masquerade::remove(invocation, host)?;
             }
             Ok(None)
         }
         Command::Check => {
             check(invocation, &bridge, host)?;
-            ipam_call(invocation, ipam, Command::Check)?;
+            ipam::call(invocation, ipam, Command::Check)?;
             Ok(None)
         }
         Command::Gc | Command::Status => {
-            ipam_call(invocation, ipam, invocation.command)?;
+            ipam::call(invocation, ipam, invocation.command)?;
+            if bridge.ip_masq && invocation.command == Command::Gc {
+                masquerade::collect_garbage(invocation, host)?;
+            }
             Ok(None)
         }
         Command::Version => unreachable!("answered by the plugin"),
     }
-}
-
-fn kernel(step: &'static str) -> impl Fn(KernelError) -> PluginError {
-    move |e| PluginError::internal(format!("{step}: {e}"))
-}
-
-fn socket(netns: Option<&Path>) -> Result<RouteSocket, PluginError> {
-    RouteSocket::open_in(netns).map_err(|e| {
-        PluginError::internal(format!(
-            "open a netlink socket in {}: {e}",
-            netns.map_or("the node's namespace".into(), |n| n.display().to_string())
-        ))
-    })
-}
-
-/// A random host-side name, as upstream makes them (`veth` and 8 hex digits).
-fn veth_name() -> String {
-    let mut bytes = [0u8; 4];
-    if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut random, &mut bytes);
-    }
-    format!("veth{:08x}", u32::from_ne_bytes(bytes))
 }
 
 fn add(
@@ -163,41 +129,15 @@ fn add(
     let mut node = socket(host)?;
     let br = ensure_bridge(&mut node, bridge)?;
     let mut pod = socket(Some(netns))?;
-    if pod
-        .link(&invocation.ifname)
-        .map_err(kernel("look for the container's interface"))?
-        .is_some()
-    {
-        return Err(PluginError::internal(format!(
-            "container veth name provided ({}) already exists",
-            invocation.ifname
-        )));
-    }
-    let pod_fd = std::fs::File::open(netns).map_err(|e| {
-        PluginError::new(
-            PluginError::INVALID_ENVIRONMENT,
-            format!("CNI_NETNS {}: {e}", netns.display()),
-        )
-    })?;
-    let mut host_name = veth_name();
-    let mut attempts = 0;
-    loop {
-        match node.add_veth(&host_name, &invocation.ifname, Some(pod_fd.as_fd())) {
-            Ok(()) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && attempts < 8 => {
-                attempts += 1;
-                host_name = veth_name();
-            }
-            Err(e) => return Err(kernel("create the veth pair")(e)),
-        }
-    }
+    let veth::Pair {
+        host: host_veth,
+        container,
+    } = veth::create(&mut node, &mut pod, invocation)?;
+    let host_name = host_veth.name.clone();
     // From here a failure deletes the pair (and gives the lease back, once taken).
     let mut leased = false;
+    let mut masqueraded = false;
     let outcome = (|| -> Result<CniResult, PluginError> {
-        let host_veth = node
-            .link(&host_name)
-            .map_err(kernel("find the host veth"))?
-            .ok_or_else(|| PluginError::internal(format!("{host_name} vanished")))?;
         if let Some(mtu) = bridge.mtu {
             node.set_mtu(host_veth.index, mtu)
                 .map_err(kernel("set the host veth's mtu"))?;
@@ -211,12 +151,8 @@ fn add(
         node.set_up(host_veth.index)
             .map_err(kernel("bring the host veth up"))?;
 
-        let mut result = ipam_add(invocation, ipam)?;
+        let mut result = ipam::add(invocation, ipam)?;
         leased = true;
-        let container = pod
-            .link(&invocation.ifname)
-            .map_err(kernel("find the container's interface"))?
-            .ok_or_else(|| PluginError::internal(format!("{} vanished", invocation.ifname)))?;
         if let Some(mtu) = bridge.mtu {
             pod.set_mtu(container.index, mtu)
                 .map_err(kernel("set the container interface's mtu"))?;
@@ -282,6 +218,7 @@ fn add(
                 gateway: via,
                 device: Some(container.index),
                 onlink: false,
+                source: None,
             })
             .map_err(kernel("add the container's route"))?;
         }
@@ -291,6 +228,10 @@ fn add(
                 Ok(())
             })
             .map_err(|e| PluginError::internal(format!("turn on IPv4 forwarding: {e}")))?;
+        }
+        if bridge.ip_masq {
+            masqueraded = true;
+            masquerade::add(invocation, host, &result)?;
         }
         let container = pod
             .link(&invocation.ifname)
@@ -319,12 +260,13 @@ fn add(
         Ok(result)
     })();
     if outcome.is_err() {
+        if masqueraded {
+            let _ = masquerade::remove(invocation, host);
+        }
         if leased {
-            let _ = ipam_call(invocation, ipam, Command::Del);
+            let _ = ipam::call(invocation, ipam, Command::Del);
         }
-        if let Ok(Some(link)) = node.link(&host_name) {
-            let _ = node.delete_link(link.index);
-        }
+        veth::remove_host_end(&mut node, &host_name);
     }
     outcome
 }
@@ -468,93 +410,6 @@ fn check(
     Ok(())
 }
 
-/// ADD through the IPAM plugin: host-local in-process, any other one run from CNI_PATH.
-fn ipam_add(invocation: &Invocation, ipam: &Value) -> Result<CniResult, PluginError> {
-    match ipam_type(ipam)? {
-        "host-local" => {
-            let config = host_local::Config::load(invocation)?;
-            host_local::add(&config, &invocation.container_id, &invocation.ifname)
-        }
-        other => {
-            let out = delegate(invocation, other, Command::Add)?;
-            CniResult::parse(&out).map_err(|e| PluginError::internal(format!("ipam {other}: {e}")))
-        }
-    }
-}
-
-/// DEL, CHECK, GC or STATUS through the IPAM plugin.
-fn ipam_call(invocation: &Invocation, ipam: &Value, command: Command) -> Result<(), PluginError> {
-    match ipam_type(ipam)? {
-        "host-local" => {
-            let mut call = invocation.clone();
-            call.command = command;
-            host_local::run(&call).map(|_| ())
-        }
-        other => delegate(invocation, other, command).map(|_| ()),
-    }
-}
-
-fn ipam_type(ipam: &Value) -> Result<&str, PluginError> {
-    ipam.get("type")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| PluginError::config("ipam.type: missing"))
-}
-
-/// Runs another plugin with this call's variables and config, as upstream's delegation
-/// does; its stdout.
-fn delegate(
-    invocation: &Invocation,
-    plugin: &str,
-    command: Command,
-) -> Result<Vec<u8>, PluginError> {
-    let binary: PathBuf = invocation
-        .cni_path
-        .iter()
-        .map(|dir| dir.join(plugin))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            PluginError::config(format!("ipam.type: plugin {plugin:?} is not in CNI_PATH"))
-        })?;
-    let args: Vec<String> = invocation
-        .args
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let mut child = std::process::Command::new(&binary)
-        .env("CNI_COMMAND", command.as_str())
-        .env("CNI_CONTAINERID", &invocation.container_id)
-        .env(
-            "CNI_NETNS",
-            invocation.netns.as_deref().unwrap_or(Path::new("")),
-        )
-        .env("CNI_IFNAME", &invocation.ifname)
-        .env("CNI_ARGS", args.join(";"))
-        .env(
-            "CNI_PATH",
-            std::env::join_paths(&invocation.cni_path).unwrap_or_default(),
-        )
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .map_err(|e| PluginError::internal(format!("run {}: {e}", binary.display())))?;
-    let config = invocation.config.to_string();
-    std::io::Write::write_all(&mut child.stdin.take().expect("piped"), config.as_bytes())
-        .map_err(|e| PluginError::internal(format!("write to {}: {e}", binary.display())))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| PluginError::internal(format!("wait for {}: {e}", binary.display())))?;
-    if !out.status.success() {
-        let error: Option<cni_host::result::ErrorObject> = serde_json::from_slice(&out.stdout).ok();
-        return Err(match error {
-            Some(e) => PluginError::new(e.code, format!("ipam {plugin}: {}", e.msg)),
-            None => PluginError::internal(format!("ipam {plugin} failed ({})", out.status)),
-        });
-    }
-    Ok(out.stdout)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,12 +424,16 @@ mod tests {
         assert_eq!(config.bridge, "cni0");
         assert!(config.is_gateway, "isDefaultGateway implies isGateway");
         assert_eq!(config.mtu, Some(1400));
-        let masq = BridgeConfig::load(&json!({ "ipMasq": true })).unwrap_err();
-        assert_eq!(masq.code, UNSUPPORTED_FIELD);
+        assert!(
+            BridgeConfig::load(&json!({ "ipMasq": true }))
+                .unwrap()
+                .ip_masq
+        );
+        let vlan = BridgeConfig::load(&json!({ "vlan": 10 })).unwrap_err();
+        assert_eq!(vlan.code, UNSUPPORTED_FIELD);
         let bad = BridgeConfig::load(&json!({ "mtu": "big" })).unwrap_err();
         assert!(bad.msg.starts_with("mtu:"), "{bad}");
         let long = BridgeConfig::load(&json!({ "bridge": "a-very-long-bridge-name" })).unwrap_err();
         assert!(long.msg.contains("bridge"), "{long}");
-        assert!(veth_name().starts_with("veth") && veth_name().len() == 12);
     }
 }

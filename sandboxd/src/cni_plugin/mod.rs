@@ -8,16 +8,22 @@
 //! * [`invocation`]: what a plugin is asked (CNI_* variables, the config on stdin) and
 //!   how it answers (a result in the config's version, or an error object);
 //! * [`in_process`]: the plugins run inside sandboxd, behind cni-host's exec seam;
-//! * the plugins: [`bridge`] (a veth pair per container on a node bridge),
-//!   [`host_local`] (IPAM: leases in files, as upstream keeps them), [`loopback`] and
-//!   [`portmap`] (hostPorts in nftables).
+//! * the plugins: [`bridge`] (a veth pair per container on a node bridge), [`ptp`] (a
+//!   routed veth pair per container, no bridge), [`host_local`] (IPAM: leases in files,
+//!   as upstream keeps them), [`loopback`] and [`portmap`] (hostPorts in nftables);
+//! * what bridge and ptp share: [`veth`] (the pair), [`ipam`] (host-local in-process or
+//!   a delegated IPAM plugin) and [`masquerade`] (`ipMasq` in nftables).
 
 pub mod bridge;
 pub mod host_local;
 pub mod in_process;
 pub mod invocation;
+pub mod ipam;
 pub mod loopback;
+pub mod masquerade;
 pub mod portmap;
+pub mod ptp;
+pub mod veth;
 
 pub use invocation::{Command, Invocation, PluginError};
 
@@ -33,6 +39,7 @@ pub enum Plugin {
     HostLocal,
     Loopback,
     Portmap,
+    Ptp,
 }
 
 impl Plugin {
@@ -41,6 +48,7 @@ impl Plugin {
         Plugin::HostLocal,
         Plugin::Loopback,
         Plugin::Portmap,
+        Plugin::Ptp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +57,7 @@ impl Plugin {
             Plugin::HostLocal => "host-local",
             Plugin::Loopback => "loopback",
             Plugin::Portmap => "portmap",
+            Plugin::Ptp => "ptp",
         }
     }
 
@@ -78,6 +87,7 @@ impl Plugin {
             Plugin::HostLocal => host_local::run(invocation),
             Plugin::Loopback => loopback::run(invocation),
             Plugin::Portmap => portmap::run_in(invocation, host),
+            Plugin::Ptp => ptp::run_in(invocation, host),
         }
     }
 }

@@ -758,11 +758,18 @@ impl Batch {
                 self.immediate_verdict(verdict);
             }
             Rule::FromOutside((net, prefix), verdict)
-            | Rule::FromNetwork((net, prefix), verdict) => {
+            | Rule::FromNetwork((net, prefix), verdict)
+            | Rule::ToNetwork((net, prefix), verdict) => {
                 let op = if matches!(rule, Rule::FromOutside(..)) {
                     CMP_NEQ
                 } else {
                     CMP_EQ
+                };
+                // The IPv4 header's saddr is at 12, daddr at 16.
+                let offset = if matches!(rule, Rule::ToNetwork(..)) {
+                    16
+                } else {
+                    12
                 };
                 // As nft: a whole-byte prefix loads just those bytes; any other loads the
                 // address and masks it.
@@ -771,10 +778,10 @@ impl Batch {
                 let value = (u32::from(*net) & mask).to_be_bytes();
                 if prefix % 8 == 0 {
                     let bytes = (prefix / 8).max(1) as usize;
-                    self.source_address(bytes as u32);
+                    self.payload(REG_1, PAYLOAD_NETWORK, offset, bytes as u32);
                     self.cmp(REG_1, op, &value[..bytes]);
                 } else {
-                    self.source_address(4);
+                    self.payload(REG_1, PAYLOAD_NETWORK, offset, 4);
                     self.bitwise(REG_1, &mask.to_be_bytes(), &[0; 4]);
                     self.cmp(REG_1, op, &value);
                 }

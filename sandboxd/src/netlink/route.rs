@@ -12,12 +12,15 @@ const RTM_GETROUTE: u16 = 26;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_PREFSRC: u16 = 7;
 const RTA_TABLE: u16 = 15;
 const RT_TABLE_MAIN: u8 = 254;
 /// What `ip route add` records as the route's origin.
 const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
+/// In a delete: whatever the route's scope.
+const RT_SCOPE_NOWHERE: u8 = 255;
 const RTN_UNICAST: u8 = 1;
 const RTNH_F_ONLINK: u32 = 4;
 
@@ -32,6 +35,8 @@ pub struct Route {
     /// The gateway is taken as on the link even with no address of its subnet there
     /// (flannel's routes via `<subnet>.0` on flannel.1).
     pub onlink: bool,
+    /// The source address the node picks for traffic on this route (`src`).
+    pub source: Option<Ipv4Addr>,
 }
 
 impl Route {
@@ -49,8 +54,14 @@ impl Route {
         header[0] = libc::AF_INET as u8;
         header[1] = self.prefix;
         header[4] = RT_TABLE_MAIN;
-        header[5] = RTPROT_BOOT;
-        header[6] = self.scope();
+        if msg_type == RTM_DELROUTE {
+            // As `ip route del`: any origin and scope, so the kernel's own prefix routes
+            // can go too; the destination, gateway and device still have to match.
+            header[6] = RT_SCOPE_NOWHERE;
+        } else {
+            header[5] = RTPROT_BOOT;
+            header[6] = self.scope();
+        }
         header[7] = RTN_UNICAST;
         let route_flags = if self.onlink { RTNH_F_ONLINK } else { 0 };
         header[8..12].copy_from_slice(&route_flags.to_ne_bytes());
@@ -61,6 +72,9 @@ impl Route {
         }
         if let Some(device) = self.device {
             request.u32(RTA_OIF, device);
+        }
+        if let Some(source) = self.source {
+            request.attr(RTA_PREFSRC, &source.octets());
         }
         request
     }
@@ -77,6 +91,7 @@ fn parse_route(payload: &[u8]) -> Option<Route> {
         gateway: None,
         device: None,
         onlink: u32_at(payload, 8) & RTNH_F_ONLINK != 0,
+        source: None,
     };
     let ip = |v: &[u8]| Ipv4Addr::new(v[0], v[1], v[2], v[3]);
     for (attr, value) in attributes(&payload[12..]) {
@@ -84,6 +99,7 @@ fn parse_route(payload: &[u8]) -> Option<Route> {
             RTA_DST if value.len() == 4 => route.destination = ip(value),
             RTA_GATEWAY if value.len() == 4 => route.gateway = Some(ip(value)),
             RTA_OIF if value.len() == 4 => route.device = Some(u32_at(value, 0)),
+            RTA_PREFSRC if value.len() == 4 => route.source = Some(ip(value)),
             RTA_TABLE if value.len() == 4 => table = u32_at(value, 0),
             _ => {}
         }
@@ -92,7 +108,7 @@ fn parse_route(payload: &[u8]) -> Option<Route> {
 }
 
 impl RouteSocket {
-    /// `ip route replace DST/PREFIX [via GATEWAY] [dev DEVICE] [onlink]`.
+    /// `ip route replace DST/PREFIX [via GATEWAY] [dev DEVICE] [onlink] [src SOURCE]`.
     pub fn replace_route(&mut self, route: &Route) -> Result<(), KernelError> {
         self.0
             .request(route.encode(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK))

@@ -15,6 +15,7 @@ fn route_to(peer: &Peer, underlay: &Link) -> Route {
         gateway: Some(peer.ip),
         device: Some(underlay.index),
         onlink: false,
+        source: None,
     }
 }
 

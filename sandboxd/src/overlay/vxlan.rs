@@ -123,6 +123,7 @@ fn entries_of(peer: &Peer, vtep: &Link) -> Option<Entries> {
             gateway: Some(gateway),
             device: Some(vtep.index),
             onlink: true,
+            source: None,
         },
     })
 }

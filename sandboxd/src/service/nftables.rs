@@ -54,6 +54,9 @@ impl std::fmt::Display for Rule {
             Rule::FromNetwork((net, prefix), verdict) => {
                 write!(f, "ip saddr {net}/{prefix} {verdict}")
             }
+            Rule::ToNetwork((net, prefix), verdict) => {
+                write!(f, "ip daddr {net}/{prefix} {verdict}")
+            }
             Rule::RememberSource(set) => write!(f, "update @{set} {{ ip saddr }}"),
             Rule::FromRemembered(set, verdict) => write!(f, "ip saddr @{set} {verdict}"),
             Rule::Dnat(protocol, to) => write!(f, "meta l4proto {} dnat to {to}", protocol.nft()),

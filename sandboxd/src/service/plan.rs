@@ -171,6 +171,8 @@ pub enum Rule {
     FromOutside((Ipv4Addr, u8), Verdict),
     /// `ip saddr NET/PREFIX VERDICT`
     FromNetwork((Ipv4Addr, u8), Verdict),
+    /// `ip daddr NET/PREFIX VERDICT`
+    ToNetwork((Ipv4Addr, u8), Verdict),
     /// `update @SET { ip saddr }`
     RememberSource(String),
     /// `ip saddr @SET VERDICT`

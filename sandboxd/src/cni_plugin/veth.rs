@@ -1,0 +1,130 @@
+//! The veth pair of an attachment, as bridge and ptp make it: the pair is created from
+//! the node's side with its container end (`CNI_IFNAME`) put straight into the pod's
+//! namespace, so there is one namespace switch (the socket's) and no window in which the
+//! container's end sits on the node. The host end gets a random name, as upstream's do.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use crate::cni_plugin::invocation::{Invocation, PluginError};
+use crate::netlink::link::Link;
+use crate::netlink::{KernelError, RouteSocket};
+
+/// Turns a kernel error into the plugin's, naming the step.
+pub fn kernel(step: &'static str) -> impl Fn(KernelError) -> PluginError {
+    move |e| PluginError::internal(format!("{step}: {e}"))
+}
+
+/// A netlink socket in `netns` (None: the caller's namespace).
+pub fn socket(netns: Option<&Path>) -> Result<RouteSocket, PluginError> {
+    RouteSocket::open_in(netns).map_err(|e| {
+        PluginError::internal(format!(
+            "open a netlink socket in {}: {e}",
+            netns.map_or("the node's namespace".into(), |n| n.display().to_string())
+        ))
+    })
+}
+
+/// A random host-side name, as upstream makes them (`veth` and 8 hex digits).
+pub fn random_name() -> String {
+    let mut bytes = [0u8; 4];
+    if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut random, &mut bytes);
+    }
+    format!("veth{:08x}", u32::from_ne_bytes(bytes))
+}
+
+/// The two ends of a pair just made.
+pub struct Pair {
+    pub host: Link,
+    pub container: Link,
+}
+
+/// Makes the pair: `CNI_IFNAME` in the pod's namespace, a free random name on the node.
+/// An interface already called `CNI_IFNAME` in the pod is an error, as upstream's is.
+pub fn create(
+    node: &mut RouteSocket,
+    pod: &mut RouteSocket,
+    invocation: &Invocation,
+) -> Result<Pair, PluginError> {
+    let netns = invocation.netns.as_deref().expect("ADD has a netns");
+    if pod
+        .link(&invocation.ifname)
+        .map_err(kernel("look for the container's interface"))?
+        .is_some()
+    {
+        return Err(PluginError::internal(format!(
+            "container veth name provided ({}) already exists",
+            invocation.ifname
+        )));
+    }
+    let pod_fd = std::fs::File::open(netns).map_err(|e| {
+        PluginError::new(
+            PluginError::INVALID_ENVIRONMENT,
+            format!("CNI_NETNS {}: {e}", netns.display()),
+        )
+    })?;
+    let mut host_name = random_name();
+    let mut attempts = 0;
+    loop {
+        match node.add_veth(&host_name, &invocation.ifname, Some(pod_fd.as_fd())) {
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && attempts < 8 => {
+                attempts += 1;
+                host_name = random_name();
+            }
+            Err(e) => return Err(kernel("create the veth pair")(e)),
+        }
+    }
+    let found = (|| {
+        let host = node
+            .link(&host_name)
+            .map_err(kernel("find the host veth"))?
+            .ok_or_else(|| PluginError::internal(format!("{host_name} vanished")))?;
+        let container = pod
+            .link(&invocation.ifname)
+            .map_err(kernel("find the container's interface"))?
+            .ok_or_else(|| PluginError::internal(format!("{} vanished", invocation.ifname)))?;
+        Ok(Pair { host, container })
+    })();
+    if found.is_err() {
+        remove_host_end(node, &host_name);
+    }
+    found
+}
+
+/// Deletes the pair by its host end (undo of a failed ADD; errors are the ADD's to tell).
+pub fn remove_host_end(node: &mut RouteSocket, host_name: &str) {
+    if let Ok(Some(link)) = node.link(host_name) {
+        let _ = node.delete_link(link.index);
+    }
+}
+
+/// DEL: deletes the container's end (which takes the pair). A namespace or interface
+/// already gone is not an error: DEL must succeed when repeated.
+pub fn delete(invocation: &Invocation) -> Result<(), PluginError> {
+    let Some(netns) = invocation.netns.as_deref().filter(|n| n.exists()) else {
+        return Ok(());
+    };
+    let mut pod = socket(Some(netns))?;
+    if let Some(link) = pod
+        .link(&invocation.ifname)
+        .map_err(kernel("find the container's interface"))?
+    {
+        pod.delete_link(link.index)
+            .map_err(kernel("delete the container's veth"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ends_are_named_as_upstream_names_them() {
+        let (a, b) = (random_name(), random_name());
+        assert!(a.starts_with("veth") && a.len() == 12, "{a}");
+        assert_ne!(a, b);
+    }
+}
