@@ -12,8 +12,9 @@
 #   install-deps.sh [--checks]
 #
 # --checks adds what only the tests use (a machine that runs the cluster does not need
-# them): shellcheck, vagrant and its libvirt plugin (the Vagrant cluster's checks), and
-# chromium (renders `lab graph`'s SVG headless).
+# them): shellcheck, vagrant and its libvirt plugin (the Vagrant cluster's checks),
+# chromium (renders `lab graph`'s SVG headless), and containerd (a runtime we did not
+# write, run on sandboxd-cni's plugins).
 set -euo pipefail
 
 packages=(
@@ -26,7 +27,7 @@ packages=(
 )
 
 case "${1:-}" in
-  --checks) packages+=(shellcheck vagrant vagrant-libvirt chromium) ;;
+  --checks) packages+=(shellcheck vagrant vagrant-libvirt chromium containerd) ;;
   "") ;;
   *) echo "install-deps.sh: unknown argument $1 (usage: install-deps.sh [--checks])" >&2; exit 2 ;;
 esac

@@ -11,34 +11,34 @@ use sandboxd::overlay::Backend;
 
 use crate::{require_root, workspace_binary};
 
-/// The demo images, built once per test process.
+/// The demo images, built once per test process, in the target dir beside the workspace's
+/// binaries (one dir per test binary, replaced by its next run): a static is never
+/// dropped, so a temp dir would be left behind by every run.
 fn demo_images() -> &'static Path {
-    static IMAGES: OnceLock<tempfile::TempDir> = OnceLock::new();
-    IMAGES
-        .get_or_init(|| {
-            let dir = tempfile::Builder::new()
-                .prefix("sbt-lab-images-")
-                .tempdir()
-                .unwrap();
-            let built = Command::new("bash")
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/build-images.sh"))
-                .arg("--store")
-                .arg(dir.path().join("images"))
-                .arg("--no-build")
-                .env(
-                    "SANDBOXD_BIN_DIR",
-                    workspace_binary("sandboxctl").parent().unwrap(),
-                )
-                .output()
-                .expect("run build-images.sh");
-            assert!(
-                built.status.success(),
-                "build-images.sh: {}",
-                String::from_utf8_lossy(&built.stderr)
-            );
-            dir
-        })
-        .path()
+    static IMAGES: OnceLock<PathBuf> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let bin_dir = workspace_binary("sandboxctl").parent().unwrap().to_path_buf();
+        let test = std::env::current_exe().expect("current exe");
+        let dir = bin_dir
+            .join("lab-images")
+            .join(test.file_name().expect("a test binary"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let built = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/build-images.sh"))
+            .arg("--store")
+            .arg(dir.join("images"))
+            .arg("--no-build")
+            .env("SANDBOXD_BIN_DIR", &bin_dir)
+            .output()
+            .expect("run build-images.sh");
+        assert!(
+            built.status.success(),
+            "build-images.sh: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        dir
+    })
 }
 
 pub struct TestLab {

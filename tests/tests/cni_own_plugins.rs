@@ -536,3 +536,168 @@ async fn the_own_portmap_forwards_host_ports_in_nftables() {
     assert!(!table.contains("hp/pm-a"), "{table}");
     host.del(&network, &rt_a).await.expect("DEL a");
 }
+
+/// A read-only bind mount of a dir of the test's own, removed on drop, pass or fail.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &Path) -> ReadOnly {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.to_str().unwrap();
+        sandboxd_tests::run("mount", &["--bind", path, path]);
+        let guard = ReadOnly(dir.to_path_buf());
+        sandboxd_tests::run("mount", &["-o", "remount,bind,ro", path]);
+        guard
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Each failure the issue names leaves nothing (no veth, lease, nft rule or cache entry)
+/// and says what went wrong: the bridge plugin process killed mid-ADD (it is held in
+/// host-local's lock, after it made the veth), the pod's netns gone before DEL, and a
+/// lease dir that cannot be written.
+#[tokio::test]
+async fn failures_leave_nothing_behind() {
+    use cni_host::{CniHost, NetworkConfigList, ProcessExec, RuntimeConf};
+    use sandboxd_tests::{files_under, ip_reservations};
+    let node = Netns::new("sbt-node");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = own_plugins(dir.path());
+    let bridge = format!("sbf{}", std::process::id() % 100_000);
+    let network = |ipam: &Path| {
+        let doc = json!({
+            "cniVersion": "1.1.0", "name": "pods",
+            "plugins": [
+                { "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+                  "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.81.0.0/24" }]],
+                            "dataDir": ipam } },
+                { "type": "portmap", "capabilities": { "portMappings": true } },
+                { "type": "loopback" }
+            ]
+        });
+        NetworkConfigList::from_bytes(doc.to_string().as_bytes(), "<test>").unwrap()
+    };
+    let cache = dir.path().join("cache");
+    let host = CniHost::with_exec(
+        vec![bin.clone()],
+        cache.clone(),
+        ProcessExec::in_netns(node.path()),
+    );
+    let runtime = |id: &str, pod: &Netns| {
+        let mut rt = RuntimeConf::new(id, pod.path().display().to_string(), "eth0");
+        rt.capability_args.insert(
+            "portMappings".into(),
+            json!([{ "hostPort": 18090, "containerPort": 80, "protocol": "tcp" }]),
+        );
+        rt
+    };
+    let ipam = dir.path().join("ipam");
+    let assert_nothing_of = |id: &str, ipam: &Path| {
+        assert_eq!(node.veths(), Vec::<String>::new(), "{id}: veths left");
+        assert_eq!(
+            ip_reservations(ipam),
+            Vec::<String>::new(),
+            "{id}: leases left"
+        );
+        assert_eq!(
+            files_under(&cache),
+            Vec::<PathBuf>::new(),
+            "{id}: cache left"
+        );
+        let rules = node.exec(&["nft", "list", "ruleset"]);
+        assert!(!rules.contains(id), "{id}: rules left: {rules}");
+    };
+
+    // 1. The plugin killed mid-ADD: held in host-local's lock, after it made the veth.
+    let pod = Netns::new("sbt-pod");
+    std::fs::create_dir_all(ipam.join("pods")).unwrap();
+    let held = sandboxd::lockfile::lock(
+        &ipam.join("pods/lock"),
+        sandboxd::lockfile::LockMode::Exclusive,
+    )
+    .unwrap();
+    let killed_network = network(&ipam);
+    let killed_rt = runtime("killed", &pod);
+    let add = host.add(&killed_network, &killed_rt);
+    let kill = async {
+        let plugin = bin.join("bridge").display().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the bridge never got stuck"
+            );
+            let pids = Command::new("pgrep")
+                .args(["-f", &plugin])
+                .output()
+                .unwrap();
+            let pids = String::from_utf8_lossy(&pids.stdout).into_owned();
+            if !pids.trim().is_empty() && !node.veths().is_empty() {
+                for pid in pids.lines() {
+                    Command::new("kill").args(["-9", pid]).status().unwrap();
+                }
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        drop(held);
+    };
+    let (outcome, ()) = tokio::join!(add, kill);
+    let err = outcome
+        .expect_err("a killed plugin fails the ADD")
+        .to_string();
+    assert!(
+        err.contains("plugin bridge failed (ADD) for container killed")
+            && err.contains("without a CNI error object"),
+        "{err}"
+    );
+    assert!(!err.contains("cleanup DEL also failed"), "{err}");
+    assert_eq!(pod.links(), Vec::<String>::new(), "eth0 left in the pod");
+    assert_nothing_of("killed", &ipam);
+
+    // 2. The pod's netns gone before DEL: DEL still frees the lease, the hostPort, the
+    // masquerade and the cache entry.
+    let gone_rt = {
+        let pod = Netns::new("sbt-pod");
+        let rt = runtime("gone", &pod);
+        host.add(&network(&ipam), &rt).await.expect("ADD");
+        let rules = node.exec(&["nft", "list", "ruleset"]);
+        assert!(rules.contains("hp/gone/tcp/18090") && rules.contains("masq/pods/gone/"));
+        rt
+    };
+    assert!(!Path::new(&gone_rt.netns).exists());
+    host.del(&network(&ipam), &gone_rt)
+        .await
+        .expect("DEL without the netns");
+    assert_nothing_of("gone", &ipam);
+
+    // 3. A lease dir that cannot be written: ADD fails naming it, and nothing is made.
+    let read_only = dir.path().join("ro-ipam");
+    let _mounted = ReadOnly::mount(&read_only);
+    let pod = Netns::new("sbt-pod");
+    let err = host
+        .add(&network(&read_only), &runtime("readonly", &pod))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("open the lease dir {}/pods", read_only.display()))
+            && err.contains("Read-only file system")
+            && err.contains("(code 5)")
+            && !err.contains("cleanup DEL also failed"),
+        "{err}"
+    );
+    assert_eq!(pod.links(), Vec::<String>::new(), "eth0 left in the pod");
+    assert_nothing_of("readonly", &read_only);
+    let status = host
+        .status(&network(&read_only))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(status.contains("(code 50)"), "{status}");
+}

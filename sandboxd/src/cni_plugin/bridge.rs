@@ -97,7 +97,7 @@ pub fn run_in(invocation: &Invocation, host: HostNetns<'_>) -> Result<Option<Val
         }
         Command::Del => {
             ipam::call(invocation, ipam, Command::Del)?;
-            veth::delete(invocation)?;
+            veth::delete(invocation, host)?;
             if bridge.ip_masq {
                 masquerade::remove(invocation, host)?;
             }

@@ -219,6 +219,37 @@ impl Invocation {
     }
 }
 
+/// Capability arguments as a Go runtime writes them, read as a Go plugin reads them: go-cni
+/// (containerd's CNI library) marshals its structs without JSON tags, so containerd sends
+/// `{"HostPort": 80, "HostIP": ""}` where the conventions say `hostPort`, and Go's decoder
+/// matches field names case-insensitively and takes `""` as unset. This renames every key
+/// of the objects in `value` (through nested lists) that matches one of `fields` but for
+/// case to that spelling, and drops keys whose value is `""`.
+pub fn fields_as_go_reads_them(value: &Value, fields: &[&str]) -> Value {
+    match value {
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| fields_as_go_reads_them(item, fields))
+                .collect(),
+        ),
+        Value::Object(object) => Value::Object(
+            object
+                .iter()
+                .filter(|(_, v)| v.as_str() != Some(""))
+                .map(|(key, v)| {
+                    let canonical = fields
+                        .iter()
+                        .find(|f| f.eq_ignore_ascii_case(key))
+                        .map_or_else(|| key.clone(), |f| f.to_string());
+                    (canonical, v.clone())
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// The answer to VERSION.
 pub fn version_answer(invocation: &Invocation) -> Value {
     json!({
@@ -271,6 +302,25 @@ fn stdin_version(stdin: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_runtimes_capability_arguments_read_as_go_reads_them() {
+        let containerd =
+            json!([{ "HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": "" }]);
+        assert_eq!(
+            fields_as_go_reads_them(
+                &containerd,
+                &["hostPort", "containerPort", "protocol", "hostIP"]
+            ),
+            json!([{ "hostPort": 8080, "containerPort": 80, "protocol": "tcp" }])
+        );
+        let ranges =
+            json!([[{ "Subnet": "10.1.0.0/16", "RangeStart": "", "gateway": "10.1.0.1" }]]);
+        assert_eq!(
+            fields_as_go_reads_them(&ranges, &["subnet", "rangeStart", "rangeEnd", "gateway"]),
+            json!([[{ "subnet": "10.1.0.0/16", "gateway": "10.1.0.1" }]])
+        );
+    }
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let vars: Vec<(String, String)> = vars

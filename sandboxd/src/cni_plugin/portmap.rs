@@ -27,7 +27,7 @@ use cni_host::result::CniResult;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cni_plugin::invocation::{Command, Invocation, PluginError};
+use crate::cni_plugin::invocation::{fields_as_go_reads_them, Command, Invocation, PluginError};
 use crate::netlink::nftables::NftSocket;
 use crate::service::plan::{ChainType, Hook, Key, MapKey, Op, Plan, Rule, Verdict};
 use crate::service::Protocol;
@@ -140,7 +140,14 @@ impl Forward {
 
 impl PortmapConfig {
     fn load(config: &Value) -> Result<PortmapConfig, PluginError> {
-        let parsed: PortmapConfig = serde_path_to_error::deserialize(config)
+        let mut config = config.clone();
+        if let Some(mappings) = config.pointer_mut("/runtimeConfig/portMappings") {
+            *mappings = fields_as_go_reads_them(
+                mappings,
+                &["hostPort", "containerPort", "protocol", "hostIP"],
+            );
+        }
+        let parsed: PortmapConfig = serde_path_to_error::deserialize(&config)
             .map_err(|e| PluginError::config(format!("{}: {}", e.path(), e.inner())))?;
         for (field, present) in [
             (
@@ -216,6 +223,12 @@ pub fn run(invocation: &Invocation) -> Result<Option<Value>, PluginError> {
 }
 
 pub fn run_in(invocation: &Invocation, host: Option<&Path>) -> Result<Option<Value>, PluginError> {
+    if invocation.command == Command::Del {
+        // DEL finds the forwards by name: a config the ADD refused (or a newer runtime's
+        // arguments) must not keep a failed attachment from being cleaned up.
+        del(&invocation.container_id, host)?;
+        return Ok(None);
+    }
     let config = PortmapConfig::load(&invocation.config)?;
     let previous = match invocation.config.get("prevResult") {
         Some(previous) => Some(
@@ -237,10 +250,7 @@ pub fn run_in(invocation: &Invocation, host: Option<&Path>) -> Result<Option<Val
             }
             invocation.render(&previous).map(Some)
         }
-        Command::Del => {
-            del(&invocation.container_id, host)?;
-            Ok(None)
-        }
+        Command::Del => unreachable!("handled above"),
         Command::Check => {
             let names = chains(host)?;
             for forward in config.forwards()? {
@@ -521,5 +531,22 @@ mod tests {
         .unwrap_err();
         assert_eq!(sctp.code, UNSUPPORTED_FIELD);
         assert!(PortmapConfig::load(&json!({ "conditionsV4": ["-s", "1.2.3.4"] })).is_err());
+        // containerd's go-cni spells the fields as its Go struct does.
+        let containerd = PortmapConfig::load(&json!({
+            "runtimeConfig": { "portMappings": [
+                { "HostPort": 18081, "ContainerPort": 80, "Protocol": "tcp", "HostIP": "" }
+            ]}
+        }))
+        .unwrap()
+        .forwards()
+        .unwrap();
+        assert_eq!(
+            (
+                containerd[0].host_port,
+                containerd[0].container_port,
+                containerd[0].host_ip
+            ),
+            (18081, 80, None)
+        );
     }
 }

@@ -62,7 +62,7 @@ pub fn run_in(invocation: &Invocation, host: Option<&Path>) -> Result<Option<Val
         }
         Command::Del => {
             ipam::call(invocation, ipam, Command::Del)?;
-            veth::delete(invocation)?;
+            veth::delete(invocation, host)?;
             if ptp.ip_masq {
                 masquerade::remove(invocation, host)?;
             }

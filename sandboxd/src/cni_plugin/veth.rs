@@ -6,8 +6,10 @@
 use std::os::fd::AsFd;
 use std::path::Path;
 
+use cni_host::result::CniResult;
+
 use crate::cni_plugin::invocation::{Invocation, PluginError};
-use crate::netlink::link::Link;
+use crate::netlink::link::{format_mac, Link};
 use crate::netlink::{KernelError, RouteSocket};
 
 /// Turns a kernel error into the plugin's, naming the step.
@@ -101,18 +103,45 @@ pub fn remove_host_end(node: &mut RouteSocket, host_name: &str) {
 }
 
 /// DEL: deletes the container's end (which takes the pair). A namespace or interface
-/// already gone is not an error: DEL must succeed when repeated.
-pub fn delete(invocation: &Invocation) -> Result<(), PluginError> {
-    let Some(netns) = invocation.netns.as_deref().filter(|n| n.exists()) else {
+/// already gone is not an error: DEL must succeed when repeated. When the namespace is
+/// gone, the host end the previous result names is deleted from the node's side: the
+/// kernel frees a dead namespace's veths only when its cleanup runs, and not at all
+/// while a process still holds the namespace.
+pub fn delete(invocation: &Invocation, host: Option<&Path>) -> Result<(), PluginError> {
+    if let Some(netns) = invocation.netns.as_deref().filter(|n| n.exists()) {
+        let mut pod = socket(Some(netns))?;
+        if let Some(link) = pod
+            .link(&invocation.ifname)
+            .map_err(kernel("find the container's interface"))?
+        {
+            pod.delete_link(link.index)
+                .map_err(kernel("delete the container's veth"))?;
+        }
+        return Ok(());
+    }
+    let Some(previous) = invocation
+        .config
+        .get("prevResult")
+        .and_then(|p| CniResult::from_value(p.clone()).ok())
+    else {
         return Ok(());
     };
-    let mut pod = socket(Some(netns))?;
-    if let Some(link) = pod
-        .link(&invocation.ifname)
-        .map_err(kernel("find the container's interface"))?
-    {
-        pod.delete_link(link.index)
-            .map_err(kernel("delete the container's veth"))?;
+    let mut node = socket(host)?;
+    for recorded in previous.interfaces.iter().filter(|i| i.sandbox.is_empty()) {
+        let Some(link) = node
+            .link(&recorded.name)
+            .map_err(kernel("find the host veth"))?
+        else {
+            continue;
+        };
+        // The same veth, not another pod's that took the name since.
+        let same_mac = link
+            .mac
+            .is_some_and(|m| recorded.mac.eq_ignore_ascii_case(&format_mac(&m)));
+        if link.kind.as_deref() == Some("veth") && same_mac {
+            node.delete_link(link.index)
+                .map_err(kernel("delete the host veth"))?;
+        }
     }
     Ok(())
 }

@@ -116,7 +116,11 @@ impl Config {
 
         let mut configs: Vec<Vec<RangeConfig>> = Vec::new();
         if let Some(extra) = config.pointer("/runtimeConfig/ipRanges") {
-            let extra: Vec<Vec<RangeConfig>> = serde_json::from_value(extra.clone())
+            let extra = crate::cni_plugin::invocation::fields_as_go_reads_them(
+                extra,
+                &["subnet", "rangeStart", "rangeEnd", "gateway"],
+            );
+            let extra: Vec<Vec<RangeConfig>> = serde_json::from_value(extra)
                 .map_err(|e| PluginError::config(format!("runtimeConfig.ipRanges: {e}")))?;
             configs.extend(extra);
         }
@@ -311,7 +315,19 @@ pub fn add(config: &Config, container_id: &str, ifname: &str) -> Result<CniResul
 
 /// Gives up the container's leases; none is not an error.
 pub fn del(config: &Config, container_id: &str, ifname: &str) -> Result<(), PluginError> {
-    let store = config.open()?;
+    let store = match config.open() {
+        Ok(store) => store,
+        Err(cannot_write) => {
+            // A lease dir that cannot be written (read-only, full) may still show that the
+            // container holds nothing there: then DEL has nothing to do and succeeds, so
+            // the rest of the chain's cleanup is not reported as failed.
+            return match Store::open_to_read(&config.data_dir, &config.network) {
+                Ok(None) => Ok(()),
+                Ok(Some(store)) if store.leases_of(container_id, ifname).is_empty() => Ok(()),
+                _ => Err(cannot_write),
+            };
+        }
+    };
     store.release(container_id, ifname).map_err(|e| {
         PluginError::new(
             PluginError::IO_FAILURE,

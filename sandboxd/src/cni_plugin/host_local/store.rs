@@ -40,6 +40,27 @@ impl Store {
         Ok(Store { dir, _lock: lock })
     }
 
+    /// Opens the network's dir only to read it, under the same lock (flock needs no write
+    /// access): for a DEL when the dir cannot be written. None if nothing was ever leased
+    /// there (no dir, or no lock).
+    pub fn open_to_read(data_dir: &Path, network: &str) -> std::io::Result<Option<Store>> {
+        let dir = data_dir.join(network);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let lock = match std::fs::File::open(dir.join("lock")) {
+            Ok(lock) => lock,
+            // Every writer takes the lock first: without it, nothing was ever leased here.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // SAFETY: flock(2) on a descriptor we own; the lock goes with it.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Some(Store { dir, _lock: lock }))
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
