@@ -3,7 +3,9 @@
 # images and the same CRI calls, for Debian's containerd (1.6) with its CRI plugin:
 # RunPodSandbox and CreateContainer+StartContainer latency (sequential and 10 in parallel),
 # the container path with sandboxd's embedded runtime and with runc on the same bundles,
-# the pod path with sandboxd's own CNI plugins in-process (--cni-plugins own),
+# the pod path (RunPodSandbox, and StopPodSandbox+RemovePodSandbox) with sandboxd's own
+# CNI plugins in-process (--cni-plugins own) and as processes, and containerd's pod path
+# with Debian's plugins and with sandboxd-cni's,
 # ExecSync and the streamed exec round trip (`crictl exec`, cri-tools v1.26.1 from
 # $CRICTL or ../shared/tools), and memory with 50 pods running (one container each). Each
 # runtime runs inside a node network namespace of its own, so neither touches the
@@ -65,11 +67,18 @@ mkdir -p "$work/logs"
 mkdir -p "$work/sandboxd/net.d"
 conflist "$work/sandboxd/ipam" > "$work/sandboxd/net.d/10-pods.conflist"
 node "$work/sandboxd-node"
+# Links to sandboxd-cni under each plugin's name: its plugins run as processes from here.
+own_bin="$work/own-bin"
+mkdir -p "$own_bin"
+for plugin in bridge host-local portmap loopback ptp; do
+  ln -s "$(pwd)/$bin/sandboxd-cni" "$own_bin/$plugin"
+done
+cni_bin_dir=/usr/lib/cni
 start_sandboxd() {
   "$bin/sandboxd" --socket "$work/sandboxd/sandboxd.sock" --state-dir "$work/sandboxd/state" \
     --netns-dir "$work/sandboxd/netns" --cni-conf-dir "$work/sandboxd/net.d" \
     --runtime-root "$work/sandboxd/runtime" \
-    --cni-bin-dir /usr/lib/cni --node-netns "$work/sandboxd-node" "$@" 2>>"$work/sandboxd.log" &
+    --cni-bin-dir "$cni_bin_dir" --node-netns "$work/sandboxd-node" "$@" 2>>"$work/sandboxd.log" &
   pids+=($!)
   wait_socket "$work/sandboxd/sandboxd.sock"
 }
@@ -87,11 +96,17 @@ start_sandboxd --runtime runc
 nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" \
   --label "sandboxd (runc)" --crictl "$crictl" --log-dir "$work/logs" "$@" | grep -E "Container|Exec|exec"
 stop_daemon
-# The pod path again with sandboxd-cni's bridge, host-local and loopback run in-process.
+# The pod path again with sandboxd-cni's plugins run in-process, then as processes.
 start_sandboxd --cni-plugins own
 nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" \
-  --label "sandboxd (own CNI plugins, in-process)" --log-dir "$work/logs" "$@" | grep -E "PodSandbox" || true
+  --label "sandboxd (sandboxd-cni, in-process)" --log-dir "$work/logs" "$@" --containers 0 --execs 0
 stop_daemon
+cni_bin_dir="$own_bin"
+start_sandboxd
+nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" \
+  --label "sandboxd (sandboxd-cni, processes)" --log-dir "$work/logs" "$@" --containers 0 --execs 0
+stop_daemon
+cni_bin_dir=/usr/lib/cni
 start_sandboxd
 "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd (embedded runtime)" \
   --log-dir "$work/logs" --hold "$hold" --rss-pid "${pids[0]}" --rss-helper sandboxd-monitor > "$work/rss.md"
@@ -104,7 +119,8 @@ conflist "$c/ipam" > "$c/net.d/10-pods.conflist"
 cp "$bin/pause" "$c/pause-rootfs/pause"
 "$bin/oci-pack" --out "$c/pause-layout" --name sandboxd.local/pause:bench --layer "$c/pause-rootfs" --entrypoint /pause >/dev/null
 tar -C "$c/pause-layout" -cf "$c/pause.tar" .
-cat > "$c/config.toml" <<TOML
+containerd_config() {  # $1: the CNI bin dir
+  cat > "$c/config.toml" <<TOML
 version = 2
 root = "$c/root"
 state = "$c/state"
@@ -114,13 +130,18 @@ state = "$c/state"
   sandbox_image = "sandboxd.local/pause:bench"
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "$1"
     conf_dir = "$c/net.d"
 TOML
+}
+containerd_config /usr/lib/cni
 node "$work/containerd-node"
-nsenter --net="$work/containerd-node" containerd --config "$c/config.toml" 2>"$work/containerd.log" &
-pids+=($!)
-wait_socket "$c/containerd.sock"
+start_containerd() {
+  nsenter --net="$work/containerd-node" containerd --config "$c/config.toml" 2>>"$work/containerd.log" &
+  pids+=($!)
+  wait_socket "$c/containerd.sock"
+}
+start_containerd
 ctr --address "$c/containerd.sock" -n k8s.io images import --base-name sandboxd.local/pause --digests "$c/pause.tar" >/dev/null
 ctr --address "$c/containerd.sock" -n k8s.io images tag --force \
   "$(ctr --address "$c/containerd.sock" -n k8s.io images ls -q | grep '^sandboxd.local/pause@' | head -1)" sandboxd.local/pause:bench >/dev/null
@@ -133,6 +154,14 @@ nsenter --net="$work/containerd-node" "$bin/cri-bench" --endpoint "unix://$c/con
   --label "containerd 1.6 (runc)" --crictl "$crictl" --log-dir "$work/logs" "$@"
 "$bin/cri-bench" --endpoint "unix://$c/containerd.sock" --label "containerd 1.6 (runc)" \
   --log-dir "$work/logs" --hold "$hold" --rss-pid "${pids[0]}" --rss-helper containerd-shim-runc-v2 >> "$work/rss.md"
+
+# containerd's pod path again, with sandboxd-cni's plugins (as processes) in its bin dir.
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
+rm -f "$c/containerd.sock"
+containerd_config "$own_bin"
+start_containerd
+nsenter --net="$work/containerd-node" "$bin/cri-bench" --endpoint "unix://$c/containerd.sock" \
+  --label "containerd 1.6 (runc), sandboxd-cni" --log-dir "$work/logs" "$@" --containers 0 --execs 0
 
 echo
 echo "| runtime | pods | runtime MiB | helpers | helpers MiB | total MiB |"

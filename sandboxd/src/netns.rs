@@ -131,9 +131,11 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
     made
 }
 
-/// Runs `f` in the network namespace at `netns` (None: the caller's, directly), on a
-/// short-lived thread so the caller's own namespace never changes. What `f` opens there
-/// (sockets, /proc/sys/net files) stays bound to that namespace.
+/// Runs `f` in the network namespace at `netns` (None: the caller's, directly). The calling
+/// thread enters it for the call and goes back before returning (even if `f` panics):
+/// two setns(2) calls, where a thread of its own would cost a clone and a join on every
+/// socket a CNI plugin opens. What `f` opens there (sockets, /proc/sys/net files) stays
+/// bound to that namespace.
 pub fn run_in<T: Send + 'static>(
     netns: Option<&Path>,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
@@ -141,17 +143,25 @@ pub fn run_in<T: Send + 'static>(
     let Some(netns) = netns else {
         return f();
     };
-    let file = std::fs::File::open(netns)?;
-    std::thread::spawn(move || {
-        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        f()
-    })
-    .join()
-    .unwrap_or_else(|_| {
-        Err(io::Error::other(
-            "the thread in the network namespace panicked",
-        ))
-    })
+    let target = std::fs::File::open(netns)?;
+    let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+    nix::sched::setns(&target, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    let _home = GoBack(home);
+    f()
+}
+
+/// Takes the thread back to its own network namespace when dropped.
+struct GoBack(std::fs::File);
+
+impl Drop for GoBack {
+    fn drop(&mut self) {
+        if let Err(e) = nix::sched::setns(&self.0, CloneFlags::CLONE_NEWNET) {
+            // A thread left in a pod's namespace would open the node's sockets there:
+            // there is no safe way on.
+            eprintln!("sandboxd: cannot return a thread to its network namespace: {e}");
+            std::process::abort();
+        }
+    }
 }
 
 /// Runs `future` to completion on a single-threaded runtime of its own, on a thread that
@@ -212,5 +222,36 @@ pub fn unpin(path: &Path) -> Result<(), NetnsError> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn own_netns() -> u64 {
+        std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
+    }
+
+    /// Needs root (it makes a namespace), as the crate's other kernel tests do.
+    #[test]
+    fn run_in_enters_the_namespace_and_always_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let pinned = dir.path().join("ns");
+        create(&pinned).unwrap();
+        let theirs = std::fs::metadata(&pinned).unwrap().ino();
+        let ours = own_netns();
+        assert_ne!(ours, theirs);
+
+        assert_eq!(run_in(Some(&pinned), || Ok(own_netns())).unwrap(), theirs);
+        assert_eq!(own_netns(), ours, "back after the call");
+        let panicked = std::panic::catch_unwind(|| {
+            let _ = run_in(Some(&pinned), || -> io::Result<()> { panic!("in the pod") });
+        });
+        assert!(panicked.is_err());
+        assert_eq!(own_netns(), ours, "back after a panic");
+        assert_eq!(run_in(None, || Ok(own_netns())).unwrap(), ours);
+        unpin(&pinned).unwrap();
     }
 }

@@ -111,7 +111,7 @@ impl Runtime {
         let runtime = Arc::new(Runtime {
             images,
             sandboxes: Store::new(config.sandboxes_dir(), RECORD_FILE),
-            run_intents: Store::new(config.sandboxes_dir(), RUN_INTENT_FILE),
+            run_intents: Store::transient(config.sandboxes_dir(), RUN_INTENT_FILE),
             container_records: Store::new(config.containers_dir(), crate::container::RECORD_FILE),
             create_intents: Store::new(
                 config.containers_dir(),

@@ -17,7 +17,10 @@ use crate::{require_root, workspace_binary};
 fn demo_images() -> &'static Path {
     static IMAGES: OnceLock<PathBuf> = OnceLock::new();
     IMAGES.get_or_init(|| {
-        let bin_dir = workspace_binary("sandboxctl").parent().unwrap().to_path_buf();
+        let bin_dir = workspace_binary("sandboxctl")
+            .parent()
+            .unwrap()
+            .to_path_buf();
         let test = std::env::current_exe().expect("current exe");
         let dir = bin_dir
             .join("lab-images")

@@ -8,7 +8,8 @@
 //! * with `--libcni PATH` (the Go harness `examples/libcni-bench`, built by
 //!   `scripts/bench.sh`), the same cycles through upstream libcni, in the same run;
 //! * the same chain with sandboxd's own plugins (`sandboxd-cni`) in place of Debian's,
-//!   through cni-host, without and with a hostPort.
+//!   through cni-host, without and with a hostPort: run as processes, and run inside
+//!   cni-host's process as sandboxd runs them (`--cni-plugins own`).
 //!
 //! Needs root, iproute2, util-linux and Debian's containernetworking-plugins.
 
@@ -16,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cni_host::{CniHost, NetworkConfigList, RuntimeConf};
+use cni_host::{CniHost, NetworkConfigList, PluginExec, RuntimeConf};
+use sandboxd::cni_plugin::in_process::InProcessExec;
 use sandboxd::lab::machine::Machine;
 use sandboxd::{netns, pause};
 use sandboxd_examples::{new_id, rss_kib, run};
@@ -147,6 +149,10 @@ enum Scenario {
     OwnPlugins,
     /// OneHostPort with sandboxd-cni's plugins (portmap in nftables).
     OwnPluginsHostPort,
+    /// OwnPlugins run inside cni-host's process (sandboxd's `--cni-plugins own` path).
+    OwnInProcess,
+    /// OwnPluginsHostPort run inside cni-host's process.
+    OwnInProcessHostPort,
 }
 
 const NOOP_NETWORK: &str = "noop";
@@ -161,15 +167,33 @@ impl Scenario {
 
     fn port_mappings(self) -> Option<serde_json::Value> {
         match self {
-            Scenario::NoHostPort | Scenario::NoopChain | Scenario::OwnPlugins => None,
-            Scenario::OneHostPort | Scenario::OwnPluginsHostPort => {
+            Scenario::NoHostPort
+            | Scenario::NoopChain
+            | Scenario::OwnPlugins
+            | Scenario::OwnInProcess => None,
+            Scenario::OneHostPort
+            | Scenario::OwnPluginsHostPort
+            | Scenario::OwnInProcessHostPort => {
                 Some(json!([{ "hostPort": 8080, "containerPort": 80, "protocol": "tcp" }]))
             }
         }
     }
 
     fn own(self) -> bool {
-        matches!(self, Scenario::OwnPlugins | Scenario::OwnPluginsHostPort)
+        matches!(
+            self,
+            Scenario::OwnPlugins
+                | Scenario::OwnPluginsHostPort
+                | Scenario::OwnInProcess
+                | Scenario::OwnInProcessHostPort
+        )
+    }
+
+    fn in_process(self) -> bool {
+        matches!(
+            self,
+            Scenario::OwnInProcess | Scenario::OwnInProcessHostPort
+        )
     }
 
     fn label(self) -> &'static str {
@@ -177,8 +201,10 @@ impl Scenario {
             Scenario::NoHostPort => "no hostPort",
             Scenario::OneHostPort => "1 hostPort",
             Scenario::NoopChain => "3 no-op plugins",
-            Scenario::OwnPlugins => "no hostPort, sandboxd-cni's four plugins",
-            Scenario::OwnPluginsHostPort => "1 hostPort, sandboxd-cni's four plugins",
+            Scenario::OwnPlugins => "no hostPort, sandboxd-cni's plugins (processes)",
+            Scenario::OwnPluginsHostPort => "1 hostPort, sandboxd-cni's plugins (processes)",
+            Scenario::OwnInProcess => "no hostPort, sandboxd-cni's plugins (in-process)",
+            Scenario::OwnInProcessHostPort => "1 hostPort, sandboxd-cni's plugins (in-process)",
         }
     }
 }
@@ -203,11 +229,38 @@ async fn bench_cni_host(
     if scenario.own() {
         dirs.insert(0, scratch.own_bin_dir());
     }
-    let host = CniHost::with_exec(
-        dirs,
-        scratch.dir.path().join("cache-cni-host"),
-        scratch.node().netns().plugin_exec(),
-    );
+    let cache = scratch.dir.path().join("cache-cni-host");
+    let processes = scratch.node().netns().plugin_exec();
+    if scenario.in_process() {
+        let own = std::env::current_exe()?.with_file_name("sandboxd-cni");
+        let exec = InProcessExec::new(processes, Some(&own));
+        cycle(
+            &CniHost::with_exec(dirs, cache, exec),
+            scratch,
+            list,
+            cycles,
+            scenario,
+        )
+        .await
+    } else {
+        cycle(
+            &CniHost::with_exec(dirs, cache, processes),
+            scratch,
+            list,
+            cycles,
+            scenario,
+        )
+        .await
+    }
+}
+
+async fn cycle<E: PluginExec>(
+    host: &CniHost<E>,
+    scratch: &Scratch,
+    list: &NetworkConfigList,
+    cycles: usize,
+    scenario: Scenario,
+) -> Result<Series> {
     // One warm-up cycle creates the bridge and learns the plugins' versions.
     host.add(list, &rt(&scratch.pod(), usize::MAX, scenario))
         .await?;
@@ -394,6 +447,8 @@ async fn main() -> Result<()> {
         Scenario::NoopChain,
         Scenario::OwnPlugins,
         Scenario::OwnPluginsHostPort,
+        Scenario::OwnInProcess,
+        Scenario::OwnInProcessHostPort,
     ] {
         let list = cni_host::load_network(&conf_dir, scenario.network())?;
         let (mut ours, mut theirs) = (Series::default(), Series::default());

@@ -9,7 +9,8 @@
 //!             [--log-dir DIR]                         the pods' log directory
 //!
 //! Pods: runs `--pods` sandboxes one after another, then `--pods` more with `--parallel` in
-//! flight at once; each is stopped and removed after it is measured, outside the timing.
+//! flight at once; each is then stopped and removed, timed apart (StopPodSandbox +
+//! RemovePodSandbox).
 //! Containers: in `--parallel` running pods, creates and starts `--containers` containers
 //! (`sleep 3600` from `--image`), one after another and then `--parallel` at once (one per
 //! pod); each is stopped and removed outside the timing. Hold: runs `--hold` pods with one
@@ -95,12 +96,17 @@ async fn remove_pod(client: &mut Client, id: String) -> Result<()> {
     Ok(())
 }
 
-async fn one_pod(mut client: Client, config: cri::PodSandboxConfig) -> Result<Duration> {
+/// Runs a pod, then stops and removes it: how long each took.
+async fn one_pod(
+    mut client: Client,
+    config: cri::PodSandboxConfig,
+) -> Result<(Duration, Duration)> {
     let start = Instant::now();
     let id = run_pod(&mut client, config).await?;
-    let took = start.elapsed();
+    let ran = start.elapsed();
+    let start = Instant::now();
     remove_pod(&mut client, id).await?;
-    Ok(took)
+    Ok((ran, start.elapsed()))
 }
 
 /// Creates and starts a container; returns its id and how long both calls took.
@@ -172,11 +178,13 @@ fn row(what: &str, label: &str, mode: &str, mut samples: Vec<Duration>) -> Strin
 async fn bench_pods(client: &Client, label: &str, pods: usize, parallel: usize) -> Result<()> {
     // One warm-up pod: the first ADD creates the bridge, the first calls load plugins.
     one_pod(client.clone(), pod("warmup", 0)).await?;
-    let mut sequential = Vec::with_capacity(pods);
+    let (mut sequential, mut sequential_teardown) = (Vec::new(), Vec::new());
     for i in 0..pods {
-        sequential.push(one_pod(client.clone(), pod("seq", i)).await?);
+        let (ran, removed) = one_pod(client.clone(), pod("seq", i)).await?;
+        sequential.push(ran);
+        sequential_teardown.push(removed);
     }
-    let mut concurrent = Vec::with_capacity(pods);
+    let (mut concurrent, mut concurrent_teardown) = (Vec::new(), Vec::new());
     let mut next = 0;
     while next < pods {
         let batch: Vec<_> = (next..(next + parallel).min(pods))
@@ -184,15 +192,23 @@ async fn bench_pods(client: &Client, label: &str, pods: usize, parallel: usize) 
             .collect();
         next += batch.len();
         for task in batch {
-            concurrent.push(task.await??);
+            let (ran, removed) = task.await??;
+            concurrent.push(ran);
+            concurrent_teardown.push(removed);
         }
     }
-    let what = "RunPodSandbox";
-    println!("{}", row(what, label, "sequential", sequential));
-    println!(
-        "{}",
-        row(what, label, &format!("{parallel} in parallel"), concurrent)
-    );
+    let in_parallel = format!("{parallel} in parallel");
+    for (what, sequential, concurrent) in [
+        ("RunPodSandbox", sequential, concurrent),
+        (
+            "StopPodSandbox+RemovePodSandbox",
+            sequential_teardown,
+            concurrent_teardown,
+        ),
+    ] {
+        println!("{}", row(what, label, "sequential", sequential));
+        println!("{}", row(what, label, &in_parallel, concurrent));
+    }
     Ok(())
 }
 

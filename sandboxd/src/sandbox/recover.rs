@@ -4,7 +4,9 @@
 //! A sandbox dir with a run intent and no record is a RunPodSandbox that did not finish:
 //! its CNI plugins still running are killed, the network is DELeted with the config the
 //! intent kept, its pause (found by its tag) is killed, the netns unpinned, the shm
-//! unmounted and the dir removed. A dir with neither is what a removal left: it goes.
+//! unmounted and the dir removed. A dir with neither is what a removal left: it goes. The
+//! intent is not fsynced (see [`Store::transient`](crate::store::Store::transient)): after
+//! a power loss it may be missing or torn, which is undone by the pod's id alone.
 //!
 //! A sandbox whose pause still runs and whose netns is still pinned is adopted as READY;
 //! anything else is marked NOTREADY, keeping what is left for Stop to release. Pins in the
