@@ -88,11 +88,11 @@ stop_daemon() {
 }
 echo "| operation | runtime | n | p50 ms | p90 ms | p99 ms |"
 echo "| --- | --- | --- | --- | --- | --- |"
-start_sandboxd
+start_sandboxd --cni-plugins upstream
 nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" \
   --label "sandboxd (embedded runtime)" --crictl "$crictl" --log-dir "$work/logs" "$@"
 stop_daemon
-start_sandboxd --runtime runc
+start_sandboxd --cni-plugins upstream --runtime runc
 nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" \
   --label "sandboxd (runc)" --crictl "$crictl" --log-dir "$work/logs" "$@" | grep -E "Container|Exec|exec"
 stop_daemon
@@ -102,7 +102,7 @@ nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sa
   --label "sandboxd (sandboxd-cni, in-process)" --log-dir "$work/logs" "$@" --containers 0 --execs 0
 stop_daemon
 cni_bin_dir="$own_bin"
-start_sandboxd
+start_sandboxd --cni-plugins upstream
 nsenter --net="$work/sandboxd-node" "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" \
   --label "sandboxd (sandboxd-cni, processes)" --log-dir "$work/logs" "$@" --containers 0 --execs 0
 stop_daemon

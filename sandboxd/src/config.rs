@@ -45,7 +45,7 @@ pub struct Config {
     pub streaming_address: std::net::SocketAddr,
 }
 
-/// Whose plugins the pod network's bridge, host-local and loopback are.
+/// Whose plugins the pod network's bridge, ptp, host-local, portmap and loopback are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CniPlugins {
     /// The plugin dirs' (Debian's containernetworking-plugins), each call a process.
@@ -70,7 +70,7 @@ impl Default for Config {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
-            cni_plugins: CniPlugins::Upstream,
+            cni_plugins: CniPlugins::Own,
             node: crate::node::Node::new(machine_hostname(), crate::node::NodeNetns::own()),
             pause_binary: None,
             cni_timeout: cni_host::DEFAULT_PLUGIN_TIMEOUT,

@@ -8,6 +8,7 @@ use sandboxd_tests::cri::{container_config, pod_config, Cri};
 use sandboxd_tests::daemon::SandboxdProcess;
 
 const OWN: &[&str] = &["--cni-plugins", "own"];
+const UPSTREAM: &[&str] = &["--cni-plugins", "upstream"];
 
 async fn pod_ip(cri: &mut Cri, pod: &str) -> String {
     cri.client
@@ -64,7 +65,7 @@ async fn pods_run_on_the_own_plugins_and_either_path_detaches_the_other() {
     }
 
     // Attached in-process, detached by Debian's plugins.
-    daemon.respawn_with(&[]);
+    daemon.respawn_with(UPSTREAM);
     cri.client = daemon.client().await;
     cri.remove_pod(&pod_a).await;
     cri.remove_pod(&pod_b).await;

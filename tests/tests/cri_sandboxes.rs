@@ -196,6 +196,12 @@ impl Drop for Daemon {
     }
 }
 
+/// A hostPort of the pod's own, from its name: sandboxd-cni's portmap refuses a hostPort
+/// another pod of the node holds (as the scheduler would never place them together).
+fn host_port_of(name: &str) -> i32 {
+    18000 + name.bytes().map(i32::from).sum::<i32>() % 1000
+}
+
 fn pod_config(name: &str, uid: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -208,7 +214,7 @@ fn pod_config(name: &str, uid: &str) -> cri::PodSandboxConfig {
         port_mappings: vec![cri::PortMapping {
             protocol: 0,
             container_port: 8080,
-            host_port: 18080,
+            host_port: host_port_of(name),
             host_ip: String::new(),
         }],
         ..Default::default()
@@ -329,11 +335,11 @@ async fn a_pod_sandbox_runs_lists_stops_and_is_removed_over_cri() {
         &[&format!("--uts=/proc/{}/ns/uts", info["pid"]), "hostname"],
     );
     assert_eq!(hostname.trim(), "web");
-    // portmap got the pod's port mapping.
+    // portmap (sandboxd-cni's, in-process: the default) got the pod's port mapping.
     assert!(daemon
         .node
-        .exec(&["iptables-save", "-t", "nat"])
-        .contains("--dport 18080"));
+        .exec(&["nft", "list", "table", "ip", "sandboxd-hostports"])
+        .contains(&format!("/tcp/{}", host_port_of("web"))));
 
     // Filters: id prefix, state, labels.
     let other = run_pod(&mut client, pod_config("db", "uid-db"))

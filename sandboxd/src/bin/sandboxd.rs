@@ -37,10 +37,11 @@ struct Args {
     /// CNI plugin dirs, colon-separated.
     #[arg(long, default_value = "/opt/cni/bin:/usr/lib/cni")]
     cni_bin_dir: String,
-    /// Whose bridge, host-local and loopback the pod network uses: upstream (the plugin
-    /// dirs', a process per call) or own (sandboxd-cni's, run inside sandboxd; links to it
-    /// in <state dir>/cni-bin come first). Other plugins come from the plugin dirs.
-    #[arg(long, default_value = "upstream")]
+    /// Whose bridge, ptp, host-local, portmap and loopback the pod network uses: own
+    /// (sandboxd-cni's, run inside sandboxd; links to it in <state dir>/cni-bin come first)
+    /// or upstream (the plugin dirs', a process per call). Other plugins come from the
+    /// plugin dirs either way.
+    #[arg(long, default_value = "own")]
     cni_plugins: CniPluginsArg,
     /// Run CNI plugins in this network namespace (a lab node) instead of sandboxd's own.
     #[arg(long)]
