@@ -9,7 +9,9 @@
 //!   `scripts/bench.sh`), the same cycles through upstream libcni, in the same run;
 //! * the same chain with sandboxd's own plugins (`sandboxd-cni`) in place of Debian's,
 //!   through cni-host, without and with a hostPort: run as processes, and run inside
-//!   cni-host's process as sandboxd runs them (`--cni-plugins own`).
+//!   cni-host's process as sandboxd runs them (`--cni-plugins own`);
+//! * the kernel's floor under a DEL: a veth pair's deletion and an nf_tables batch that
+//!   removes rules, each against a plain round trip on the same socket.
 //!
 //! Needs root, iproute2, util-linux and Debian's containernetworking-plugins.
 
@@ -372,6 +374,98 @@ async fn bench_pause(rounds: usize) -> Result<(u64, u64, Stats)> {
     Ok((size, rss, Stats::new(starts)))
 }
 
+/// The kernel's share of a DEL, over the same netlink sockets the plugins use, in the
+/// node: deleting a veth pair against reading one link, an nf_tables batch that removes
+/// a hostPort's map element and chain against listing the table's chains, and closing a
+/// socket right after such a batch (the kernel then finishes its deferred destruction).
+fn bench_kernel_floor(scratch: &Scratch, cycles: usize) -> Result<[Stats; 5]> {
+    use sandboxd::netlink::nftables::NftSocket;
+    use sandboxd::netlink::RouteSocket;
+    use sandboxd::service::plan::{
+        BaseChain, ChainType, Hook, Key, MapKey, Op, Plan, Rule, Verdict,
+    };
+    use sandboxd::service::Protocol;
+    const TABLE: &str = "cni-bench-floor";
+    const MAP: &str = "ports";
+    let node = scratch.node();
+    let mut links = RouteSocket::open_in(Some(node.path()))?;
+    let (mut read, mut delete) = (Vec::new(), Vec::new());
+    for _ in 0..cycles {
+        let start = Instant::now();
+        links.link("lo")?;
+        read.push(start.elapsed());
+        links.add_veth("floor-a", "floor-b", None)?;
+        let veth = links.link("floor-a")?.context("the veth just made")?;
+        let start = Instant::now();
+        links.delete_link(veth.index)?;
+        delete.push(start.elapsed());
+    }
+    let mut nft = NftSocket::open_in(Some(node.path()))?;
+    let mut plan = Plan::default();
+    plan.ops.push(Op::AddTable);
+    plan.ops.push(Op::AddMap {
+        name: MAP,
+        key: MapKey::ProtocolPort,
+    });
+    // As portmap's table: the map dispatched to from a nat hook.
+    plan.ops.push(Op::AddChain {
+        name: "prerouting".into(),
+        base: Some(BaseChain {
+            chain_type: ChainType::Nat,
+            hook: Hook::Prerouting,
+            priority: -100,
+        }),
+    });
+    plan.ops.push(Op::AddRule {
+        chain: "prerouting".into(),
+        rule: Rule::AnyLocalPortVmap(MAP),
+    });
+    nft.apply_to(TABLE, &plan)?;
+    let (mut list, mut unlink, mut close) = (Vec::new(), Vec::new(), Vec::new());
+    for cycle in 0..cycles {
+        let chain = format!("hp/{cycle}");
+        let key = Key::NodePort(Protocol::Tcp, 10_000 + cycle as u16);
+        let mut add = Plan::default();
+        add.ops.push(Op::AddChain {
+            name: chain.clone(),
+            base: None,
+        });
+        add.ops.push(Op::AddRule {
+            chain: chain.clone(),
+            rule: Rule::Dnat(Protocol::Tcp, "10.244.1.2:80".parse()?),
+        });
+        add.ops.push(Op::ClaimElement {
+            map: MAP,
+            key,
+            verdict: Verdict::Goto(chain.clone()),
+        });
+        nft.apply_to(TABLE, &add)?;
+        let start = Instant::now();
+        nft.chains(TABLE)?;
+        list.push(start.elapsed());
+        let mut del = Plan::default();
+        del.ops.push(Op::DeleteElement { map: MAP, key });
+        del.ops.push(Op::FlushChain(chain.clone()));
+        del.ops.push(Op::DeleteChain(chain));
+        // Every other cycle on a socket of its own, closed at once, as a plugin process's.
+        if cycle % 2 == 0 {
+            let start = Instant::now();
+            nft.apply_to(TABLE, &del)?;
+            unlink.push(start.elapsed());
+        } else {
+            let mut own = NftSocket::open_in(Some(node.path()))?;
+            own.apply_to(TABLE, &del)?;
+            let start = Instant::now();
+            drop(own);
+            close.push(start.elapsed());
+        }
+    }
+    let mut drop_table = Plan::default();
+    drop_table.ops.push(Op::DeleteTable);
+    nft.apply_to(TABLE, &drop_table)?;
+    Ok([read, delete, list, unlink, close].map(Stats::new))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut cycles = 200;
@@ -476,6 +570,19 @@ async fn main() -> Result<()> {
                 println!("{}", theirs[i]);
             }
         }
+    }
+    let [read, delete, list, unlink, close] = bench_kernel_floor(&scratch, cycles)?;
+    for (stats, what) in [
+        (read, "netlink: read one link (a round trip)"),
+        (delete, "netlink: delete a veth pair"),
+        (list, "nf_tables: list a table's chains (a round trip)"),
+        (
+            unlink,
+            "nf_tables: remove a hostPort's element and chain (one batch)",
+        ),
+        (close, "nf_tables: close the socket after such a batch"),
+    ] {
+        println!("{}", stats.row(what, "the kernel"));
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::path::Path;
 use cni_host::result::CniResult;
 
 use crate::cni_plugin::invocation::{Invocation, PluginError};
-use crate::netlink::nftables::NftSocket;
+use crate::cni_plugin::nft;
 use crate::service::plan::{BaseChain, ChainType, Hook, Op, Plan, Rule, Verdict};
 
 pub const TABLE: &str = "sandboxd-masq";
@@ -36,12 +36,7 @@ fn prefix_of(network: &str, container_id: &str, ifname: &str) -> String {
     format!("masq/{network}/{container_id}/{ifname}/")
 }
 
-fn socket(host: Option<&Path>) -> Result<NftSocket, PluginError> {
-    NftSocket::open_in(host)
-        .map_err(|e| PluginError::internal(format!("open an nf_tables socket: {e}")))
-}
-
-fn chains(nft: &mut NftSocket) -> Result<Vec<String>, PluginError> {
+fn chains(nft: &mut nft::Held) -> Result<Vec<String>, PluginError> {
     nft.chains(TABLE)
         .map_err(|e| PluginError::internal(format!("{e:#}")))
 }
@@ -55,7 +50,7 @@ pub fn add(
 ) -> Result<(), PluginError> {
     let network = invocation.network_name()?;
     let prefix = prefix_of(network, &invocation.container_id, &invocation.ifname);
-    let mut nft = socket(host)?;
+    let mut nft = nft::socket(host)?;
     let mut plan = Plan::default();
     plan.ops.push(Op::AddTable);
     for stale in chains(&mut nft)?
@@ -129,7 +124,7 @@ pub fn collect_garbage(invocation: &Invocation, host: Option<&Path>) -> Result<(
 }
 
 fn remove_where(host: Option<&Path>, doomed: impl Fn(&str) -> bool) -> Result<(), PluginError> {
-    let mut nft = socket(host)?;
+    let mut nft = nft::socket(host)?;
     let mut plan = Plan::default();
     for chain in chains(&mut nft)?.into_iter().filter(|c| doomed(c)) {
         plan.ops.push(Op::FlushChain(chain.clone()));

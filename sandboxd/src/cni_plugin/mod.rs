@@ -12,7 +12,8 @@
 //!   routed veth pair per container, no bridge), [`host_local`] (IPAM: leases in files,
 //!   as upstream keeps them), [`loopback`] and [`portmap`] (hostPorts in nftables);
 //! * what bridge and ptp share: [`veth`] (the pair), [`ipam`] (host-local in-process or
-//!   a delegated IPAM plugin) and [`masquerade`] (`ipMasq` in nftables).
+//!   a delegated IPAM plugin) and [`masquerade`] (`ipMasq` in nftables); [`nft`] keeps
+//!   portmap's and masquerade's nf_tables socket open.
 
 pub mod bridge;
 pub mod host_local;
@@ -21,6 +22,7 @@ pub mod invocation;
 pub mod ipam;
 pub mod loopback;
 pub mod masquerade;
+pub mod nft;
 pub mod portmap;
 pub mod ptp;
 pub mod veth;

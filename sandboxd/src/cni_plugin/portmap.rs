@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cni_plugin::invocation::{fields_as_go_reads_them, Command, Invocation, PluginError};
-use crate::netlink::nftables::NftSocket;
+use crate::cni_plugin::nft;
 use crate::service::plan::{ChainType, Hook, Key, MapKey, Op, Plan, Rule, Verdict};
 use crate::service::Protocol;
 
@@ -284,20 +284,15 @@ pub fn run_in(invocation: &Invocation, host: Option<&Path>) -> Result<Option<Val
             Ok(None)
         }
         Command::Status => {
-            socket(host)?;
+            nft::socket(host)?;
             Ok(None)
         }
         Command::Version => unreachable!("answered by the plugin"),
     }
 }
 
-fn socket(host: Option<&Path>) -> Result<NftSocket, PluginError> {
-    NftSocket::open_in(host)
-        .map_err(|e| PluginError::internal(format!("open an nf_tables socket: {e}")))
-}
-
 fn chains(host: Option<&Path>) -> Result<Vec<String>, PluginError> {
-    socket(host)?
+    nft::socket(host)?
         .chains(TABLE)
         .map_err(|e| PluginError::internal(format!("{e:#}")))
 }
@@ -387,7 +382,7 @@ fn add(
     host: Option<&Path>,
 ) -> Result<(), PluginError> {
     let _lock = lock()?;
-    let mut nft = socket(host)?;
+    let mut nft = nft::socket(host)?;
     let existing = nft
         .chains(TABLE)
         .map_err(|e| PluginError::internal(format!("{e:#}")))?;
@@ -449,7 +444,7 @@ fn add(
 /// Removes every forward of the container; none is not an error.
 fn del(container_id: &str, host: Option<&Path>) -> Result<(), PluginError> {
     let _lock = lock()?;
-    let mut nft = socket(host)?;
+    let mut nft = nft::socket(host)?;
     let names = nft
         .chains(TABLE)
         .map_err(|e| PluginError::internal(format!("{e:#}")))?;
