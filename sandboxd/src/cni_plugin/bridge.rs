@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::cni_plugin::invocation::{Command, Invocation, PluginError};
 use crate::cni_plugin::veth::{self, kernel, socket};
-use crate::cni_plugin::{ipam, masquerade};
+use crate::cni_plugin::{interface, ipam, masquerade};
 use crate::netlink::address::Address;
 use crate::netlink::link::format_mac;
 use crate::netlink::route::Route as KernelRoute;
@@ -96,11 +96,7 @@ pub fn run_in(invocation: &Invocation, host: HostNetns<'_>) -> Result<Option<Val
             invocation.render(&result).map(Some)
         }
         Command::Del => {
-            ipam::call(invocation, ipam, Command::Del)?;
-            veth::delete(invocation, host)?;
-            if bridge.ip_masq {
-                masquerade::remove(invocation, host)?;
-            }
+            interface::release(invocation, ipam, host, bridge.ip_masq)?;
             Ok(None)
         }
         Command::Check => {
@@ -109,10 +105,7 @@ pub fn run_in(invocation: &Invocation, host: HostNetns<'_>) -> Result<Option<Val
             Ok(None)
         }
         Command::Gc | Command::Status => {
-            ipam::call(invocation, ipam, invocation.command)?;
-            if bridge.ip_masq && invocation.command == Command::Gc {
-                masquerade::collect_garbage(invocation, host)?;
-            }
+            interface::network_wide(invocation, ipam, host, bridge.ip_masq)?;
             Ok(None)
         }
         Command::Version => unreachable!("answered by the plugin"),
@@ -223,11 +216,7 @@ fn add(
             .map_err(kernel("add the container's route"))?;
         }
         if bridge.is_gateway {
-            crate::netns::run_in(host, || {
-                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
-                Ok(())
-            })
-            .map_err(|e| PluginError::internal(format!("turn on IPv4 forwarding: {e}")))?;
+            interface::enable_forwarding(host)?;
         }
         if bridge.ip_masq {
             masqueraded = true;

@@ -11,13 +11,15 @@
 //! * the plugins: [`bridge`] (a veth pair per container on a node bridge), [`ptp`] (a
 //!   routed veth pair per container, no bridge), [`host_local`] (IPAM: leases in files,
 //!   as upstream keeps them), [`loopback`] and [`portmap`] (hostPorts in nftables);
-//! * what bridge and ptp share: [`veth`] (the pair), [`ipam`] (host-local in-process or
+//! * what bridge and ptp share: [`interface`] (DEL, GC, STATUS, forwarding), [`veth`]
+//!   (the pair), [`ipam`] (host-local in-process or
 //!   a delegated IPAM plugin) and [`masquerade`] (`ipMasq` in nftables); [`nft`] keeps
 //!   portmap's and masquerade's nf_tables socket open.
 
 pub mod bridge;
 pub mod host_local;
 pub mod in_process;
+pub mod interface;
 pub mod invocation;
 pub mod ipam;
 pub mod loopback;

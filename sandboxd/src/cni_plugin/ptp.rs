@@ -22,9 +22,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cni_plugin::invocation::{Command, Invocation, PluginError};
-use crate::cni_plugin::ipam;
 use crate::cni_plugin::masquerade;
 use crate::cni_plugin::veth::{self, kernel, socket};
+use crate::cni_plugin::{interface, ipam};
 use crate::netlink::address::Address;
 use crate::netlink::link::format_mac;
 use crate::netlink::route::Route as KernelRoute;
@@ -61,11 +61,7 @@ pub fn run_in(invocation: &Invocation, host: Option<&Path>) -> Result<Option<Val
             invocation.render(&result).map(Some)
         }
         Command::Del => {
-            ipam::call(invocation, ipam, Command::Del)?;
-            veth::delete(invocation, host)?;
-            if ptp.ip_masq {
-                masquerade::remove(invocation, host)?;
-            }
+            interface::release(invocation, ipam, host, ptp.ip_masq)?;
             Ok(None)
         }
         Command::Check => {
@@ -74,10 +70,7 @@ pub fn run_in(invocation: &Invocation, host: Option<&Path>) -> Result<Option<Val
             Ok(None)
         }
         Command::Gc | Command::Status => {
-            ipam::call(invocation, ipam, invocation.command)?;
-            if ptp.ip_masq && invocation.command == Command::Gc {
-                masquerade::collect_garbage(invocation, host)?;
-            }
+            interface::network_wide(invocation, ipam, host, ptp.ip_masq)?;
             Ok(None)
         }
         Command::Version => unreachable!("answered by the plugin"),
@@ -141,11 +134,7 @@ fn add(
     let mut node = None;
     let outcome = (|| -> Result<CniResult, PluginError> {
         let addresses = routed(&result)?;
-        crate::netns::run_in(host, || {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
-            Ok(())
-        })
-        .map_err(|e| PluginError::internal(format!("turn on IPv4 forwarding: {e}")))?;
+        interface::enable_forwarding(host)?;
 
         let node = node.insert(socket(host)?);
         let mut pod = socket(Some(netns))?;
