@@ -136,10 +136,7 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
 /// two setns(2) calls, where a thread of its own would cost a clone and a join on every
 /// socket a CNI plugin opens. What `f` opens there (sockets, /proc/sys/net files) stays
 /// bound to that namespace.
-pub fn run_in<T: Send + 'static>(
-    netns: Option<&Path>,
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
+pub fn run_in<T>(netns: Option<&Path>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let Some(netns) = netns else {
         return f();
     };

@@ -403,6 +403,36 @@ impl Drop for TestContainer {
     }
 }
 
+/// Answers every TCP connection to `port` in `netns`, over IPv4 and IPv6 (one socket on
+/// `::`), with "pong from <name>".
+pub fn serve(netns: &Path, port: u16, name: &'static str) {
+    use std::io::Write;
+    let listener = sandboxd::netns::run_in(Some(netns), move || {
+        std::net::TcpListener::bind(("::", port))
+    })
+    .expect("listen in the namespace");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(format!("pong from {name}\n").as_bytes());
+        }
+    });
+}
+
+/// What a TCP connection from `netns` to `address` (`IP:PORT`, `[IPv6]:PORT`) reads, or
+/// the error.
+pub fn call_from(netns: &Path, address: &str) -> String {
+    let address: std::net::SocketAddr = address.parse().expect("a socket address");
+    sandboxd::netns::run_in(Some(netns), move || {
+        let timeout = std::time::Duration::from_secs(2);
+        let mut tcp = std::net::TcpStream::connect_timeout(&address, timeout)?;
+        tcp.set_read_timeout(Some(timeout))?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut tcp, &mut answer)?;
+        Ok(answer)
+    })
+    .unwrap_or_else(|e| format!("error: {e}"))
+}
+
 /// What one HTTP request from inside a namespace came to.
 #[derive(Debug, Clone)]
 pub struct Fetch {

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use sandboxd_tests::{workspace_binary, Netns};
+use sandboxd_tests::{call_from, serve, workspace_binary, Netns};
 use serde_json::{json, Value};
 
 const UPSTREAM: &str = "/usr/lib/cni";
@@ -146,6 +146,53 @@ fn host_local_leases_are_shared_with_upstreams() {
     assert_eq!(call(&ours, "DEL", "upstream-2", &pod.path(), &network).0, 0);
     assert_eq!(call(&ours, "DEL", "upstream-2", &pod.path(), &network).0, 0);
     assert_eq!(lease_files(&data), ["last_reserved_ip.0", "lock"]);
+}
+
+/// The same with a dual-stack range set: IPv6 leases are files named as Go prints the
+/// address, and each plugin continues from the other's last one, per range.
+#[test]
+fn host_local_ipv6_leases_are_shared_with_upstreams() {
+    let pod = Netns::new("sbt-pod");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = own_plugins(dir.path()).join("host-local");
+    let upstream = Path::new(UPSTREAM).join("host-local");
+    let data = dir.path().join("ipam");
+    let mut network = host_local_network(&data, "1.0.0");
+    network["ipam"]["ranges"] = json!([
+        [{ "subnet": "10.77.0.0/24" }],
+        [{ "subnet": "fd00:77::/64", "rangeStart": "fd00:77::a" }],
+    ]);
+    let addresses = |result: &Value| -> Vec<String> {
+        result["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ip| ip["address"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let (code, first) = call(&upstream, "ADD", "upstream-1", &pod.path(), &network);
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(addresses(&first), ["10.77.0.2/24", "fd00:77::a/64"]);
+    let (code, second) = call(&ours, "ADD", "ours-1", &pod.path(), &network);
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(addresses(&second), ["10.77.0.3/24", "fd00:77::b/64"]);
+    assert_eq!(second["ips"][1]["gateway"], "fd00:77::1");
+    let (code, third) = call(&upstream, "ADD", "upstream-2", &pod.path(), &network);
+    assert_eq!(code, 0, "{third}");
+    assert_eq!(addresses(&third), ["10.77.0.4/24", "fd00:77::c/64"]);
+    assert_eq!(
+        std::fs::read_to_string(data.join("interop/last_reserved_ip.1")).unwrap(),
+        "fd00:77::c"
+    );
+
+    assert_eq!(call(&ours, "DEL", "upstream-1", &pod.path(), &network).0, 0);
+    assert_eq!(call(&upstream, "DEL", "ours-1", &pod.path(), &network).0, 0);
+    assert_eq!(call(&ours, "DEL", "upstream-2", &pod.path(), &network).0, 0);
+    assert_eq!(
+        lease_files(&data),
+        ["last_reserved_ip.0", "last_reserved_ip.1", "lock"]
+    );
 }
 
 #[test]
@@ -369,36 +416,6 @@ async fn the_default_chain_runs_with_the_own_bridge() {
     );
     host.del(&forced, &rt2).await.expect("DEL");
     assert_eq!(ip_reservations(&ipam), Vec::<String>::new());
-}
-
-/// Answers every connection to `port` in `netns` with "pong from <name>".
-fn serve(netns: &Path, port: u16, name: &'static str) {
-    let listener = sandboxd::netns::run_in(Some(netns), move || {
-        std::net::TcpListener::bind(("0.0.0.0", port))
-    })
-    .unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut stream = stream;
-            let _ = stream.write_all(format!("pong from {name}\n").as_bytes());
-        }
-    });
-}
-
-/// What a connection from `netns` to `address` reads, or the error.
-fn call_from(netns: &Path, address: &str) -> String {
-    let address = address.to_string();
-    sandboxd::netns::run_in(Some(netns), move || {
-        let mut tcp = std::net::TcpStream::connect_timeout(
-            &address.parse().unwrap(),
-            std::time::Duration::from_secs(2),
-        )?;
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-        let mut answer = String::new();
-        std::io::Read::read_to_string(&mut tcp, &mut answer)?;
-        Ok(answer)
-    })
-    .unwrap_or_else(|e| format!("error: {e}"))
 }
 
 /// sandboxd-cni's portmap (nftables, in the table `ip sandboxd-hostports`): a hostPort

@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use cni_host::{CniHost, NetworkConfigList, PluginExec, RuntimeConf};
 use sandboxd::cni_plugin::in_process::InProcessExec;
 use sandboxd::lab::machine::Machine;
+use sandboxd::netlink::Family;
 use sandboxd::{netns, pause};
 use sandboxd_examples::{new_id, rss_kib, run};
 use serde_json::json;
@@ -138,6 +139,21 @@ fn conflist(ipam_dir: &Path) -> serde_json::Value {
     })
 }
 
+/// The same chain on a bridge of its own with an IPv4 and an IPv6 range.
+fn dual_stack_conflist(ipam_dir: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": DUAL_NETWORK,
+        "plugins": [
+            { "type": "bridge", "bridge": "cni1", "isDefaultGateway": true,
+              "ipam": { "type": "host-local", "dataDir": ipam_dir, "ranges": [
+                  [{ "subnet": "10.244.2.0/24" }], [{ "subnet": "fd00:10:244:2::/64" }]] } },
+            { "type": "portmap", "capabilities": { "portMappings": true } },
+            { "type": "loopback" }
+        ]
+    })
+}
+
 /// What is measured: pods on the upstream chain without a hostPort (portmap does nothing)
 /// and with one (portmap adds and removes iptables rules, which dominates their cost), and
 /// a chain of three no-op plugins, which leaves only the runtime's own work per call
@@ -155,14 +171,25 @@ enum Scenario {
     OwnInProcess,
     /// OwnPluginsHostPort run inside cni-host's process.
     OwnInProcessHostPort,
+    /// OneHostPort on a dual-stack network: an address, gateway, route and forward of
+    /// each family.
+    DualStack,
+    /// DualStack with sandboxd-cni's plugins.
+    OwnDualStack,
+    /// OwnDualStack run inside cni-host's process.
+    OwnInProcessDualStack,
 }
 
 const NOOP_NETWORK: &str = "noop";
+const DUAL_NETWORK: &str = "bench-dual";
 
 impl Scenario {
     fn network(self) -> &'static str {
         match self {
             Scenario::NoopChain => NOOP_NETWORK,
+            Scenario::DualStack | Scenario::OwnDualStack | Scenario::OwnInProcessDualStack => {
+                DUAL_NETWORK
+            }
             _ => NETWORK,
         }
     }
@@ -175,7 +202,10 @@ impl Scenario {
             | Scenario::OwnInProcess => None,
             Scenario::OneHostPort
             | Scenario::OwnPluginsHostPort
-            | Scenario::OwnInProcessHostPort => {
+            | Scenario::OwnInProcessHostPort
+            | Scenario::DualStack
+            | Scenario::OwnDualStack
+            | Scenario::OwnInProcessDualStack => {
                 Some(json!([{ "hostPort": 8080, "containerPort": 80, "protocol": "tcp" }]))
             }
         }
@@ -188,13 +218,17 @@ impl Scenario {
                 | Scenario::OwnPluginsHostPort
                 | Scenario::OwnInProcess
                 | Scenario::OwnInProcessHostPort
+                | Scenario::OwnDualStack
+                | Scenario::OwnInProcessDualStack
         )
     }
 
     fn in_process(self) -> bool {
         matches!(
             self,
-            Scenario::OwnInProcess | Scenario::OwnInProcessHostPort
+            Scenario::OwnInProcess
+                | Scenario::OwnInProcessHostPort
+                | Scenario::OwnInProcessDualStack
         )
     }
 
@@ -207,6 +241,11 @@ impl Scenario {
             Scenario::OwnPluginsHostPort => "1 hostPort, sandboxd-cni's plugins (processes)",
             Scenario::OwnInProcess => "no hostPort, sandboxd-cni's plugins (in-process)",
             Scenario::OwnInProcessHostPort => "1 hostPort, sandboxd-cni's plugins (in-process)",
+            Scenario::DualStack => "dual-stack, 1 hostPort",
+            Scenario::OwnDualStack => "dual-stack, 1 hostPort, sandboxd-cni's plugins (processes)",
+            Scenario::OwnInProcessDualStack => {
+                "dual-stack, 1 hostPort, sandboxd-cni's plugins (in-process)"
+            }
         }
     }
 }
@@ -378,7 +417,7 @@ async fn bench_pause(rounds: usize) -> Result<(u64, u64, Stats)> {
 /// node: deleting a veth pair against reading one link, an nf_tables batch that removes
 /// a hostPort's map element and chain against listing the table's chains, and closing a
 /// socket right after such a batch (the kernel then finishes its deferred destruction).
-fn bench_kernel_floor(scratch: &Scratch, cycles: usize) -> Result<[Stats; 5]> {
+fn bench_kernel_floor(scratch: &Scratch, cycles: usize) -> Result<[Stats; 6]> {
     use sandboxd::netlink::nftables::NftSocket;
     use sandboxd::netlink::RouteSocket;
     use sandboxd::service::plan::{
@@ -389,7 +428,11 @@ fn bench_kernel_floor(scratch: &Scratch, cycles: usize) -> Result<[Stats; 5]> {
     const MAP: &str = "ports";
     let node = scratch.node();
     let mut links = RouteSocket::open_in(Some(node.path()))?;
-    let (mut read, mut delete) = (Vec::new(), Vec::new());
+    // The alternative to deleting: moving the pair into a namespace about to be dropped,
+    // whose cleanup would free it in the background.
+    let elsewhere = std::fs::File::open(scratch.pod())?;
+    let mut there = RouteSocket::open_in(Some(&scratch.pod()))?;
+    let (mut read, mut delete, mut moved) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..cycles {
         let start = Instant::now();
         links.link("lo")?;
@@ -399,6 +442,13 @@ fn bench_kernel_floor(scratch: &Scratch, cycles: usize) -> Result<[Stats; 5]> {
         let start = Instant::now();
         links.delete_link(veth.index)?;
         delete.push(start.elapsed());
+        links.add_veth("floor-a", "floor-b", None)?;
+        let veth = links.link("floor-a")?.context("the veth just made")?;
+        let start = Instant::now();
+        links.move_to_netns(veth.index, std::os::fd::AsFd::as_fd(&elsewhere))?;
+        moved.push(start.elapsed());
+        let veth = there.link("floor-a")?.context("the veth just moved")?;
+        there.delete_link(veth.index)?;
     }
     let mut nft = NftSocket::open_in(Some(node.path()))?;
     let mut plan = Plan::default();
@@ -420,7 +470,7 @@ fn bench_kernel_floor(scratch: &Scratch, cycles: usize) -> Result<[Stats; 5]> {
         chain: "prerouting".into(),
         rule: Rule::AnyLocalPortVmap(MAP),
     });
-    nft.apply_to(TABLE, &plan)?;
+    nft.apply_to(Family::V4, TABLE, &plan)?;
     let (mut list, mut unlink, mut close) = (Vec::new(), Vec::new(), Vec::new());
     for cycle in 0..cycles {
         let chain = format!("hp/{cycle}");
@@ -439,9 +489,9 @@ fn bench_kernel_floor(scratch: &Scratch, cycles: usize) -> Result<[Stats; 5]> {
             key,
             verdict: Verdict::Goto(chain.clone()),
         });
-        nft.apply_to(TABLE, &add)?;
+        nft.apply_to(Family::V4, TABLE, &add)?;
         let start = Instant::now();
-        nft.chains(TABLE)?;
+        nft.chains(Family::V4, TABLE)?;
         list.push(start.elapsed());
         let mut del = Plan::default();
         del.ops.push(Op::DeleteElement { map: MAP, key });
@@ -450,11 +500,11 @@ fn bench_kernel_floor(scratch: &Scratch, cycles: usize) -> Result<[Stats; 5]> {
         // Every other cycle on a socket of its own, closed at once, as a plugin process's.
         if cycle % 2 == 0 {
             let start = Instant::now();
-            nft.apply_to(TABLE, &del)?;
+            nft.apply_to(Family::V4, TABLE, &del)?;
             unlink.push(start.elapsed());
         } else {
             let mut own = NftSocket::open_in(Some(node.path()))?;
-            own.apply_to(TABLE, &del)?;
+            own.apply_to(Family::V4, TABLE, &del)?;
             let start = Instant::now();
             drop(own);
             close.push(start.elapsed());
@@ -462,8 +512,8 @@ fn bench_kernel_floor(scratch: &Scratch, cycles: usize) -> Result<[Stats; 5]> {
     }
     let mut drop_table = Plan::default();
     drop_table.ops.push(Op::DeleteTable);
-    nft.apply_to(TABLE, &drop_table)?;
-    Ok([read, delete, list, unlink, close].map(Stats::new))
+    nft.apply_to(Family::V4, TABLE, &drop_table)?;
+    Ok([read, delete, moved, list, unlink, close].map(Stats::new))
 }
 
 #[tokio::main]
@@ -495,6 +545,8 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&conf_dir)?;
     let doc = conflist(&scratch.dir.path().join("ipam"));
     std::fs::write(conf_dir.join("10-bench.conflist"), doc.to_string())?;
+    let dual = dual_stack_conflist(&scratch.dir.path().join("ipam"));
+    std::fs::write(conf_dir.join("30-dual.conflist"), dual.to_string())?;
     // The no-op plugin is the workspace's fake CNI plugin without a script.
     let fake = std::env::current_exe()?.with_file_name("cni-fake-plugin");
     if !fake.is_file() {
@@ -543,6 +595,9 @@ async fn main() -> Result<()> {
         Scenario::OwnPluginsHostPort,
         Scenario::OwnInProcess,
         Scenario::OwnInProcessHostPort,
+        Scenario::DualStack,
+        Scenario::OwnDualStack,
+        Scenario::OwnInProcessDualStack,
     ] {
         let list = cni_host::load_network(&conf_dir, scenario.network())?;
         let (mut ours, mut theirs) = (Series::default(), Series::default());
@@ -571,10 +626,11 @@ async fn main() -> Result<()> {
             }
         }
     }
-    let [read, delete, list, unlink, close] = bench_kernel_floor(&scratch, cycles)?;
+    let [read, delete, moved, list, unlink, close] = bench_kernel_floor(&scratch, cycles)?;
     for (stats, what) in [
         (read, "netlink: read one link (a round trip)"),
         (delete, "netlink: delete a veth pair"),
+        (moved, "netlink: move a veth end to another namespace"),
         (list, "nf_tables: list a table's chains (a round trip)"),
         (
             unlink,

@@ -3,28 +3,30 @@
 //! Reads upstream's fields: `bridge` (default `cni0`), `isGateway` (the bridge takes each
 //! subnet's gateway address, forwarding is turned on), `isDefaultGateway` (also a default
 //! route via it), `forceAddress`, `mtu`, `hairpinMode`, `promiscMode`, `ipMasq` (in
-//! nftables, see [`masquerade`](super::masquerade)), `ipam`. IPv4 only for now; `vlan` is
-//! refused as an unsupported field (code 2) rather than ignored. host-local as the IPAM
+//! nftables, see [`masquerade`](super::masquerade)), `enabledad`, `ipam`. IPv4, IPv6 and
+//! both: each family gets its gateway on the bridge and, with `isDefaultGateway`, its
+//! default route. `vlan` is refused as an unsupported field (code 2) rather than ignored. host-local as the IPAM
 //! runs in-process; any other IPAM plugin is run from `CNI_PATH`, as upstream delegates.
 //!
 //! Every ADD step is undone if a later one fails: the lease is given back and the veth
 //! pair deleted. DEL gives the lease back and deletes the container's end (taking the
 //! pair); a namespace already gone is not an error.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use cni_host::result::{CniResult, Interface, IpNetwork, Route};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cni_plugin::interface::Ipv6Dad;
 use crate::cni_plugin::invocation::{Command, Invocation, PluginError};
 use crate::cni_plugin::veth::{self, kernel, socket};
 use crate::cni_plugin::{interface, ipam, masquerade};
-use crate::netlink::address::Address;
+use crate::netlink::address::{AddOptions, Address};
 use crate::netlink::link::format_mac;
 use crate::netlink::route::Route as KernelRoute;
-use crate::netlink::RouteSocket;
+use crate::netlink::{Family, RouteSocket};
 
 /// The code the spec gives a field a plugin does not support.
 const UNSUPPORTED_FIELD: u32 = 2;
@@ -50,6 +52,8 @@ struct BridgeConfig {
     promisc_mode: bool,
     #[serde(default)]
     vlan: u32,
+    #[serde(default, rename = "enabledad")]
+    enable_dad: bool,
 }
 
 fn default_bridge() -> String {
@@ -120,7 +124,7 @@ fn add(
 ) -> Result<CniResult, PluginError> {
     let netns = invocation.netns.as_deref().expect("ADD has a netns");
     let mut node = socket(host)?;
-    let br = ensure_bridge(&mut node, bridge)?;
+    let br = ensure_bridge(&mut node, bridge, host)?;
     let mut pod = socket(Some(netns))?;
     let veth::Pair {
         host: host_veth,
@@ -146,67 +150,80 @@ fn add(
 
         let mut result = ipam::add(invocation, ipam)?;
         leased = true;
+        if bridge.is_gateway {
+            fill_in_gateways(&mut result);
+        }
+        let dad = if bridge.enable_dad {
+            Ipv6Dad::On
+        } else {
+            Ipv6Dad::Off
+        };
+        interface::prepare_ipv6(netns, &invocation.ifname, &result, dad)?;
         if let Some(mtu) = bridge.mtu {
             pod.set_mtu(container.index, mtu)
                 .map_err(kernel("set the container interface's mtu"))?;
         }
         pod.set_up(container.index)
             .map_err(kernel("bring the container's interface up"))?;
-        let mut gateway = None;
         for ip in &mut result.ips {
-            let IpAddr::V4(address) = ip.address.addr else {
-                return Err(PluginError::new(
-                    UNSUPPORTED_FIELD,
-                    format!(
-                        "ipam: {} is IPv6; sandboxd-cni's bridge is IPv4 only",
-                        ip.address
-                    ),
-                ));
-            };
             pod.replace_address(&Address {
                 index: container.index,
-                ip: address,
+                ip: ip.address.addr,
                 prefix: ip.address.prefix,
             })
             .map_err(kernel("give the container its address"))?;
             ip.interface = Some(2);
-            if let Some(IpAddr::V4(gw)) = ip.gateway {
-                gateway.get_or_insert(gw);
-                if bridge.is_gateway {
+        }
+        if bridge.enable_dad {
+            interface::settle_ipv6(&mut pod, container.index, &invocation.ifname)?;
+        }
+        if bridge.is_gateway {
+            for ip in &result.ips {
+                if let Some(gateway) = ip.gateway {
                     ensure_gateway_address(
                         &mut node,
                         br.index,
-                        gw,
+                        gateway,
                         ip.address,
                         bridge.force_address,
                     )?;
                 }
             }
         }
-        if bridge.is_default_gateway
-            && !result
-                .routes
+        // The first gateway of each family: the default route's, and any route's that
+        // names none.
+        let gateway_of = |family: Family| {
+            result
+                .ips
                 .iter()
-                .any(|r| r.dst.prefix == 0 && r.dst.is_ipv4())
-        {
-            result.routes.push(Route::to(
-                IpNetwork {
-                    addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    prefix: 0,
-                },
-                gateway.map(IpAddr::V4),
-            ));
+                .filter(|ip| Family::of(&ip.address.addr) == family)
+                .find_map(|ip| ip.gateway)
+        };
+        let gateways = [Family::V4, Family::V6].map(|f| (f, gateway_of(f)));
+        if bridge.is_default_gateway {
+            for (family, gateway) in gateways {
+                let has_default = result.routes.iter().any(|r| {
+                    r.dst.prefix == 0 && Family::of(&r.dst.addr) == family && r.gw.is_some()
+                });
+                if gateway.is_some() && !has_default {
+                    result.routes.push(Route::to(
+                        IpNetwork {
+                            addr: family.unspecified(),
+                            prefix: 0,
+                        },
+                        gateway,
+                    ));
+                }
+            }
         }
         for route in &result.routes {
-            let IpAddr::V4(destination) = route.dst.addr else {
-                continue;
-            };
-            let via = match route.gw {
-                Some(IpAddr::V4(gw)) => Some(gw),
-                _ => gateway,
-            };
+            let family = Family::of(&route.dst.addr);
+            let via = route
+                .gw
+                .filter(|gw| Family::of(gw) == family)
+                .or_else(|| gateways.iter().find(|(f, _)| *f == family)?.1);
             pod.replace_route(&KernelRoute {
-                destination,
+                destination: route.dst.addr,
                 prefix: route.dst.prefix,
                 gateway: via,
                 device: Some(container.index),
@@ -216,7 +233,7 @@ fn add(
             .map_err(kernel("add the container's route"))?;
         }
         if bridge.is_gateway {
-            interface::enable_forwarding(host)?;
+            interface::enable_forwarding(host, &result)?;
         }
         if bridge.ip_masq {
             masqueraded = true;
@@ -260,10 +277,12 @@ fn add(
     outcome
 }
 
-/// The bridge, made (and brought up) if it is not there yet.
+/// The bridge, made (and brought up) if it is not there yet. A bridge made here takes no
+/// IPv6 router advertisements: its routes are the plugin's, not a pod's to announce.
 fn ensure_bridge(
     node: &mut RouteSocket,
     bridge: &BridgeConfig,
+    host: HostNetns<'_>,
 ) -> Result<crate::netlink::link::Link, PluginError> {
     let existing = node
         .link(&bridge.bridge)
@@ -286,6 +305,7 @@ fn ensure_bridge(
                 node.set_mtu(link.index, mtu)
                     .map_err(kernel("set the bridge's mtu"))?;
             }
+            interface::refuse_router_advertisements(host, &bridge.bridge);
             link
         }
     };
@@ -306,17 +326,30 @@ fn ensure_bridge(
     Ok(link)
 }
 
-/// Gives the bridge the gateway address of a pod subnet, unless it has it. Another
-/// address of the same subnet is an error, or, with forceAddress, replaced.
+/// Where upstream puts a gateway IPAM did not name: the subnet's first address.
+fn fill_in_gateways(result: &mut CniResult) {
+    for ip in result.ips.iter_mut().filter(|ip| ip.gateway.is_none()) {
+        ip.gateway = match ip.address.network().addr {
+            IpAddr::V4(net) => Some(IpAddr::V4((u32::from(net).wrapping_add(1)).into())),
+            IpAddr::V6(net) => Some(IpAddr::V6((u128::from(net).wrapping_add(1)).into())),
+        };
+    }
+}
+
+/// Gives the bridge the gateway address of a pod subnet, unless it has it. An address of
+/// the same family whose subnet overlaps is an error, or, with forceAddress, replaced
+/// (IPv6 subnets that do not overlap live side by side, as upstream allows). An IPv6
+/// gateway skips duplicate address detection: it is this node's by the IPAM's say, and
+/// pods would otherwise find no gateway for a second after the first ADD.
 fn ensure_gateway_address(
     node: &mut RouteSocket,
     bridge: u32,
-    gateway: Ipv4Addr,
+    gateway: IpAddr,
     pod_address: IpNetwork,
     force: bool,
 ) -> Result<(), PluginError> {
     let subnet = IpNetwork {
-        addr: IpAddr::V4(gateway),
+        addr: gateway,
         prefix: pod_address.prefix,
     };
     let present = node
@@ -326,7 +359,12 @@ fn ensure_gateway_address(
         if address.ip == gateway {
             return Ok(());
         }
-        if subnet.contains(IpAddr::V4(address.ip)) && address.prefix == pod_address.prefix {
+        let theirs = IpNetwork {
+            addr: address.ip,
+            prefix: address.prefix,
+        };
+        let overlaps = subnet.contains(address.ip) || theirs.contains(gateway);
+        if Family::of(&address.ip) == Family::of(&gateway) && overlaps {
             if !force {
                 return Err(PluginError::internal(format!(
                     "the bridge has {}/{} in the subnet of gateway {gateway}; set forceAddress to replace it",
@@ -337,11 +375,17 @@ fn ensure_gateway_address(
                 .map_err(kernel("remove the bridge's old address"))?;
         }
     }
-    node.replace_address(&Address {
-        index: bridge,
-        ip: gateway,
-        prefix: pod_address.prefix,
-    })
+    node.replace_address_with(
+        &Address {
+            index: bridge,
+            ip: gateway,
+            prefix: pod_address.prefix,
+        },
+        AddOptions {
+            skip_dad: Family::of(&gateway) == Family::V6,
+            no_prefix_route: false,
+        },
+    )
     .map_err(kernel("give the bridge the gateway address"))
 }
 
@@ -370,8 +414,8 @@ fn check(
     if let Some(previous) = invocation.config.get("prevResult") {
         let previous = CniResult::from_value(previous.clone())
             .map_err(|e| PluginError::config(format!("prevResult: {e}")))?;
-        for ip in previous.ips.iter().filter(|ip| ip.address.is_ipv4()) {
-            if !present.iter().any(|a| IpAddr::V4(a.ip) == ip.address.addr) {
+        for ip in &previous.ips {
+            if !present.iter().any(|a| a.ip == ip.address.addr) {
                 return Err(PluginError::internal(format!(
                     "{} lacks its address {}",
                     invocation.ifname, ip.address

@@ -4,11 +4,11 @@
 //! namespace:
 //!
 //! ```text
-//! table ip sandboxd-masq
+//! table ip sandboxd-masq                                  (ip6 for IPv6 addresses)
 //!   chain masq/<network>/<container>/<ifname>/<pod ip>   (nat postrouting, srcnat)
 //!       ip saddr != <pod ip> return
 //!       ip daddr <pod subnet> return
-//!       ip daddr 224.0.0.0/4 return
+//!       ip daddr 224.0.0.0/4 return                       (ip6 daddr ff00::/8)
 //!       masquerade fully-random
 //! ```
 //!
@@ -18,31 +18,39 @@
 //! and GC removes those of attachments outside `cni.dev/valid-attachments`.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use cni_host::result::CniResult;
 
 use crate::cni_plugin::invocation::{Invocation, PluginError};
 use crate::cni_plugin::nft;
+use crate::netlink::Family;
 use crate::service::plan::{BaseChain, ChainType, Hook, Op, Plan, Rule, Verdict};
 
 pub const TABLE: &str = "sandboxd-masq";
 /// Where srcnat runs (`priority srcnat`).
 const SRCNAT: i32 = 100;
-const MULTICAST: (Ipv4Addr, u8) = (Ipv4Addr::new(224, 0, 0, 0), 4);
+const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+
+fn multicast(family: Family) -> (IpAddr, u8) {
+    match family {
+        Family::V4 => (IpAddr::V4(Ipv4Addr::new(224, 0, 0, 0)), 4),
+        Family::V6 => (IpAddr::V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)), 8),
+    }
+}
 
 fn prefix_of(network: &str, container_id: &str, ifname: &str) -> String {
     format!("masq/{network}/{container_id}/{ifname}/")
 }
 
-fn chains(nft: &mut nft::Held) -> Result<Vec<String>, PluginError> {
-    nft.chains(TABLE)
+fn chains(nft: &mut nft::Held, family: Family) -> Result<Vec<String>, PluginError> {
+    nft.chains(family, TABLE)
         .map_err(|e| PluginError::internal(format!("{e:#}")))
 }
 
-/// Masquerades what each IPv4 address of `result` sends off its subnet. A repeated ADD
-/// replaces the attachment's chains.
+/// Masquerades what each address of `result` sends off its subnet, each family in its
+/// own table. A repeated ADD replaces the attachment's chains.
 pub fn add(
     invocation: &Invocation,
     host: Option<&Path>,
@@ -51,50 +59,57 @@ pub fn add(
     let network = invocation.network_name()?;
     let prefix = prefix_of(network, &invocation.container_id, &invocation.ifname);
     let mut nft = nft::socket(host)?;
-    let mut plan = Plan::default();
-    plan.ops.push(Op::AddTable);
-    for stale in chains(&mut nft)?
-        .into_iter()
-        .filter(|c| c.starts_with(&prefix))
-    {
-        plan.ops.push(Op::FlushChain(stale.clone()));
-        plan.ops.push(Op::DeleteChain(stale));
-    }
-    for ip in &result.ips {
-        let IpAddr::V4(address) = ip.address.addr else {
+    for family in FAMILIES {
+        let addresses: Vec<_> = result
+            .ips
+            .iter()
+            .filter(|ip| Family::of(&ip.address.addr) == family)
+            .collect();
+        let stale: Vec<String> = chains(&mut nft, family)?
+            .into_iter()
+            .filter(|c| c.starts_with(&prefix))
+            .collect();
+        if addresses.is_empty() && stale.is_empty() {
             continue;
-        };
-        let chain = format!("{prefix}{address}");
-        let subnet = ip.address.network();
-        let IpAddr::V4(subnet_address) = subnet.addr else {
-            continue;
-        };
-        plan.ops.push(Op::AddChain {
-            name: chain.clone(),
-            base: Some(BaseChain {
-                chain_type: ChainType::Nat,
-                hook: Hook::Postrouting,
-                priority: SRCNAT,
-            }),
-        });
-        for rule in [
-            Rule::FromOutside((address, 32), Verdict::Return),
-            Rule::ToNetwork((subnet_address, subnet.prefix), Verdict::Return),
-            Rule::ToNetwork(MULTICAST, Verdict::Return),
-            Rule::MasqueradeFullyRandom,
-        ] {
-            plan.ops.push(Op::AddRule {
-                chain: chain.clone(),
-                rule,
-            });
         }
+        let mut plan = Plan::default();
+        plan.ops.push(Op::AddTable);
+        for chain in stale {
+            plan.ops.push(Op::FlushChain(chain.clone()));
+            plan.ops.push(Op::DeleteChain(chain));
+        }
+        for ip in addresses {
+            let address = ip.address.addr;
+            let chain = format!("{prefix}{address}");
+            let subnet = ip.address.network();
+            plan.ops.push(Op::AddChain {
+                name: chain.clone(),
+                base: Some(BaseChain {
+                    chain_type: ChainType::Nat,
+                    hook: Hook::Postrouting,
+                    priority: SRCNAT,
+                }),
+            });
+            for rule in [
+                Rule::FromOutside((address, family.host_prefix()), Verdict::Return),
+                Rule::ToNetwork((subnet.addr, subnet.prefix), Verdict::Return),
+                Rule::ToNetwork(multicast(family), Verdict::Return),
+                Rule::MasqueradeFullyRandom,
+            ] {
+                plan.ops.push(Op::AddRule {
+                    chain: chain.clone(),
+                    rule,
+                });
+            }
+        }
+        nft.apply_to(family, TABLE, &plan).map_err(|e| {
+            PluginError::internal(format!(
+                "masquerade the pod {} of network {network}: {e:#}",
+                invocation.container_id
+            ))
+        })?;
     }
-    nft.apply_to(TABLE, &plan).map_err(|e| {
-        PluginError::internal(format!(
-            "masquerade the pod {} of network {network}: {e:#}",
-            invocation.container_id
-        ))
-    })
+    Ok(())
 }
 
 /// Removes the attachment's chains; none is not an error.
@@ -125,13 +140,16 @@ pub fn collect_garbage(invocation: &Invocation, host: Option<&Path>) -> Result<(
 
 fn remove_where(host: Option<&Path>, doomed: impl Fn(&str) -> bool) -> Result<(), PluginError> {
     let mut nft = nft::socket(host)?;
-    let mut plan = Plan::default();
-    for chain in chains(&mut nft)?.into_iter().filter(|c| doomed(c)) {
-        plan.ops.push(Op::FlushChain(chain.clone()));
-        plan.ops.push(Op::DeleteChain(chain));
+    for family in FAMILIES {
+        let mut plan = Plan::default();
+        for chain in chains(&mut nft, family)?.into_iter().filter(|c| doomed(c)) {
+            plan.ops.push(Op::FlushChain(chain.clone()));
+            plan.ops.push(Op::DeleteChain(chain));
+        }
+        nft.apply_to(family, TABLE, &plan)
+            .map_err(|e| PluginError::internal(format!("{e:#}")))?;
     }
-    nft.apply_to(TABLE, &plan)
-        .map_err(|e| PluginError::internal(format!("{e:#}")))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::cni_plugin::invocation::PluginError;
 use crate::netlink::nftables::NftSocket;
+use crate::netlink::Family;
 use crate::service::plan::Plan;
 
 /// A namespace by its nsfs inode (a path may later name another namespace).
@@ -62,16 +63,21 @@ impl Held {
         &mut self.sockets[self.at].1
     }
 
-    /// The names of `table`'s chains (none if there is no table).
-    pub fn chains(&mut self, table: &str) -> anyhow::Result<Vec<String>> {
-        let outcome = self.socket().chains(table);
+    /// The names of the chains of `table` of `family` (none if there is no table).
+    pub fn chains(&mut self, family: Family, table: &str) -> anyhow::Result<Vec<String>> {
+        let outcome = self.socket().chains(family, table);
         self.failed |= outcome.is_err();
         outcome
     }
 
-    /// Applies `plan` to `table` in one transaction.
-    pub fn apply_to(&mut self, table: &'static str, plan: &Plan) -> anyhow::Result<()> {
-        let outcome = self.socket().apply_to(table, plan);
+    /// Applies `plan` to `table` of `family` in one transaction.
+    pub fn apply_to(
+        &mut self,
+        family: Family,
+        table: &'static str,
+        plan: &Plan,
+    ) -> anyhow::Result<()> {
+        let outcome = self.socket().apply_to(family, table, plan);
         self.failed |= outcome.is_err();
         outcome
     }

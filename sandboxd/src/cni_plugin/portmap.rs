@@ -3,16 +3,21 @@
 //! iptables chains, in a table of its own in the node's namespace:
 //!
 //! ```text
-//! table ip sandboxd-hostports
+//! table ip sandboxd-hostports                   (and ip6 sandboxd-hostports, alike)
 //!   nat-prerouting / nat-output ─► hostports:
 //!       ip daddr . meta l4proto . th dport vmap @hostip-hostports   (a mapping's hostIP)
 //!       fib daddr type local meta l4proto . th dport vmap @hostports (any local address)
 //!   @…hostports ─► hp/<container>/[<hostIP>/]<proto>/<hostPort>:
 //!       ip saddr <pod> jump mark-for-masquerade        (hairpin: the pod to itself)
-//!       ip saddr 127.0.0.0/8 jump mark-for-masquerade  (from the node's loopback)
+//!       ip saddr 127.0.0.0/8 jump mark-for-masquerade  (from the node's loopback; IPv4)
 //!       meta l4proto <proto> dnat to <pod>:<containerPort>
 //!   nat-postrouting ─► masquerading: marked packets (0x2000, markMasqBit 13) masqueraded
 //! ```
+//!
+//! Each family of the pod's addresses is forwarded in its own table: a mapping without a
+//! hostIP in both, one with a hostIP (or `0.0.0.0`, `::`) in that address's family only,
+//! as upstream's. A hostIP of a family the pod has no address of is an error. As
+//! upstream's, IPv6 has no forward from the node's loopback (`::1` cannot be routed out).
 //!
 //! A hostPort held by another pod is refused (the map's key is claimed, not replaced),
 //! where iptables would silently shadow one with the other. DEL finds a container's
@@ -20,7 +25,7 @@
 //! Fields read as upstream's: `snat` (default true), `markMasqBit` (default 13); the
 //! iptables-only `externalSetMarkChain` and `conditionsV4`/`V6` are refused.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use cni_host::result::CniResult;
@@ -29,6 +34,7 @@ use serde_json::Value;
 
 use crate::cni_plugin::invocation::{fields_as_go_reads_them, Command, Invocation, PluginError};
 use crate::cni_plugin::nft;
+use crate::netlink::Family;
 use crate::service::plan::{ChainType, Hook, Key, MapKey, Op, Plan, Rule, Verdict};
 use crate::service::Protocol;
 
@@ -77,24 +83,45 @@ struct PortMapping {
     host_ip: String,
 }
 
+/// Which of the node's addresses a mapping listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostAddress {
+    /// No hostIP: every address of both families.
+    Any,
+    /// `0.0.0.0` or `::`: every address of one family.
+    AnyOf(Family),
+    Address(IpAddr),
+}
+
+impl HostAddress {
+    fn serves(self, family: Family) -> bool {
+        match self {
+            HostAddress::Any => true,
+            HostAddress::AnyOf(f) => f == family,
+            HostAddress::Address(ip) => Family::of(&ip) == family,
+        }
+    }
+}
+
 /// One mapping, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Forward {
     protocol: Protocol,
     host_port: u16,
-    host_ip: Option<Ipv4Addr>,
+    host: HostAddress,
     container_port: u16,
 }
 
 impl Forward {
+    /// Its chain, in the table of each family it serves.
     fn chain(&self, container_id: &str) -> String {
-        match self.host_ip {
-            Some(ip) => format!(
+        match self.host {
+            HostAddress::Address(ip) => format!(
                 "hp/{container_id}/{ip}/{}/{}",
                 self.protocol.nft(),
                 self.host_port
             ),
-            None => format!(
+            HostAddress::Any | HostAddress::AnyOf(_) => format!(
                 "hp/{container_id}/{}/{}",
                 self.protocol.nft(),
                 self.host_port
@@ -103,12 +130,14 @@ impl Forward {
     }
 
     fn key(&self) -> (&'static str, Key) {
-        match self.host_ip {
-            Some(ip) => (
+        match self.host {
+            HostAddress::Address(ip) => (
                 HOSTIP_HOSTPORTS,
                 Key::Service(ip, self.protocol, self.host_port),
             ),
-            None => (HOSTPORTS, Key::NodePort(self.protocol, self.host_port)),
+            HostAddress::Any | HostAddress::AnyOf(_) => {
+                (HOSTPORTS, Key::NodePort(self.protocol, self.host_port))
+            }
         }
     }
 
@@ -119,9 +148,9 @@ impl Forward {
             .strip_prefix(container_id)?
             .strip_prefix('/')?;
         let parts: Vec<&str> = rest.split('/').collect();
-        let (host_ip, protocol, port) = match parts.as_slice() {
-            [protocol, port] => (None, *protocol, *port),
-            [ip, protocol, port] => (Some(ip.parse().ok()?), *protocol, *port),
+        let (host, protocol, port) = match parts.as_slice() {
+            [protocol, port] => (HostAddress::Any, *protocol, *port),
+            [ip, protocol, port] => (HostAddress::Address(ip.parse().ok()?), *protocol, *port),
             _ => return None,
         };
         let protocol = match protocol {
@@ -132,7 +161,7 @@ impl Forward {
         Some(Forward {
             protocol,
             host_port: port.parse().ok()?,
-            host_ip,
+            host,
             container_port: 0,
         })
     }
@@ -193,12 +222,11 @@ impl PortmapConfig {
                     ))
                 }
             };
-            let host_ip = match m.host_ip.as_str() {
-                "" | "0.0.0.0" => None,
+            let host = match m.host_ip.as_str() {
+                "" => HostAddress::Any,
                 text => match text.parse::<IpAddr>() {
-                    Ok(IpAddr::V4(ip)) => Some(ip),
-                    // An IPv6 hostIP is for IPv6 pods, which this plugin does not forward.
-                    Ok(IpAddr::V6(_)) => continue,
+                    Ok(ip) if ip.is_unspecified() => HostAddress::AnyOf(Family::of(&ip)),
+                    Ok(ip) => HostAddress::Address(ip),
                     Err(_) => {
                         return Err(PluginError::config(format!(
                             "{}: {text:?} is not an IP address",
@@ -210,7 +238,7 @@ impl PortmapConfig {
             forwards.push(Forward {
                 protocol,
                 host_port: port(m.host_port, "hostPort")?,
-                host_ip,
+                host,
                 container_port: port(m.container_port, "containerPort")?,
             });
         }
@@ -244,20 +272,30 @@ pub fn run_in(invocation: &Invocation, host: Option<&Path>) -> Result<Option<Val
             })?;
             let forwards = config.forwards()?;
             if !forwards.is_empty() {
-                let pod = pod_address(&previous)?;
-                add(&config, &invocation.container_id, pod, &forwards, host)?;
-                enable_localnet_routing(&previous, host)?;
+                let pod = pod_addresses(&previous, &forwards)?;
+                add(&config, &invocation.container_id, &pod, &forwards, host)?;
+                if pod.iter().any(|ip| ip.is_ipv4()) {
+                    enable_localnet_routing(&previous, host)?;
+                }
             }
             invocation.render(&previous).map(Some)
         }
         Command::Del => unreachable!("handled above"),
         Command::Check => {
-            let names = chains(host)?;
-            for forward in config.forwards()? {
-                let chain = forward.chain(&invocation.container_id);
-                if !names.contains(&chain) {
+            let forwards = config.forwards()?;
+            let pod = match &previous {
+                Some(previous) if !forwards.is_empty() => pod_addresses(previous, &forwards)?,
+                _ => Vec::new(),
+            };
+            for family in pod.iter().map(Family::of) {
+                let names = chains(host, family)?;
+                for forward in forwards.iter().filter(|f| f.host.serves(family)) {
+                    let chain = forward.chain(&invocation.container_id);
+                    if names.contains(&chain) {
+                        continue;
+                    }
                     return Err(PluginError::internal(format!(
-                        "hostPort {}/{} of {} is not forwarded",
+                        "hostPort {}/{} of {} is not forwarded over {family:?}",
                         forward.protocol.nft(),
                         forward.host_port,
                         invocation.container_id
@@ -271,7 +309,9 @@ pub fn run_in(invocation: &Invocation, host: Option<&Path>) -> Result<Option<Val
             let keep: std::collections::HashSet<&str> =
                 valid.iter().map(|(id, _)| id.as_str()).collect();
             let mut stale = std::collections::BTreeSet::new();
-            for name in chains(host)? {
+            let mut names = chains(host, Family::V4)?;
+            names.extend(chains(host, Family::V6)?);
+            for name in names {
                 if let Some(id) = name.strip_prefix("hp/").and_then(|r| r.split('/').next()) {
                     if !keep.contains(id) {
                         stale.insert(id.to_string());
@@ -291,16 +331,17 @@ pub fn run_in(invocation: &Invocation, host: Option<&Path>) -> Result<Option<Val
     }
 }
 
-fn chains(host: Option<&Path>) -> Result<Vec<String>, PluginError> {
+fn chains(host: Option<&Path>, family: Family) -> Result<Vec<String>, PluginError> {
     nft::socket(host)?
-        .chains(TABLE)
+        .chains(family, TABLE)
         .map_err(|e| PluginError::internal(format!("{e:#}")))
 }
 
-/// The pod's IPv4 address: the first of the previous result's on an interface in the
-/// pod (or on none named).
-fn pod_address(previous: &CniResult) -> Result<Ipv4Addr, PluginError> {
-    previous
+/// The pod's address of each family a mapping serves: the first of the previous
+/// result's on an interface in the pod (or on none named). A mapping whose family the
+/// pod has no address of is an error.
+fn pod_addresses(previous: &CniResult, forwards: &[Forward]) -> Result<Vec<IpAddr>, PluginError> {
+    let in_pod: Vec<IpAddr> = previous
         .ips
         .iter()
         .filter(|ip| {
@@ -308,16 +349,27 @@ fn pod_address(previous: &CniResult) -> Result<Ipv4Addr, PluginError> {
                 .and_then(|i| previous.interfaces.get(i))
                 .is_none_or(|interface| !interface.sandbox.is_empty())
         })
-        .find_map(|ip| match ip.address.addr {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .ok_or_else(|| {
-            PluginError::new(
-                UNSUPPORTED_FIELD,
-                "prevResult: the pod has no IPv4 address; sandboxd-cni's portmap forwards IPv4 only",
-            )
-        })
+        .map(|ip| ip.address.addr)
+        .collect();
+    let first_of = |family: Family| in_pod.iter().copied().find(|ip| Family::of(ip) == family);
+    for forward in forwards {
+        if ![Family::V4, Family::V6]
+            .iter()
+            .any(|f| forward.host.serves(*f) && first_of(*f).is_some())
+        {
+            return Err(PluginError::config(format!(
+                "runtimeConfig.portMappings: hostPort {}/{} ({:?}) has no pod address of its family to go to (prevResult has {:?})",
+                forward.protocol.nft(),
+                forward.host_port,
+                forward.host,
+                in_pod
+            )));
+        }
+    }
+    Ok([Family::V4, Family::V6]
+        .into_iter()
+        .filter_map(first_of)
+        .collect())
 }
 
 fn lock() -> Result<std::fs::File, PluginError> {
@@ -374,17 +426,47 @@ fn base(plan: &mut Plan, mark: u32) {
     }
 }
 
+/// Forwards each family's share of `forwards` to the pod's address of that family.
 fn add(
     config: &PortmapConfig,
     container_id: &str,
-    pod: Ipv4Addr,
+    pod: &[IpAddr],
     forwards: &[Forward],
     host: Option<&Path>,
 ) -> Result<(), PluginError> {
     let _lock = lock()?;
     let mut nft = nft::socket(host)?;
+    let mut done = Vec::new();
+    for &address in pod {
+        let family = Family::of(&address);
+        let served: Vec<&Forward> = forwards.iter().filter(|f| f.host.serves(family)).collect();
+        if served.is_empty() {
+            continue;
+        }
+        let outcome = add_in(&mut nft, family, config, container_id, address, &served);
+        if let Err(e) = outcome {
+            // The families done so far go too: the ADD fails whole.
+            drop(nft);
+            for family in done {
+                let _ = del_in(container_id, host, family);
+            }
+            return Err(e);
+        }
+        done.push(family);
+    }
+    Ok(())
+}
+
+fn add_in(
+    nft: &mut nft::Held,
+    family: Family,
+    config: &PortmapConfig,
+    container_id: &str,
+    pod: IpAddr,
+    forwards: &[&Forward],
+) -> Result<(), PluginError> {
     let existing = nft
-        .chains(TABLE)
+        .chains(family, TABLE)
         .map_err(|e| PluginError::internal(format!("{e:#}")))?;
     let mut plan = Plan::default();
     let mark = config.mark();
@@ -405,10 +487,14 @@ fn add(
             });
         }
         if config.snat.unwrap_or(true) {
-            for rule in [
-                Rule::FromAddress(pod, Verdict::Jump(MARK.into())),
-                Rule::FromNetwork((Ipv4Addr::new(127, 0, 0, 0), 8), Verdict::Jump(MARK.into())),
-            ] {
+            let mut rules = vec![Rule::FromAddress(pod, Verdict::Jump(MARK.into()))];
+            if family == Family::V4 {
+                rules.push(Rule::FromNetwork(
+                    (Ipv4Addr::new(127, 0, 0, 0).into(), 8),
+                    Verdict::Jump(MARK.into()),
+                ));
+            }
+            for rule in rules {
                 plan.ops.push(Op::AddRule {
                     chain: chain.clone(),
                     rule,
@@ -419,7 +505,7 @@ fn add(
             chain: chain.clone(),
             rule: Rule::Dnat(
                 forward.protocol,
-                SocketAddrV4::new(pod, forward.container_port),
+                SocketAddr::new(pod, forward.container_port),
             ),
         });
         let (map, key) = forward.key();
@@ -429,7 +515,7 @@ fn add(
             verdict: Verdict::Goto(chain),
         });
     }
-    nft.apply_to(TABLE, &plan).map_err(|e| {
+    nft.apply_to(family, TABLE, &plan).map_err(|e| {
         let text = format!("{e:#}");
         if text.contains("File exists") {
             PluginError::internal(format!(
@@ -441,12 +527,19 @@ fn add(
     })
 }
 
-/// Removes every forward of the container; none is not an error.
+/// Removes every forward of the container, of both families; none is not an error.
 fn del(container_id: &str, host: Option<&Path>) -> Result<(), PluginError> {
     let _lock = lock()?;
+    for family in [Family::V4, Family::V6] {
+        del_in(container_id, host, family)?;
+    }
+    Ok(())
+}
+
+fn del_in(container_id: &str, host: Option<&Path>, family: Family) -> Result<(), PluginError> {
     let mut nft = nft::socket(host)?;
     let names = nft
-        .chains(TABLE)
+        .chains(family, TABLE)
         .map_err(|e| PluginError::internal(format!("{e:#}")))?;
     let mut plan = Plan::default();
     for name in names {
@@ -458,7 +551,7 @@ fn del(container_id: &str, host: Option<&Path>) -> Result<(), PluginError> {
         plan.ops.push(Op::FlushChain(name.clone()));
         plan.ops.push(Op::DeleteChain(name));
     }
-    nft.apply_to(TABLE, &plan).map_err(|e| {
+    nft.apply_to(family, TABLE, &plan).map_err(|e| {
         PluginError::internal(format!("remove the hostPorts of {container_id}: {e:#}"))
     })
 }
@@ -495,16 +588,29 @@ mod tests {
         }))
         .unwrap();
         let forwards = config.forwards().unwrap();
-        assert_eq!(forwards.len(), 2, "the IPv6 hostIP is not this plugin's");
+        assert_eq!(forwards.len(), 3);
         let id = "c0ffee-1";
         for forward in &forwards {
             let back = Forward::from_chain(&forward.chain(id), id).unwrap();
             assert_eq!(
-                (back.protocol, back.host_port, back.host_ip),
-                (forward.protocol, forward.host_port, forward.host_ip)
+                (back.protocol, back.host_port, back.host),
+                (forward.protocol, forward.host_port, forward.host)
             );
         }
         assert_eq!(forwards[1].chain(id), "hp/c0ffee-1/192.0.2.7/udp/53");
+        assert_eq!(forwards[2].chain(id), "hp/c0ffee-1/::1/tcp/9");
+        assert!(forwards[0].host.serves(Family::V6) && forwards[0].host.serves(Family::V4));
+        assert!(!forwards[2].host.serves(Family::V4));
+        let unspecified = PortmapConfig::load(&json!({
+            "runtimeConfig": { "portMappings": [
+                { "hostPort": 80, "containerPort": 80, "hostIP": "::" },
+            ]}
+        }))
+        .unwrap()
+        .forwards()
+        .unwrap();
+        assert_eq!(unspecified[0].host, HostAddress::AnyOf(Family::V6));
+        assert_eq!(unspecified[0].chain(id), "hp/c0ffee-1/tcp/80");
         assert!(
             Forward::from_chain("hp/c0ffee-10/tcp/1", id).is_none(),
             "another container"
@@ -539,9 +645,9 @@ mod tests {
             (
                 containerd[0].host_port,
                 containerd[0].container_port,
-                containerd[0].host_ip
+                containerd[0].host
             ),
-            (18081, 80, None)
+            (18081, 80, HostAddress::Any)
         );
     }
 }

@@ -11,27 +11,25 @@
 //! * on the node, the host end holds `<gw>/32` (every host end holds it: it only answers
 //!   ARP on its own link) and the route `<pod ip>/32 dev <host end>`; forwarding is on.
 //!
-//! IPv4 only, as the bridge. Every ADD step is undone if a later one fails; DEL gives the
+//! IPv4, IPv6 or both (each family's gateway on the host end; /128 for IPv6). Every ADD step is undone if a later one fails; DEL gives the
 //! lease back and deletes the pair (the host route and address go with it).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use cni_host::result::{CniResult, Dns, Interface};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cni_plugin::interface::Ipv6Dad;
 use crate::cni_plugin::invocation::{Command, Invocation, PluginError};
 use crate::cni_plugin::masquerade;
 use crate::cni_plugin::veth::{self, kernel, socket};
 use crate::cni_plugin::{interface, ipam};
-use crate::netlink::address::Address;
+use crate::netlink::address::{AddOptions, Address};
 use crate::netlink::link::format_mac;
 use crate::netlink::route::Route as KernelRoute;
-use crate::netlink::RouteSocket;
-
-/// The code the spec gives a field a plugin does not support.
-const UNSUPPORTED_FIELD: u32 = 2;
+use crate::netlink::{Family, RouteSocket};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -77,13 +75,14 @@ pub fn run_in(invocation: &Invocation, host: Option<&Path>) -> Result<Option<Val
     }
 }
 
-/// One IPv4 address of the result with the gateway the pod routes through.
+/// One address of the result with the gateway the pod routes through.
 struct Routed {
-    address: Ipv4Addr,
+    address: IpAddr,
     prefix: u8,
     /// The address masked to its prefix.
-    subnet: Ipv4Addr,
-    gateway: Ipv4Addr,
+    subnet: IpAddr,
+    gateway: IpAddr,
+    family: Family,
 }
 
 fn routed(result: &CniResult) -> Result<Vec<Routed>, PluginError> {
@@ -91,29 +90,22 @@ fn routed(result: &CniResult) -> Result<Vec<Routed>, PluginError> {
         .ips
         .iter()
         .map(|ip| {
-            let IpAddr::V4(address) = ip.address.addr else {
-                return Err(PluginError::new(
-                    UNSUPPORTED_FIELD,
-                    format!(
-                        "ipam: {} is IPv6; sandboxd-cni's ptp is IPv4 only",
+            let family = Family::of(&ip.address.addr);
+            let gateway = ip
+                .gateway
+                .filter(|gw| Family::of(gw) == family)
+                .ok_or_else(|| {
+                    PluginError::config(format!(
+                        "ipam: {} has no gateway of its family; ptp routes the pod through it",
                         ip.address
-                    ),
-                ));
-            };
-            let Some(IpAddr::V4(gateway)) = ip.gateway else {
-                return Err(PluginError::config(format!(
-                    "ipam: {} has no IPv4 gateway; ptp routes the pod through it",
-                    ip.address
-                )));
-            };
-            let IpAddr::V4(subnet) = ip.address.network().addr else {
-                unreachable!("an IPv4 address masks to an IPv4 network")
-            };
+                    ))
+                })?;
             Ok(Routed {
-                address,
+                address: ip.address.addr,
                 prefix: ip.address.prefix,
-                subnet,
+                subnet: ip.address.network().addr,
                 gateway,
+                family,
             })
         })
         .collect()
@@ -134,7 +126,7 @@ fn add(
     let mut node = None;
     let outcome = (|| -> Result<CniResult, PluginError> {
         let addresses = routed(&result)?;
-        interface::enable_forwarding(host)?;
+        interface::enable_forwarding(host, &result)?;
 
         let node = node.insert(socket(host)?);
         let mut pod = socket(Some(netns))?;
@@ -143,6 +135,7 @@ fn add(
             container,
         } = veth::create(node, &mut pod, invocation)?;
         made = Some(host_veth.name.clone());
+        interface::prepare_ipv6(netns, &invocation.ifname, &result, Ipv6Dad::Unchanged)?;
 
         if let Some(mtu) = ptp.mtu {
             node.set_mtu(host_veth.index, mtu)
@@ -159,17 +152,21 @@ fn add(
             configure_pod(&mut pod, container.index, a)?;
             configure_host(node, host_veth.index, a)?;
         }
-        let default_gateway = addresses[0].gateway;
         for route in &result.routes {
-            let IpAddr::V4(destination) = route.dst.addr else {
-                continue;
-            };
-            let via = match route.gw {
-                Some(IpAddr::V4(gw)) => gw,
-                _ => default_gateway,
+            let family = Family::of(&route.dst.addr);
+            let Some(via) = route.gw.filter(|gw| Family::of(gw) == family).or_else(|| {
+                addresses
+                    .iter()
+                    .find(|a| a.family == family)
+                    .map(|a| a.gateway)
+            }) else {
+                return Err(PluginError::config(format!(
+                    "routes: {} has no gateway, and the pod has no address of its family",
+                    route.dst
+                )));
             };
             pod.replace_route(&KernelRoute {
-                destination,
+                destination: route.dst.addr,
                 prefix: route.dst.prefix,
                 gateway: Some(via),
                 device: Some(container.index),
@@ -224,39 +221,32 @@ fn add(
 }
 
 /// The pod side of one address: the address, and every packet routed to the gateway.
+/// The address comes without the kernel's `<subnet> dev <if>` route, which would have the
+/// pod resolve its neighbours directly, and without duplicate address detection (it is
+/// the IPAM's to hand out; upstream's waits out the detection instead).
 fn configure_pod(pod: &mut RouteSocket, index: u32, a: &Routed) -> Result<(), PluginError> {
-    pod.replace_address(&Address {
-        index,
-        ip: a.address,
-        prefix: a.prefix,
-    })
-    .map_err(kernel("give the container its address"))?;
-    if a.prefix < 32 {
-        // The kernel's `<subnet> dev <if>` would ARP for neighbours directly.
-        match pod.delete_route(&KernelRoute {
-            destination: a.subnet,
+    pod.replace_address_with(
+        &Address {
+            index,
+            ip: a.address,
             prefix: a.prefix,
-            gateway: None,
-            device: Some(index),
-            onlink: false,
-            source: None,
-        }) {
-            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
-                return Err(kernel("delete the container's subnet route")(e))
-            }
-            _ => {}
-        }
-    }
+        },
+        AddOptions {
+            skip_dad: a.family == Family::V6,
+            no_prefix_route: true,
+        },
+    )
+    .map_err(kernel("give the container its address"))?;
     pod.replace_route(&KernelRoute {
         destination: a.gateway,
-        prefix: 32,
+        prefix: a.family.host_prefix(),
         gateway: None,
         device: Some(index),
         onlink: false,
         source: Some(a.address),
     })
     .map_err(kernel("add the container's route to its gateway"))?;
-    if a.prefix < 32 {
+    if a.prefix < a.family.host_prefix() {
         pod.replace_route(&KernelRoute {
             destination: a.subnet,
             prefix: a.prefix,
@@ -270,17 +260,26 @@ fn configure_pod(pod: &mut RouteSocket, index: u32, a: &Routed) -> Result<(), Pl
     Ok(())
 }
 
-/// The node side of one address: the host end answers for the gateway and leads to the pod.
+/// The node side of one address: the host end answers for the gateway and leads to the
+/// pod. Every host end holds the gateway, so an IPv6 one skips duplicate address
+/// detection (which would find it on the other host ends' links only by accident, and
+/// leave the pod without a gateway for a second).
 fn configure_host(node: &mut RouteSocket, index: u32, a: &Routed) -> Result<(), PluginError> {
-    node.replace_address(&Address {
-        index,
-        ip: a.gateway,
-        prefix: 32,
-    })
+    node.replace_address_with(
+        &Address {
+            index,
+            ip: a.gateway,
+            prefix: a.family.host_prefix(),
+        },
+        AddOptions {
+            skip_dad: a.family == Family::V6,
+            no_prefix_route: false,
+        },
+    )
     .map_err(kernel("give the host veth the gateway address"))?;
     node.replace_route(&KernelRoute {
         destination: a.address,
-        prefix: 32,
+        prefix: a.family.host_prefix(),
         gateway: None,
         device: Some(index),
         onlink: false,
@@ -327,21 +326,31 @@ fn check(invocation: &Invocation) -> Result<(), PluginError> {
     let present = pod
         .addresses(Some(container.index))
         .map_err(kernel("read the container's addresses"))?;
-    for ip in previous.ips.iter().filter(|ip| ip.address.is_ipv4()) {
-        if !present.iter().any(|a| IpAddr::V4(a.ip) == ip.address.addr) {
+    for ip in &previous.ips {
+        if !present.iter().any(|a| a.ip == ip.address.addr) {
             return Err(PluginError::internal(format!(
                 "{} lacks its address {}",
                 invocation.ifname, ip.address
             )));
         }
     }
-    let routes = pod
-        .routes()
-        .map_err(kernel("read the container's routes"))?;
-    for route in previous.routes.iter().filter(|r| r.dst.is_ipv4()) {
+    let mut routes = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        if previous
+            .routes
+            .iter()
+            .any(|r| Family::of(&r.dst.addr) == family)
+        {
+            routes.extend(
+                pod.routes(family)
+                    .map_err(kernel("read the container's routes"))?,
+            );
+        }
+    }
+    for route in &previous.routes {
         if !routes
             .iter()
-            .any(|r| IpAddr::V4(r.destination) == route.dst.addr && r.prefix == route.dst.prefix)
+            .any(|r| r.destination == route.dst.addr && r.prefix == route.dst.prefix)
         {
             return Err(PluginError::internal(format!(
                 "the container lacks its route to {}",

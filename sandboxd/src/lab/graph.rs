@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use super::machine::Machine;
 use crate::cidr::Ipv4Cidr;
 use crate::netlink::link::Link;
+use crate::netlink::Family;
 use crate::overlay::Backend;
 
 /// One interface as the picture labels it.
@@ -35,10 +36,10 @@ impl Interface {
             peer_index: link
                 .peer_index
                 .filter(|_| link.kind.as_deref() == Some("veth")),
-            address: addresses
-                .iter()
-                .find(|a| a.index == link.index)
-                .map(|a| Ipv4Cidr::new(a.ip, a.prefix)),
+            address: addresses.iter().find_map(|a| match a.ip {
+                IpAddr::V4(ip) if a.index == link.index => Some(Ipv4Cidr::new(ip, a.prefix)),
+                _ => None,
+            }),
         }
     }
 
@@ -118,7 +119,14 @@ pub fn read_node(name: &str, machine: &Machine, pods: &[PodPin]) -> anyhow::Resu
             .iter()
             .filter_map(|entry| entry.ip)
             .collect(),
-        None => socket.routes()?.iter().filter_map(|r| r.gateway).collect(),
+        None => socket
+            .routes(Family::V4)?
+            .iter()
+            .filter_map(|r| match r.gateway {
+                Some(IpAddr::V4(gateway)) => Some(gateway),
+                _ => None,
+            })
+            .collect(),
     };
     peers.sort();
     peers.dedup();

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cidr::Ipv4Cidr;
 use crate::cluster::setup;
+use crate::netlink::Family;
 use crate::overlay::Backend;
 use crate::process::ProcessHandle;
 use machine::Machine;
@@ -376,11 +377,16 @@ impl Lab {
                     let log = self.node_dir(&node.name).join("sandboxd.log");
                     bail!("sandboxd on {} exited: {}", node.name, last_lines(&log, 5));
                 }
-                let routes = self.machine(&node.name).netns().route_socket()?.routes()?;
+                let routes = self
+                    .machine(&node.name)
+                    .netns()
+                    .route_socket()?
+                    .routes(Family::V4)?;
                 let overlay_routes = routes
                     .iter()
                     .filter(|r| {
-                        CLUSTER_CIDR.covers(&Ipv4Cidr::new(r.destination, r.prefix))
+                        crate::overlay::ipv4_destination(r)
+                            .is_some_and(|dst| CLUSTER_CIDR.covers(&dst))
                             && r.gateway.is_some()
                     })
                     .count();

@@ -62,7 +62,7 @@ pub fn attach_node(
     inside
         .replace_address(&Address {
             index: eth1.index,
-            ip: address.addr,
+            ip: address.addr.into(),
             prefix: address.prefix,
         })
         .with_context(|| format!("give {node}'s {NODE_DEVICE} {address}"))?;

@@ -305,6 +305,13 @@ impl RouteSocket {
         self.0.request(request)
     }
 
+    /// `ip link set dev INDEX netns NETNS`.
+    pub fn move_to_netns(&mut self, index: u32, netns: BorrowedFd<'_>) -> Result<(), KernelError> {
+        let mut request = Encoder::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));
+        request.u32(IFLA_NET_NS_FD, netns.as_raw_fd() as u32);
+        self.0.request(request)
+    }
+
     /// `ip link del dev INDEX` (a veth takes its peer with it).
     pub fn delete_link(&mut self, index: u32) -> Result<(), KernelError> {
         let request = Encoder::new(RTM_DELLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));

@@ -18,6 +18,7 @@ pub mod nftables;
 pub mod route;
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
@@ -474,6 +475,70 @@ impl Encoder {
         self.buf.resize(align(self.buf.len()), 0);
         self.finish();
         self
+    }
+}
+
+/// An address family, as `ip -4` and `ip -6` pick it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The `AF_*` number rtnetlink headers carry.
+    pub(crate) fn af(self) -> u8 {
+        match self {
+            Family::V4 => libc::AF_INET as u8,
+            Family::V6 => libc::AF_INET6 as u8,
+        }
+    }
+
+    pub(crate) fn from_af(af: u8) -> Option<Family> {
+        match i32::from(af) {
+            libc::AF_INET => Some(Family::V4),
+            libc::AF_INET6 => Some(Family::V6),
+            _ => None,
+        }
+    }
+
+    /// An address attribute of this family; None if it is not that long.
+    pub(crate) fn ip(self, value: &[u8]) -> Option<IpAddr> {
+        match self {
+            Family::V4 => <[u8; 4]>::try_from(value).ok().map(IpAddr::from),
+            Family::V6 => <[u8; 16]>::try_from(value).ok().map(IpAddr::from),
+        }
+    }
+
+    /// The prefix length of a single address (32 or 128).
+    pub fn host_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    /// The address that stands for "any" (the default route's destination).
+    pub fn unspecified(self) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            Family::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        }
+    }
+}
+
+/// An address as netlink carries it (network byte order).
+pub(crate) fn ip_octets(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
     }
 }
 

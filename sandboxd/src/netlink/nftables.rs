@@ -14,8 +14,8 @@ use std::io;
 use std::path::Path;
 
 use crate::netlink::{
-    align, attributes, Encoder, Socket, NETLINK_NETFILTER, NLA_F_NESTED, NLM_F_ACK, NLM_F_APPEND,
-    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    align, attributes, ip_octets, Encoder, Family, Socket, NETLINK_NETFILTER, NLA_F_NESTED,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 
 use crate::service::plan::{ChainType, Hook, Key, MapKey, Op, Plan, Rule, Verdict, TABLE};
@@ -27,6 +27,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
@@ -94,6 +95,7 @@ const VERDICT_DATA_TYPE: u32 = 0xffff_ff00;
 // apart.
 const TYPE_INTEGER: u32 = 4;
 const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
 // nft's set user data (libnftnl udata): key and data byte order.
@@ -110,6 +112,9 @@ const REG_1: u32 = 1;
 const REG_2: u32 = 2;
 const REG32_01: u32 = 9;
 const REG32_02: u32 = 10;
+/// After an IPv6 address in register 1 (4-byte registers 8 to 11).
+const REG32_04: u32 = 12;
+const REG32_05: u32 = 13;
 
 const PAYLOAD_NETWORK: u32 = 1;
 const PAYLOAD_TRANSPORT: u32 = 2;
@@ -148,15 +153,16 @@ impl NftSocket {
     /// Applies the plan to the service proxy's table (`ip sandboxd`) as one transaction:
     /// all of it, or (on an error) none of it.
     pub fn apply(&mut self, plan: &Plan) -> anyhow::Result<()> {
-        self.apply_to(TABLE, plan)
+        self.apply_to(Family::V4, TABLE, plan)
     }
 
-    /// The names of the chains of the table `ip <table>` (none if there is no such table).
-    pub fn chains(&mut self, table: &str) -> anyhow::Result<Vec<String>> {
+    /// The names of the chains of the table `ip <table>` (`ip6` for IPv6), none if there
+    /// is no such table.
+    pub fn chains(&mut self, family: Family, table: &str) -> anyhow::Result<Vec<String>> {
         let mut request = Encoder::new(
             (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
             NLM_F_DUMP,
-            &[NFPROTO_IPV4, 0, 0, 0],
+            &[nfproto(family), 0, 0, 0],
         );
         request.str(NFTA_CHAIN_TABLE, table);
         let replies = match self.0.dump(request) {
@@ -185,12 +191,19 @@ impl NftSocket {
         Ok(names)
     }
 
-    /// Applies the plan to the table `ip <table>`, as one transaction.
-    pub fn apply_to(&mut self, table: &'static str, plan: &Plan) -> anyhow::Result<()> {
+    /// Applies the plan to the table `ip <table>` (`ip6` for IPv6), as one transaction.
+    /// Rules and keys without an address of their own (a destination map, a map's key
+    /// type) take the table's family.
+    pub fn apply_to(
+        &mut self,
+        family: Family,
+        table: &'static str,
+        plan: &Plan,
+    ) -> anyhow::Result<()> {
         if plan.ops.is_empty() {
             return Ok(());
         }
-        let batch = Batch::encode(plan, table, self.0.next_seq());
+        let batch = Batch::encode(plan, family, table, self.0.next_seq());
         self.0.continue_at(batch.seq);
         self.0
             .send(&batch.buf)
@@ -223,17 +236,47 @@ impl NftSocket {
     }
 }
 
+/// Where a network header holds its source and destination addresses.
+fn address_offsets(family: Family) -> (u32, u32) {
+    match family {
+        Family::V4 => (12, 16),
+        Family::V6 => (8, 24),
+    }
+}
+
+/// An address masked to `prefix`, and the mask, as bytes in network order.
+fn masked(net: &std::net::IpAddr, prefix: u8) -> (Vec<u8>, Vec<u8>) {
+    let octets = ip_octets(net);
+    let bits = usize::from(prefix).min(octets.len() * 8);
+    let mask: Vec<u8> = (0..octets.len())
+        .map(|i| {
+            let covered = bits.saturating_sub(i * 8).min(8);
+            (0xffu16 << (8 - covered)) as u8
+        })
+        .collect();
+    let value = octets.iter().zip(&mask).map(|(b, m)| b & m).collect();
+    (value, mask)
+}
+
 /// A batch being encoded: the bytes, and which operation each message's sequence number
 /// came from (for error messages).
 struct Batch {
-    /// The table every message names.
+    /// The table every message names, and its family.
     table: &'static str,
+    family: Family,
     buf: Vec<u8>,
     seq: u32,
     origin: Vec<(u32, usize)>,
     /// The one message that asks for an acknowledgement.
     acked_seq: u32,
     next_set_id: u32,
+}
+
+fn nfproto(family: Family) -> u8 {
+    match family {
+        Family::V4 => NFPROTO_IPV4,
+        Family::V6 => NFPROTO_IPV6,
+    }
 }
 
 fn verdict_code(v: &Verdict) -> (i32, Option<&str>) {
@@ -261,7 +304,7 @@ fn key_bytes(key: &Key) -> Vec<u8> {
     };
     match key {
         Key::Service(ip, protocol, port) => {
-            part(&ip.octets());
+            part(&ip_octets(ip));
             part(&[protocol_number(*protocol)]);
             part(&port.to_be_bytes());
         }
@@ -274,9 +317,10 @@ fn key_bytes(key: &Key) -> Vec<u8> {
 }
 
 impl Batch {
-    fn encode(plan: &Plan, table: &'static str, first_seq: u32) -> Batch {
+    fn encode(plan: &Plan, family: Family, table: &'static str, first_seq: u32) -> Batch {
         let mut batch = Batch {
             table,
+            family,
             buf: Vec::with_capacity(plan.ops.len() * 160),
             seq: first_seq,
             origin: Vec::new(),
@@ -324,7 +368,7 @@ impl Batch {
         self.header(
             (NFNL_SUBSYS_NFTABLES << 8) | msg,
             NLM_F_REQUEST | flags,
-            NFPROTO_IPV4,
+            nfproto(self.family),
         )
     }
 
@@ -379,10 +423,14 @@ impl Batch {
                 self.finish(start);
             }
             Op::AddMap { name, key } => {
+                let (address_type, address_len) = match self.family {
+                    Family::V4 => (TYPE_IPADDR, 4),
+                    Family::V6 => (TYPE_IP6ADDR, 16),
+                };
                 let (key_type, key_len) = match key {
                     MapKey::AddressProtocolPort => (
-                        (TYPE_IPADDR << 12) | (TYPE_INET_PROTOCOL << 6) | TYPE_INET_SERVICE,
-                        12,
+                        (address_type << 12) | (TYPE_INET_PROTOCOL << 6) | TYPE_INET_SERVICE,
+                        address_len + 8,
                     ),
                     MapKey::ProtocolPort => ((TYPE_INET_PROTOCOL << 6) | TYPE_INET_SERVICE, 8),
                 };
@@ -712,9 +760,20 @@ impl Batch {
                 b.be32(1, NF_NAT_RANGE_PROTO_RANDOM_FULLY); // NFTA_MASQ_FLAGS
             }),
             Rule::DestinationVmap(map) => {
-                self.payload(REG_1, PAYLOAD_NETWORK, 16, 4);
-                self.meta_load(REG32_01, META_L4PROTO);
-                self.payload(REG32_02, PAYLOAD_TRANSPORT, 2, 2);
+                // The IPv4 header's daddr is at 16, IPv6's at 24; the protocol and port
+                // go to the 4-byte registers after the address.
+                let (protocol, port) = match self.family {
+                    Family::V4 => {
+                        self.payload(REG_1, PAYLOAD_NETWORK, 16, 4);
+                        (REG32_01, REG32_02)
+                    }
+                    Family::V6 => {
+                        self.payload(REG_1, PAYLOAD_NETWORK, 24, 16);
+                        (REG32_04, REG32_05)
+                    }
+                };
+                self.meta_load(protocol, META_L4PROTO);
+                self.payload(port, PAYLOAD_TRANSPORT, 2, 2);
                 self.lookup(REG_1, map, None, true);
             }
             Rule::LocalPortVmap(map) => {
@@ -753,8 +812,10 @@ impl Batch {
                 self.immediate_verdict(verdict);
             }
             Rule::FromAddress(ip, verdict) => {
-                self.source_address(4);
-                self.cmp(REG_1, CMP_EQ, &ip.octets());
+                let (offset, _) = address_offsets(Family::of(ip));
+                let octets = ip_octets(ip);
+                self.payload(REG_1, PAYLOAD_NETWORK, offset, octets.len() as u32);
+                self.cmp(REG_1, CMP_EQ, &octets);
                 self.immediate_verdict(verdict);
             }
             Rule::FromOutside((net, prefix), verdict)
@@ -765,24 +826,23 @@ impl Batch {
                 } else {
                     CMP_EQ
                 };
-                // The IPv4 header's saddr is at 12, daddr at 16.
+                let (source, destination) = address_offsets(Family::of(net));
                 let offset = if matches!(rule, Rule::ToNetwork(..)) {
-                    16
+                    destination
                 } else {
-                    12
+                    source
                 };
                 // As nft: a whole-byte prefix loads just those bytes; any other loads the
                 // address and masks it.
-                let prefix = u32::from(*prefix).min(32);
-                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
-                let value = (u32::from(*net) & mask).to_be_bytes();
+                let (value, mask) = masked(net, *prefix);
+                let prefix = usize::from(*prefix).min(value.len() * 8);
                 if prefix % 8 == 0 {
-                    let bytes = (prefix / 8).max(1) as usize;
+                    let bytes = (prefix / 8).max(1);
                     self.payload(REG_1, PAYLOAD_NETWORK, offset, bytes as u32);
                     self.cmp(REG_1, op, &value[..bytes]);
                 } else {
-                    self.payload(REG_1, PAYLOAD_NETWORK, offset, 4);
-                    self.bitwise(REG_1, &mask.to_be_bytes(), &[0; 4]);
+                    self.payload(REG_1, PAYLOAD_NETWORK, offset, value.len() as u32);
+                    self.bitwise(REG_1, &mask, &vec![0; mask.len()]);
                     self.cmp(REG_1, op, &value);
                 }
                 self.immediate_verdict(verdict);
@@ -803,11 +863,12 @@ impl Batch {
             Rule::Dnat(protocol, to) => {
                 self.meta_load(REG_1, META_L4PROTO);
                 self.cmp(REG_1, CMP_EQ, &[protocol_number(*protocol)]);
-                self.immediate_value(REG_1, &to.ip().octets());
+                self.immediate_value(REG_1, &ip_octets(&to.ip()));
                 self.immediate_value(REG_2, &to.port().to_be_bytes());
+                let family = nfproto(Family::of(&to.ip()));
                 self.expr("nat", |b| {
                     b.be32(1, NAT_DNAT); // NFTA_NAT_TYPE
-                    b.be32(2, u32::from(NFPROTO_IPV4)); // NFTA_NAT_FAMILY
+                    b.be32(2, u32::from(family)); // NFTA_NAT_FAMILY
                     b.be32(3, REG_1); // NFTA_NAT_REG_ADDR_MIN
                     b.be32(5, REG_2); // NFTA_NAT_REG_PROTO_MIN
                     b.be32(7, NF_NAT_RANGE_PROTO_SPECIFIED); // NFTA_NAT_FLAGS
@@ -824,5 +885,23 @@ impl Batch {
                 self.lookup(REG_1, &name, Some(id), true);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_mask_whole_and_partial_bytes_of_either_family() {
+        let v4: std::net::IpAddr = "10.247.1.2".parse().unwrap();
+        assert_eq!(masked(&v4, 12), (vec![10, 240, 0, 0], vec![255, 240, 0, 0]));
+        assert_eq!(masked(&v4, 32).0, vec![10, 247, 1, 2]);
+        let v6: std::net::IpAddr = "fd00:10:244:1::2".parse().unwrap();
+        let (value, mask) = masked(&v6, 60);
+        assert_eq!(mask[..8], [255, 255, 255, 255, 255, 255, 255, 240]);
+        assert!(mask[8..].iter().all(|b| *b == 0));
+        assert_eq!(value[..8], [0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0]);
+        assert_eq!(address_offsets(Family::V6), (8, 24));
     }
 }

@@ -10,9 +10,9 @@ use crate::netlink::RouteSocket;
 
 fn route_to(peer: &Peer, underlay: &Link) -> Route {
     Route {
-        destination: peer.subnet.network().addr,
+        destination: peer.subnet.network().addr.into(),
         prefix: peer.subnet.prefix,
-        gateway: Some(peer.ip),
+        gateway: Some(peer.ip.into()),
         device: Some(underlay.index),
         onlink: false,
         source: None,

@@ -11,7 +11,7 @@
 pub mod host_gw;
 pub mod vxlan;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::cidr::Ipv4Cidr;
 use crate::netlink::link::Link;
 use crate::netlink::route::Route;
-use crate::netlink::RouteSocket;
+use crate::netlink::{Family, RouteSocket};
 use crate::node::NodeNetns;
 
 /// How packets for another node's pods get there.
@@ -154,11 +154,13 @@ impl Overlay {
         let underlay = self.underlay.index;
         Ok(self
             .socket
-            .routes()
+            .routes(Family::V4)
             .context("list the routes")?
             .into_iter()
             .filter(|r| {
-                let dst = Ipv4Cidr::new(r.destination, r.prefix);
+                let Some(dst) = ipv4_destination(r) else {
+                    return false;
+                };
                 self.cluster_cidr.covers(&dst)
                     && dst.network() != self.subnet.network()
                     && (r.device == vtep && vtep.is_some()
@@ -168,13 +170,23 @@ impl Overlay {
     }
 }
 
+/// An IPv4 route's destination as a CIDR.
+pub fn ipv4_destination(route: &Route) -> Option<Ipv4Cidr> {
+    match route.destination {
+        IpAddr::V4(addr) => Some(Ipv4Cidr::new(addr, route.prefix)),
+        IpAddr::V6(_) => None,
+    }
+}
+
 /// Removes what the overlay made in a namespace: `flannel.1` (its neighbours, FDB entries
 /// and routes go with it) and host-gw's routes into `cluster_cidr`.
 pub fn teardown(netns: &NodeNetns, cluster_cidr: Ipv4Cidr) -> anyhow::Result<()> {
     let mut socket = netns.route_socket().context("open a netlink socket")?;
     vxlan::remove_device(&mut socket)?;
-    for route in socket.routes().context("list the routes")? {
-        let dst = Ipv4Cidr::new(route.destination, route.prefix);
+    for route in socket.routes(Family::V4).context("list the routes")? {
+        let Some(dst) = ipv4_destination(&route) else {
+            continue;
+        };
         if cluster_cidr.covers(&dst) && route.gateway.is_some() && !route.onlink {
             socket
                 .delete_route(&route)
@@ -190,7 +202,7 @@ fn underlay_of(socket: &mut RouteSocket, ip: Ipv4Addr) -> anyhow::Result<Link> {
         .addresses(None)
         .context("list the addresses")?
         .into_iter()
-        .find(|a| a.ip == ip);
+        .find(|a| a.ip == IpAddr::V4(ip));
     let Some(address) = address else {
         bail!("no interface of this node has the node IP {ip} (--node-ip must be an address of the node's own, e.g. eth1's)");
     };

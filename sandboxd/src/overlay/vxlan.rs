@@ -75,7 +75,7 @@ pub(super) fn ensure_device(
     }
     let address = Address {
         index: link.index,
-        ip: subnet.network().addr,
+        ip: subnet.network().addr.into(),
         prefix: 32,
     };
     for other in socket
@@ -118,9 +118,9 @@ fn entries_of(peer: &Peer, vtep: &Link) -> Option<Entries> {
         mac: peer.vtep_mac?,
         node_ip: peer.ip,
         route: Route {
-            destination: gateway,
+            destination: gateway.into(),
             prefix: peer.subnet.prefix,
-            gateway: Some(gateway),
+            gateway: Some(gateway.into()),
             device: Some(vtep.index),
             onlink: true,
             source: None,

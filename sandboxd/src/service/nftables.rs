@@ -26,6 +26,15 @@ impl std::fmt::Display for Key {
     }
 }
 
+/// nft's name for an address's header: `ip` or `ip6`.
+fn ip_of(address: &std::net::IpAddr) -> &'static str {
+    if address.is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    }
+}
+
 impl std::fmt::Display for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -47,15 +56,15 @@ impl std::fmt::Display for Rule {
             Rule::Always(verdict) => write!(f, "{verdict}"),
             Rule::Reject => write!(f, "reject"),
             Rule::NewConnection(verdict) => write!(f, "ct state new {verdict}"),
-            Rule::FromAddress(ip, verdict) => write!(f, "ip saddr {ip} {verdict}"),
+            Rule::FromAddress(ip, verdict) => write!(f, "{} saddr {ip} {verdict}", ip_of(ip)),
             Rule::FromOutside((net, prefix), verdict) => {
-                write!(f, "ip saddr != {net}/{prefix} {verdict}")
+                write!(f, "{} saddr != {net}/{prefix} {verdict}", ip_of(net))
             }
             Rule::FromNetwork((net, prefix), verdict) => {
-                write!(f, "ip saddr {net}/{prefix} {verdict}")
+                write!(f, "{} saddr {net}/{prefix} {verdict}", ip_of(net))
             }
             Rule::ToNetwork((net, prefix), verdict) => {
-                write!(f, "ip daddr {net}/{prefix} {verdict}")
+                write!(f, "{} daddr {net}/{prefix} {verdict}", ip_of(net))
             }
             Rule::RememberSource(set) => write!(f, "update @{set} {{ ip saddr }}"),
             Rule::FromRemembered(set, verdict) => write!(f, "ip saddr @{set} {verdict}"),

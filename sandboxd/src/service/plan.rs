@@ -34,7 +34,7 @@
 //! `numgen random mod 2 == 0 goto ep-a`, then `goto ep-b` (each endpoint 1/N); a single
 //! endpoint is a plain `goto`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::service::Protocol;
 
@@ -121,7 +121,8 @@ pub struct BaseChain {
 /// The key of a verdict map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapKey {
-    /// `ipv4_addr . inet_proto . inet_service`: a ClusterIP and port.
+    /// `ipv4_addr . inet_proto . inet_service`: a ClusterIP and port (`ipv6_addr . …` in
+    /// an ip6 table).
     AddressProtocolPort,
     /// `inet_proto . inet_service`: a node port.
     ProtocolPort,
@@ -130,7 +131,8 @@ pub enum MapKey {
 /// An element of a verdict map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {
-    Service(Ipv4Addr, Protocol, u16),
+    /// An address (of the table's family), protocol and port.
+    Service(IpAddr, Protocol, u16),
     NodePort(Protocol, u16),
 }
 
@@ -152,7 +154,7 @@ pub enum Rule {
     ToggleMark(u32),
     /// `masquerade fully-random`
     MasqueradeFullyRandom,
-    /// `ip daddr . meta l4proto . th dport vmap @MAP`
+    /// `ip daddr . meta l4proto . th dport vmap @MAP` (`ip6 daddr` in an ip6 table)
     DestinationVmap(&'static str),
     /// `fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @MAP`
     LocalPortVmap(&'static str),
@@ -165,20 +167,20 @@ pub enum Rule {
     Reject,
     /// `ct state new VERDICT`
     NewConnection(Verdict),
-    /// `ip saddr ADDR VERDICT`
-    FromAddress(Ipv4Addr, Verdict),
-    /// `ip saddr != NET/PREFIX VERDICT`
-    FromOutside((Ipv4Addr, u8), Verdict),
+    /// `ip saddr ADDR VERDICT` (`ip6 saddr` for an IPv6 address, in an ip6 table)
+    FromAddress(IpAddr, Verdict),
+    /// `ip saddr != NET/PREFIX VERDICT` (or `ip6`, as the others)
+    FromOutside((IpAddr, u8), Verdict),
     /// `ip saddr NET/PREFIX VERDICT`
-    FromNetwork((Ipv4Addr, u8), Verdict),
+    FromNetwork((IpAddr, u8), Verdict),
     /// `ip daddr NET/PREFIX VERDICT`
-    ToNetwork((Ipv4Addr, u8), Verdict),
+    ToNetwork((IpAddr, u8), Verdict),
     /// `update @SET { ip saddr }`
     RememberSource(String),
     /// `ip saddr @SET VERDICT`
     FromRemembered(String, Verdict),
-    /// `meta l4proto PROTO dnat to ADDR:PORT`
-    Dnat(Protocol, SocketAddrV4),
+    /// `meta l4proto PROTO dnat to ADDR:PORT` (`[ADDR]:PORT` in an ip6 table)
+    Dnat(Protocol, SocketAddr),
     /// `numgen random mod N vmap { 0 : goto C0, 1 : goto C1, … }`
     RandomGoto(Vec<String>),
     /// `numgen random mod N == 0 VERDICT`: taken one time in N.
@@ -333,7 +335,7 @@ impl Plan {
     /// Adds one service's chains, sets and map elements.
     fn add_service(&mut self, cluster: &Cluster, s: &ProgrammedService) {
         for p in &s.ports {
-            let service_key = Key::Service(s.cluster_ip, p.protocol, p.port);
+            let service_key = Key::Service(s.cluster_ip.into(), p.protocol, p.port);
             let node_port_key = p.node_port.map(|n| Key::NodePort(p.protocol, n));
             if p.endpoints.is_empty() {
                 let reject = Verdict::Goto(REJECT_CHAIN.to_string());
@@ -367,17 +369,20 @@ impl Plan {
                 }
                 self.rule(
                     chain,
-                    Rule::FromAddress(*ep.ip(), jump(MARK_FOR_MASQUERADE)),
+                    Rule::FromAddress((*ep.ip()).into(), jump(MARK_FOR_MASQUERADE)),
                 );
                 if s.affinity_seconds.is_some() {
                     self.rule(chain, Rule::RememberSource(affinity_set(chain)));
                 }
-                self.rule(chain, Rule::Dnat(p.protocol, *ep));
+                self.rule(chain, Rule::Dnat(p.protocol, (*ep).into()));
             }
             self.chain(&svc);
             self.rule(
                 &svc,
-                Rule::FromOutside(cluster.pod_cidr, jump(MARK_FOR_MASQUERADE)),
+                Rule::FromOutside(
+                    (cluster.pod_cidr.0.into(), cluster.pod_cidr.1),
+                    jump(MARK_FOR_MASQUERADE),
+                ),
             );
             if s.affinity_seconds.is_some() {
                 for chain in &eps {
@@ -422,7 +427,7 @@ impl Plan {
     /// the kernel accepts).
     fn remove_service(&mut self, s: &ProgrammedService) {
         for p in &s.ports {
-            let service_key = Key::Service(s.cluster_ip, p.protocol, p.port);
+            let service_key = Key::Service(s.cluster_ip.into(), p.protocol, p.port);
             let node_port_key = p.node_port.map(|n| Key::NodePort(p.protocol, n));
             let (services, node_ports) = if p.endpoints.is_empty() {
                 (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS)

@@ -158,7 +158,7 @@ fn check_address(ip: Ipv4Addr) -> anyhow::Result<()> {
         .addresses(None)
         .context("list this machine's addresses")?
         .iter()
-        .any(|a| a.ip == ip);
+        .any(|a| a.ip == std::net::IpAddr::V4(ip));
     if !ours {
         bail!("invalid --ip {ip}: no interface of this machine has it (give the private network's address, e.g. eth1's)");
     }

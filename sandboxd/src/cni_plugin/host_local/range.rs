@@ -183,9 +183,9 @@ impl RangeSet {
 
     /// Candidates in upstream's round-robin order: from the address after `last` (when it
     /// is in the set), else from the first range's start, through every range and back,
-    /// gateways skipped; each once.
-    pub fn candidates(&self, last: Option<IpAddr>) -> Vec<(IpAddr, Range)> {
-        let mut out = Vec::new();
+    /// gateways skipped; each once. Walked lazily: an IPv6 /64 holds more addresses than
+    /// could ever be listed, and the first free one is usually next.
+    pub fn candidates(&self, last: Option<IpAddr>) -> impl Iterator<Item = (IpAddr, Range)> + '_ {
         let resume = last
             .map(canonical)
             .and_then(|ip| self.0.iter().position(|r| r.contains(ip)).map(|i| (i, ip)));
@@ -194,7 +194,7 @@ impl RangeSet {
             None => (0, None),
         };
         let mut first: Option<IpAddr> = None;
-        loop {
+        let walk = std::iter::from_fn(move || {
             let range = self.0[index];
             let next = match current {
                 None => range.start,
@@ -204,21 +204,15 @@ impl RangeSet {
                 }
                 Some(ip) => address(number(ip) + 1, ip.is_ipv4()),
             };
-            let range = self.0[index];
             current = Some(next);
             match first {
-                Some(start) if start == next => return out,
+                Some(start) if start == next => return None,
                 None => first = Some(next),
                 _ => {}
             }
-            if next != range.gateway {
-                out.push((next, range));
-            }
-            // A guard for configs whose ranges hold more addresses than can be walked.
-            if out.len() > 1 << 20 {
-                return out;
-            }
-        }
+            Some((next, self.0[index]))
+        });
+        walk.filter(|(ip, range)| *ip != range.gateway)
     }
 }
 
@@ -285,24 +279,33 @@ mod tests {
     #[test]
     fn candidates_go_round_robin_skipping_the_gateway() {
         let set = RangeSet::canonicalize(&[config("10.0.0.0/29"), config("10.0.1.0/30")]).unwrap();
-        let order: Vec<String> = set
-            .candidates(None)
-            .iter()
-            .map(|(ip, _)| ip.to_string())
-            .collect();
+        let order: Vec<String> = set.candidates(None).map(|(ip, _)| ip.to_string()).collect();
         assert_eq!(
             order,
             ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.1.2"]
         );
         let after: Vec<String> = set
             .candidates(Some(ip("10.0.0.5")))
-            .iter()
             .map(|(ip, _)| ip.to_string())
             .collect();
         assert_eq!(
             after,
             ["10.0.0.6", "10.0.1.2", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"]
         );
+        // An IPv6 /64 is walked, not listed: the next free address comes at once.
+        let v6 = RangeSet::canonicalize(&[config("fd00:10:244:1::/64")]).unwrap();
+        let first: Vec<String> = v6
+            .candidates(None)
+            .take(2)
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        assert_eq!(first, ["fd00:10:244:1::2", "fd00:10:244:1::3"]);
+        let wrapped: Vec<String> = v6
+            .candidates(Some(ip("fd00:10:244:1:ffff:ffff:ffff:ffff")))
+            .take(1)
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        assert_eq!(wrapped, ["fd00:10:244:1::2"]);
         assert!(
             RangeSet::canonicalize(&[config("10.0.0.0/24"), config("10.0.0.128/25")])
                 .unwrap_err()
