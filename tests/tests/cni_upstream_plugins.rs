@@ -59,6 +59,7 @@ with_each_plugin_set!(
     ip_masq_lets_pods_reach_a_network_with_no_route_back,
     bridge_gives_dual_stack_pods_both_families,
     ptp_routes_dual_stack_pods_through_the_node,
+    bridge_with_enabledad_returns_once_ipv6_addresses_settle,
 );
 
 /// A node (netns) with its own conf, IPAM, cache and plugin dirs.
@@ -899,6 +900,38 @@ async fn bridge_gives_dual_stack_pods_both_families(plugins: Plugins) {
             "{address} still forwarded: {answer}"
         );
     }
+}
+
+/// bridge's `enabledad`: duplicate address detection stays on in the pod, and the ADD
+/// returns only once the pod's IPv6 address has passed it (no longer tentative).
+async fn bridge_with_enabledad_returns_once_ipv6_addresses_settle(plugins: Plugins) {
+    let node = Node::new(plugins);
+    let pod = Netns::new("sbt-pod");
+    let host = node.host(Duration::from_secs(20));
+    let network = node.network(vec![json!({
+        "type": "bridge", "bridge": node.bridge, "isGateway": true, "enabledad": true,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{ "subnet": format!("{SUBNET6_PREFIX}/64") }]],
+            "dataDir": node.ipam_dir(),
+        },
+    })]);
+    let rt = pod_rt(&pod, &unique_name("dad"));
+    let result = host.add(&network, &rt).await.expect("ADD");
+    let address = address_of(&result, true);
+    let addrs = pod.exec(&["ip", "-6", "-o", "addr", "show", "eth0"]);
+    assert!(addrs.contains(&format!("{address}/64")), "{addrs}");
+    assert!(
+        !addrs.contains("tentative"),
+        "ADD returned before DAD ended: {addrs}"
+    );
+    assert_eq!(
+        pod.exec(&["cat", "/proc/sys/net/ipv6/conf/eth0/accept_dad"])
+            .trim(),
+        "1"
+    );
+    host.del(&network, &rt).await.expect("DEL");
+    node.assert_clean();
 }
 
 /// ptp with two ranges: each family's gateway on the host end (/32 and /128), the pod's

@@ -5,8 +5,9 @@
 //! route via it), `forceAddress`, `mtu`, `hairpinMode`, `promiscMode`, `ipMasq` (in
 //! nftables, see [`masquerade`](super::masquerade)), `enabledad`, `ipam`. IPv4, IPv6 and
 //! both: each family gets its gateway on the bridge and, with `isDefaultGateway`, its
-//! default route. `vlan` is refused as an unsupported field (code 2) rather than ignored. host-local as the IPAM
-//! runs in-process; any other IPAM plugin is run from `CNI_PATH`, as upstream delegates.
+//! default route. `vlan` is refused as an unsupported field (code 2) rather than ignored.
+//! host-local as the IPAM runs in-process; any other IPAM plugin is run from `CNI_PATH`,
+//! as upstream delegates.
 //!
 //! Every ADD step is undone if a later one fails: the lease is given back and the veth
 //! pair deleted. DEL gives the lease back and deletes the container's end (taking the

@@ -5,14 +5,16 @@
 //! through a shared L2 segment.
 //!
 //! As upstream's ptp does it (and reading its fields: `ipMasq`, `mtu`, `ipam`, `dns`):
-//! * in the pod, the address keeps the IPAM prefix, but the kernel's prefix route is
-//!   replaced by `<gw>/32 dev <if> scope link` and `<subnet> via <gw>`, so every packet,
-//!   even to a neighbour of the same subnet, goes to the gateway; then IPAM's routes;
+//! * in the pod, the address keeps the IPAM prefix but comes without the kernel's prefix
+//!   route (`noprefixroute`); instead `<gw>/32 dev <if> scope link` and
+//!   `<subnet> via <gw>`, so every packet, even to a neighbour of the same subnet, goes to
+//!   the gateway; then IPAM's routes;
 //! * on the node, the host end holds `<gw>/32` (every host end holds it: it only answers
 //!   ARP on its own link) and the route `<pod ip>/32 dev <host end>`; forwarding is on.
 //!
-//! IPv4, IPv6 or both (each family's gateway on the host end; /128 for IPv6). Every ADD step is undone if a later one fails; DEL gives the
-//! lease back and deletes the pair (the host route and address go with it).
+//! IPv4, IPv6 or both: each family's gateway on the host end (/128 for IPv6, as the pod's
+//! route to it). Every ADD step is undone if a later one fails; DEL gives the lease back
+//! and deletes the pair (the host route and address go with it).
 
 use std::net::IpAddr;
 use std::path::Path;
