@@ -60,6 +60,7 @@ with_each_plugin_set!(
     bridge_gives_dual_stack_pods_both_families,
     ptp_routes_dual_stack_pods_through_the_node,
     bridge_with_enabledad_returns_once_ipv6_addresses_settle,
+    bridge_macspoofchk_drops_frames_from_any_other_mac,
 );
 
 /// A node (netns) with its own conf, IPAM, cache and plugin dirs.
@@ -932,6 +933,71 @@ async fn bridge_with_enabledad_returns_once_ipv6_addresses_settle(plugins: Plugi
     );
     host.del(&network, &rt).await.expect("DEL");
     node.assert_clean();
+}
+
+/// The pod's MAC from the `mac` capability, and bridge's `macspoofchk`: frames from the
+/// pod with any other source MAC are dropped before the bridge forwards them; DEL takes
+/// the check away.
+async fn bridge_macspoofchk_drops_frames_from_any_other_mac(plugins: Plugins) {
+    let node = Node::new(plugins);
+    let (pod_a, pod_b) = (Netns::new("sbt-pod"), Netns::new("sbt-pod"));
+    let host = node.host(Duration::from_secs(20));
+    let mut bridge = node.bridge_plugin();
+    bridge["macspoofchk"] = json!(true);
+    bridge["capabilities"] = json!({ "mac": true });
+    let network = node.network(vec![bridge, json!({ "type": "loopback" })]);
+    let (mut rt_a, mut rt_b) = (
+        pod_rt(&pod_a, &unique_name("spoof")),
+        pod_rt(&pod_b, &unique_name("spoof")),
+    );
+    const MAC: &str = "02:42:0a:f4:01:0a";
+    rt_a.capability_args.insert("mac".into(), json!(MAC));
+    rt_b.capability_args.remove("portMappings");
+    rt_a.capability_args.remove("portMappings");
+    let a = host.add(&network, &rt_a).await.expect("ADD a");
+    let b = host.add(&network, &rt_b).await.expect("ADD b");
+    assert_eq!(a.interfaces[2].mac, MAC, "{:?}", a.interfaces);
+    assert!(pod_a
+        .exec(&["ip", "-o", "link", "show", "eth0"])
+        .contains(MAC));
+    let b4 = address_of(&b, false);
+    assert!(answers_ping(&pod_a, &b4), "a with its own MAC reaches b");
+
+    pod_a.exec(&["ip", "link", "set", "eth0", "address", "02:42:0a:f4:01:99"]);
+    assert!(
+        !answers_ping(&pod_a, &b4),
+        "a posing as another MAC is dropped"
+    );
+    pod_a.exec(&["ip", "link", "set", "eth0", "address", MAC]);
+    assert!(answers_ping(&pod_a, &b4), "a is back to its own MAC");
+    host.check(&network, &rt_a).await.expect("CHECK");
+
+    let host_veth = a.interfaces[1].name.clone();
+    if plugins == Plugins::Own {
+        let table = node
+            .netns
+            .exec(&["nft", "list", "table", "bridge", "sandboxd-macspoof"]);
+        for line in [
+            "iifname vmap @ports".to_string(),
+            format!(
+                "\"{host_veth}\" : jump spoof/pods/{}/eth0/{host_veth}",
+                rt_a.container_id
+            ),
+            format!("ether saddr {MAC} return"),
+            "drop".to_string(),
+        ] {
+            assert!(table.contains(&line), "no `{line}` in {table}");
+        }
+    }
+    host.del(&network, &rt_a).await.expect("DEL a");
+    host.del(&network, &rt_b).await.expect("DEL b");
+    host.del(&network, &rt_a).await.expect("a second DEL");
+    node.assert_clean_but(&[]);
+    let ruleset = node.netns.exec(&["nft", "list", "ruleset"]);
+    assert!(
+        !ruleset.contains(&host_veth),
+        "the check of {host_veth} is left: {ruleset}"
+    );
 }
 
 /// ptp with two ranges: each family's gateway on the host end (/32 and /128), the pod's

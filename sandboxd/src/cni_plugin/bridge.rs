@@ -3,7 +3,9 @@
 //! Reads upstream's fields: `bridge` (default `cni0`), `isGateway` (the bridge takes each
 //! subnet's gateway address, forwarding is turned on), `isDefaultGateway` (also a default
 //! route via it), `forceAddress`, `mtu`, `hairpinMode`, `promiscMode`, `ipMasq` (in
-//! nftables, see [`masquerade`](super::masquerade)), `enabledad`, `ipam`. IPv4, IPv6 and
+//! nftables, see [`masquerade`](super::masquerade)), `enabledad`, `macspoofchk` (in
+//! nftables, see [`spoofcheck`](super::spoofcheck)), the pod's `mac` (`runtimeConfig`,
+//! `args.cni`, `CNI_ARGS`), `ipam`. IPv4, IPv6 and
 //! both: each family gets its gateway on the bridge and, with `isDefaultGateway`, its
 //! default route. `vlan` is refused as an unsupported field (code 2) rather than ignored.
 //! host-local as the IPAM runs in-process; any other IPAM plugin is run from `CNI_PATH`,
@@ -23,9 +25,9 @@ use serde_json::Value;
 use crate::cni_plugin::interface::Ipv6Dad;
 use crate::cni_plugin::invocation::{Command, Invocation, PluginError};
 use crate::cni_plugin::veth::{self, kernel, socket};
-use crate::cni_plugin::{interface, ipam, masquerade};
+use crate::cni_plugin::{interface, ipam, masquerade, spoofcheck};
 use crate::netlink::address::{AddOptions, Address};
-use crate::netlink::link::format_mac;
+use crate::netlink::link::{format_mac, parse_mac};
 use crate::netlink::route::Route as KernelRoute;
 use crate::netlink::{Family, RouteSocket};
 
@@ -55,6 +57,26 @@ struct BridgeConfig {
     vlan: u32,
     #[serde(default, rename = "enabledad")]
     enable_dad: bool,
+    #[serde(default, rename = "macspoofchk")]
+    mac_spoof_check: bool,
+    #[serde(default)]
+    args: MacArgs,
+    #[serde(default)]
+    runtime_config: MacOnly,
+}
+
+/// `args.cni.mac`.
+#[derive(Debug, Default, Deserialize)]
+struct MacArgs {
+    #[serde(default)]
+    cni: MacOnly,
+}
+
+/// `runtimeConfig.mac` (the `mac` capability), or `args.cni.mac`.
+#[derive(Debug, Default, Deserialize)]
+struct MacOnly {
+    #[serde(default)]
+    mac: String,
 }
 
 fn default_bridge() -> String {
@@ -62,6 +84,32 @@ fn default_bridge() -> String {
 }
 
 impl BridgeConfig {
+    /// The MAC the container's interface is asked to have: `runtimeConfig.mac`, else
+    /// `args.cni.mac`, else `CNI_ARGS` `MAC=`, as upstream ranks them.
+    fn requested_mac(&self, invocation: &Invocation) -> Result<Option<[u8; 6]>, PluginError> {
+        let from_env = invocation
+            .args
+            .iter()
+            .find(|(k, _)| k == "MAC")
+            .map(|(_, v)| ("CNI_ARGS MAC", v.as_str()));
+        let (field, text) = [
+            ("runtimeConfig.mac", self.runtime_config.mac.as_str()),
+            ("args.cni.mac", self.args.cni.mac.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, mac)| !mac.is_empty())
+        .chain(from_env)
+        .next()
+        .unwrap_or(("", ""));
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let mac = parse_mac(text).filter(|m| m[0] & 1 == 0).ok_or_else(|| {
+            PluginError::config(format!("{field}: {text:?} is not a unicast MAC address"))
+        })?;
+        Ok(Some(mac))
+    }
+
     fn load(config: &Value) -> Result<BridgeConfig, PluginError> {
         let mut bridge: BridgeConfig = serde_path_to_error::deserialize(config)
             .map_err(|e| PluginError::config(format!("{}: {}", e.path(), e.inner())))?;
@@ -102,6 +150,9 @@ pub fn run_in(invocation: &Invocation, host: HostNetns<'_>) -> Result<Option<Val
         }
         Command::Del => {
             interface::release(invocation, ipam, host, bridge.ip_masq)?;
+            if bridge.mac_spoof_check {
+                spoofcheck::remove(invocation, host)?;
+            }
             Ok(None)
         }
         Command::Check => {
@@ -111,6 +162,9 @@ pub fn run_in(invocation: &Invocation, host: HostNetns<'_>) -> Result<Option<Val
         }
         Command::Gc | Command::Status => {
             interface::network_wide(invocation, ipam, host, bridge.ip_masq)?;
+            if bridge.mac_spoof_check && invocation.command == Command::Gc {
+                spoofcheck::collect_garbage(invocation, host)?;
+            }
             Ok(None)
         }
         Command::Version => unreachable!("answered by the plugin"),
@@ -124,6 +178,7 @@ fn add(
     host: HostNetns<'_>,
 ) -> Result<CniResult, PluginError> {
     let netns = invocation.netns.as_deref().expect("ADD has a netns");
+    let mac = bridge.requested_mac(invocation)?;
     let mut node = socket(host)?;
     let br = ensure_bridge(&mut node, bridge, host)?;
     let mut pod = socket(Some(netns))?;
@@ -135,7 +190,20 @@ fn add(
     // From here a failure deletes the pair (and gives the lease back, once taken).
     let mut leased = false;
     let mut masqueraded = false;
+    let mut spoof_checked = false;
     let outcome = (|| -> Result<CniResult, PluginError> {
+        // The pod's MAC before its port joins the bridge: the spoof check holds it to it.
+        if let Some(mac) = mac {
+            pod.set_mac(container.index, mac)
+                .map_err(kernel("give the container's interface its MAC"))?;
+        }
+        if bridge.mac_spoof_check {
+            let mac = mac.or(container.mac).ok_or_else(|| {
+                PluginError::internal(format!("{} has no MAC to check", invocation.ifname))
+            })?;
+            spoof_checked = true;
+            spoofcheck::add(invocation, host, &host_name, mac)?;
+        }
         if let Some(mtu) = bridge.mtu {
             node.set_mtu(host_veth.index, mtu)
                 .map_err(kernel("set the host veth's mtu"))?;
@@ -269,6 +337,9 @@ fn add(
     if outcome.is_err() {
         if masqueraded {
             let _ = masquerade::remove(invocation, host);
+        }
+        if spoof_checked {
+            let _ = spoofcheck::remove(invocation, host);
         }
         if leased {
             let _ = ipam::call(invocation, ipam, Command::Del);
@@ -469,5 +540,57 @@ mod tests {
         assert!(bad.msg.starts_with("mtu:"), "{bad}");
         let long = BridgeConfig::load(&json!({ "bridge": "a-very-long-bridge-name" })).unwrap_err();
         assert!(long.msg.contains("bridge"), "{long}");
+    }
+
+    #[test]
+    fn the_pods_mac_is_ranked_as_upstream_ranks_it() {
+        let invocation = |config: serde_json::Value, args: &str| {
+            let env = |name: &str| match name {
+                "CNI_COMMAND" => Some("ADD".to_string()),
+                "CNI_CONTAINERID" => Some("c1".to_string()),
+                "CNI_NETNS" => Some("/proc/self/ns/net".to_string()),
+                "CNI_IFNAME" => Some("eth0".to_string()),
+                "CNI_ARGS" => Some(args.to_string()),
+                _ => None,
+            };
+            let mut config = config;
+            config["cniVersion"] = json!("1.0.0");
+            config["name"] = json!("pods");
+            config["type"] = json!("bridge");
+            let invocation = Invocation::from_env(env, config.to_string().as_bytes()).unwrap();
+            let bridge = BridgeConfig::load(&invocation.config).unwrap();
+            bridge.requested_mac(&invocation)
+        };
+        let mac = |text: &str| Some(parse_mac(text).unwrap());
+        assert_eq!(invocation(json!({}), "").unwrap(), None);
+        assert_eq!(
+            invocation(json!({}), "MAC=02:00:00:00:00:01").unwrap(),
+            mac("02:00:00:00:00:01")
+        );
+        assert_eq!(
+            invocation(
+                json!({ "args": { "cni": { "mac": "02:00:00:00:00:02" } } }),
+                "MAC=02:00:00:00:00:01"
+            )
+            .unwrap(),
+            mac("02:00:00:00:00:02")
+        );
+        assert_eq!(
+            invocation(
+                json!({ "args": { "cni": { "mac": "02:00:00:00:00:02" } },
+                        "runtimeConfig": { "mac": "02:00:00:00:00:03" } }),
+                ""
+            )
+            .unwrap(),
+            mac("02:00:00:00:00:03")
+        );
+        let bad = invocation(
+            json!({ "runtimeConfig": { "mac": "01:00:5e:00:00:01" } }),
+            "",
+        )
+        .unwrap_err();
+        assert!(bad.msg.starts_with("runtimeConfig.mac:"), "{bad}");
+        let garbage = invocation(json!({}), "MAC=nope").unwrap_err();
+        assert!(garbage.msg.starts_with("CNI_ARGS MAC:"), "{garbage}");
     }
 }

@@ -13,8 +13,9 @@
 //!   as upstream keeps them), [`loopback`] and [`portmap`] (hostPorts in nftables);
 //! * what bridge and ptp share: [`interface`] (DEL, GC, STATUS, forwarding), [`veth`]
 //!   (the pair), [`ipam`] (host-local in-process or
-//!   a delegated IPAM plugin) and [`masquerade`] (`ipMasq` in nftables); [`nft`] keeps
-//!   portmap's and masquerade's nf_tables socket open.
+//!   a delegated IPAM plugin) and [`masquerade`] (`ipMasq` in nftables); bridge's
+//!   [`spoofcheck`] (`macspoofchk` in nftables); [`nft`] keeps the nf_tables socket of
+//!   portmap, masquerade and spoofcheck open.
 
 pub mod bridge;
 pub mod host_local;
@@ -27,6 +28,7 @@ pub mod masquerade;
 pub mod nft;
 pub mod portmap;
 pub mod ptp;
+pub mod spoofcheck;
 pub mod veth;
 
 pub use invocation::{Command, Invocation, PluginError};

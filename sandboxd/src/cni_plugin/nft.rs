@@ -10,8 +10,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::cni_plugin::invocation::PluginError;
-use crate::netlink::nftables::NftSocket;
-use crate::netlink::Family;
+use crate::netlink::nftables::{NftSocket, TableFamily};
 use crate::service::plan::Plan;
 
 /// A namespace by its nsfs inode (a path may later name another namespace).
@@ -63,17 +62,21 @@ impl Held {
         &mut self.sockets[self.at].1
     }
 
-    /// The names of the chains of `table` of `family` (none if there is no table).
-    pub fn chains(&mut self, family: Family, table: &str) -> anyhow::Result<Vec<String>> {
+    /// The names of the chains of the table `<family> <table>` (none if there is none).
+    pub fn chains(
+        &mut self,
+        family: impl Into<TableFamily>,
+        table: &str,
+    ) -> anyhow::Result<Vec<String>> {
         let outcome = self.socket().chains(family, table);
         self.failed |= outcome.is_err();
         outcome
     }
 
-    /// Applies `plan` to `table` of `family` in one transaction.
+    /// Applies `plan` to the table `<family> <table>` in one transaction.
     pub fn apply_to(
         &mut self,
-        family: Family,
+        family: impl Into<TableFamily>,
         table: &'static str,
         plan: &Plan,
     ) -> anyhow::Result<()> {

@@ -305,6 +305,13 @@ impl RouteSocket {
         self.0.request(request)
     }
 
+    /// `ip link set dev INDEX address MAC`.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), KernelError> {
+        let mut request = Encoder::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));
+        request.attr(IFLA_ADDRESS, &mac);
+        self.0.request(request)
+    }
+
     /// `ip link set dev INDEX netns NETNS`.
     pub fn move_to_netns(&mut self, index: u32, netns: BorrowedFd<'_>) -> Result<(), KernelError> {
         let mut request = Encoder::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));

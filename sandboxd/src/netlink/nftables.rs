@@ -28,6 +28,7 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
+const NFPROTO_BRIDGE: u8 = 7;
 
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
@@ -84,6 +85,7 @@ const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
+const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
 const NFT_JUMP: i32 = -3;
 const NFT_GOTO: i32 = -4;
@@ -98,6 +100,7 @@ const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_IFNAME: u32 = 41;
 // nft's set user data (libnftnl udata): key and data byte order.
 const UDATA_KEYBYTEORDER: u8 = 0;
 const UDATA_DATABYTEORDER: u8 = 1;
@@ -116,9 +119,11 @@ const REG32_02: u32 = 10;
 const REG32_04: u32 = 12;
 const REG32_05: u32 = 13;
 
+const PAYLOAD_LL: u32 = 0;
 const PAYLOAD_NETWORK: u32 = 1;
 const PAYLOAD_TRANSPORT: u32 = 2;
 const META_MARK: u32 = 3;
+const META_IIFNAME: u32 = 6;
 const META_L4PROTO: u32 = 16;
 const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
@@ -134,6 +139,33 @@ const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 0x2;
 const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
 const REJECT_ICMP_UNREACH: u32 = 0;
 const ICMP_PORT_UNREACH: u8 = 3;
+
+/// The family of an nf_tables table: `ip`, `ip6` (an address family's) or `bridge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFamily {
+    Ip,
+    Ip6,
+    Bridge,
+}
+
+impl From<Family> for TableFamily {
+    fn from(family: Family) -> TableFamily {
+        match family {
+            Family::V4 => TableFamily::Ip,
+            Family::V6 => TableFamily::Ip6,
+        }
+    }
+}
+
+impl TableFamily {
+    fn nfproto(self) -> u8 {
+        match self {
+            TableFamily::Ip => NFPROTO_IPV4,
+            TableFamily::Ip6 => NFPROTO_IPV6,
+            TableFamily::Bridge => NFPROTO_BRIDGE,
+        }
+    }
+}
 
 /// A netlink socket to nf_tables in one network namespace.
 pub struct NftSocket(Socket);
@@ -156,13 +188,17 @@ impl NftSocket {
         self.apply_to(Family::V4, TABLE, plan)
     }
 
-    /// The names of the chains of the table `ip <table>` (`ip6` for IPv6), none if there
-    /// is no such table.
-    pub fn chains(&mut self, family: Family, table: &str) -> anyhow::Result<Vec<String>> {
+    /// The names of the chains of the table `<family> <table>`, none if there is no such
+    /// table.
+    pub fn chains(
+        &mut self,
+        family: impl Into<TableFamily>,
+        table: &str,
+    ) -> anyhow::Result<Vec<String>> {
         let mut request = Encoder::new(
             (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
             NLM_F_DUMP,
-            &[nfproto(family), 0, 0, 0],
+            &[family.into().nfproto(), 0, 0, 0],
         );
         request.str(NFTA_CHAIN_TABLE, table);
         let replies = match self.0.dump(request) {
@@ -191,19 +227,19 @@ impl NftSocket {
         Ok(names)
     }
 
-    /// Applies the plan to the table `ip <table>` (`ip6` for IPv6), as one transaction.
-    /// Rules and keys without an address of their own (a destination map, a map's key
-    /// type) take the table's family.
+    /// Applies the plan to the table `<family> <table>`, as one transaction. Rules and
+    /// keys without an address of their own (a destination map, a map's key type) take
+    /// the table's family.
     pub fn apply_to(
         &mut self,
-        family: Family,
+        family: impl Into<TableFamily>,
         table: &'static str,
         plan: &Plan,
     ) -> anyhow::Result<()> {
         if plan.ops.is_empty() {
             return Ok(());
         }
-        let batch = Batch::encode(plan, family, table, self.0.next_seq());
+        let batch = Batch::encode(plan, family.into(), table, self.0.next_seq());
         self.0.continue_at(batch.seq);
         self.0
             .send(&batch.buf)
@@ -263,7 +299,7 @@ fn masked(net: &std::net::IpAddr, prefix: u8) -> (Vec<u8>, Vec<u8>) {
 struct Batch {
     /// The table every message names, and its family.
     table: &'static str,
-    family: Family,
+    family: TableFamily,
     buf: Vec<u8>,
     seq: u32,
     origin: Vec<(u32, usize)>,
@@ -272,15 +308,9 @@ struct Batch {
     next_set_id: u32,
 }
 
-fn nfproto(family: Family) -> u8 {
-    match family {
-        Family::V4 => NFPROTO_IPV4,
-        Family::V6 => NFPROTO_IPV6,
-    }
-}
-
 fn verdict_code(v: &Verdict) -> (i32, Option<&str>) {
     match v {
+        Verdict::Drop => (NF_DROP, None),
         Verdict::Return => (NFT_RETURN, None),
         Verdict::Jump(chain) => (NFT_JUMP, Some(chain)),
         Verdict::Goto(chain) => (NFT_GOTO, Some(chain)),
@@ -312,12 +342,13 @@ fn key_bytes(key: &Key) -> Vec<u8> {
             part(&[protocol_number(*protocol)]);
             part(&port.to_be_bytes());
         }
+        Key::Interface(name) => part(name),
     }
     out
 }
 
 impl Batch {
-    fn encode(plan: &Plan, family: Family, table: &'static str, first_seq: u32) -> Batch {
+    fn encode(plan: &Plan, family: TableFamily, table: &'static str, first_seq: u32) -> Batch {
         let mut batch = Batch {
             table,
             family,
@@ -368,7 +399,7 @@ impl Batch {
         self.header(
             (NFNL_SUBSYS_NFTABLES << 8) | msg,
             NLM_F_REQUEST | flags,
-            nfproto(self.family),
+            self.family.nfproto(),
         )
     }
 
@@ -424,8 +455,8 @@ impl Batch {
             }
             Op::AddMap { name, key } => {
                 let (address_type, address_len) = match self.family {
-                    Family::V4 => (TYPE_IPADDR, 4),
-                    Family::V6 => (TYPE_IP6ADDR, 16),
+                    TableFamily::Ip6 => (TYPE_IP6ADDR, 16),
+                    TableFamily::Ip | TableFamily::Bridge => (TYPE_IPADDR, 4),
                 };
                 let (key_type, key_len) = match key {
                     MapKey::AddressProtocolPort => (
@@ -433,6 +464,12 @@ impl Batch {
                         address_len + 8,
                     ),
                     MapKey::ProtocolPort => ((TYPE_INET_PROTOCOL << 6) | TYPE_INET_SERVICE, 8),
+                    MapKey::Interface => (TYPE_IFNAME, 16),
+                };
+                // nft records a string key in host order, anything else as "invalid".
+                let key_order = match key {
+                    MapKey::Interface => BYTEORDER_HOST,
+                    _ => BYTEORDER_INVALID,
                 };
                 let start = self.message(NFT_MSG_NEWSET, NLM_F_CREATE | ack, index);
                 self.str(NFTA_SET_TABLE, self.table);
@@ -444,7 +481,7 @@ impl Batch {
                 self.be32(NFTA_SET_DATA_LEN, 0);
                 let id = self.set_id();
                 self.be32(NFTA_SET_ID, id);
-                self.set_userdata(BYTEORDER_INVALID, Some(BYTEORDER_INVALID));
+                self.set_userdata(key_order, Some(BYTEORDER_INVALID));
                 self.finish(start);
             }
             Op::AddAffinitySet {
@@ -762,15 +799,12 @@ impl Batch {
             Rule::DestinationVmap(map) => {
                 // The IPv4 header's daddr is at 16, IPv6's at 24; the protocol and port
                 // go to the 4-byte registers after the address.
-                let (protocol, port) = match self.family {
-                    Family::V4 => {
-                        self.payload(REG_1, PAYLOAD_NETWORK, 16, 4);
-                        (REG32_01, REG32_02)
-                    }
-                    Family::V6 => {
-                        self.payload(REG_1, PAYLOAD_NETWORK, 24, 16);
-                        (REG32_04, REG32_05)
-                    }
+                let (protocol, port) = if self.family == TableFamily::Ip6 {
+                    self.payload(REG_1, PAYLOAD_NETWORK, 24, 16);
+                    (REG32_04, REG32_05)
+                } else {
+                    self.payload(REG_1, PAYLOAD_NETWORK, 16, 4);
+                    (REG32_01, REG32_02)
                 };
                 self.meta_load(protocol, META_L4PROTO);
                 self.payload(port, PAYLOAD_TRANSPORT, 2, 2);
@@ -798,6 +832,16 @@ impl Batch {
                 self.protocol_port_vmap(REG_1, map);
             }
             Rule::Always(verdict) => self.immediate_verdict(verdict),
+            Rule::InterfaceVmap(map) => {
+                self.meta_load(REG_1, META_IIFNAME);
+                self.lookup(REG_1, map, None, true);
+            }
+            Rule::FromMac(mac, verdict) => {
+                // The Ethernet header's source address is at 6.
+                self.payload(REG_1, PAYLOAD_LL, 6, 6);
+                self.cmp(REG_1, CMP_EQ, mac);
+                self.immediate_verdict(verdict);
+            }
             Rule::Reject => self.expr("reject", |b| {
                 b.be32(1, REJECT_ICMP_UNREACH); // NFTA_REJECT_TYPE
                 b.attr(2, &[ICMP_PORT_UNREACH]); // NFTA_REJECT_ICMP_CODE
@@ -865,7 +909,7 @@ impl Batch {
                 self.cmp(REG_1, CMP_EQ, &[protocol_number(*protocol)]);
                 self.immediate_value(REG_1, &ip_octets(&to.ip()));
                 self.immediate_value(REG_2, &to.port().to_be_bytes());
-                let family = nfproto(Family::of(&to.ip()));
+                let family = TableFamily::from(Family::of(&to.ip())).nfproto();
                 self.expr("nat", |b| {
                     b.be32(1, NAT_DNAT); // NFTA_NAT_TYPE
                     b.be32(2, u32::from(family)); // NFTA_NAT_FAMILY

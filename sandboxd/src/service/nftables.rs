@@ -10,6 +10,7 @@ use crate::service::plan::{
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Verdict::Drop => write!(f, "drop"),
             Verdict::Return => write!(f, "return"),
             Verdict::Jump(chain) => write!(f, "jump {chain}"),
             Verdict::Goto(chain) => write!(f, "goto {chain}"),
@@ -22,6 +23,10 @@ impl std::fmt::Display for Key {
         match self {
             Key::Service(ip, protocol, port) => write!(f, "{ip} . {} . {port}", protocol.nft()),
             Key::NodePort(protocol, port) => write!(f, "{} . {port}", protocol.nft()),
+            Key::Interface(name) => {
+                let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+                write!(f, "{:?}", String::from_utf8_lossy(&name[..len]))
+            }
         }
     }
 }
@@ -54,6 +59,12 @@ impl std::fmt::Display for Rule {
                 "fib daddr type local meta l4proto . th dport vmap @{map}"
             ),
             Rule::Always(verdict) => write!(f, "{verdict}"),
+            Rule::InterfaceVmap(map) => write!(f, "iifname vmap @{map}"),
+            Rule::FromMac(mac, verdict) => write!(
+                f,
+                "ether saddr {} {verdict}",
+                crate::netlink::link::format_mac(mac)
+            ),
             Rule::Reject => write!(f, "reject"),
             Rule::NewConnection(verdict) => write!(f, "ct state new {verdict}"),
             Rule::FromAddress(ip, verdict) => write!(f, "{} saddr {ip} {verdict}", ip_of(ip)),
@@ -86,6 +97,7 @@ fn map_key(key: &MapKey) -> &'static str {
     match key {
         MapKey::AddressProtocolPort => "ipv4_addr . inet_proto . inet_service",
         MapKey::ProtocolPort => "inet_proto . inet_service",
+        MapKey::Interface => "ifname",
     }
 }
 

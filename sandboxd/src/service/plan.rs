@@ -126,6 +126,8 @@ pub enum MapKey {
     AddressProtocolPort,
     /// `inet_proto . inet_service`: a node port.
     ProtocolPort,
+    /// `ifname`: an interface a packet came in on.
+    Interface,
 }
 
 /// An element of a verdict map.
@@ -134,10 +136,23 @@ pub enum Key {
     /// An address (of the table's family), protocol and port.
     Service(IpAddr, Protocol, u16),
     NodePort(Protocol, u16),
+    /// An interface name, NUL-padded as the kernel keeps it (IFNAMSIZ).
+    Interface([u8; 16]),
+}
+
+impl Key {
+    /// The key of the interface `name` (at most 15 bytes, as the kernel allows).
+    pub fn interface(name: &str) -> Key {
+        let mut key = [0u8; 16];
+        let len = name.len().min(15);
+        key[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Key::Interface(key)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    Drop,
     Return,
     Jump(String),
     Goto(String),
@@ -163,6 +178,10 @@ pub enum Rule {
     AnyLocalPortVmap(&'static str),
     /// `jump CHAIN` and the like.
     Always(Verdict),
+    /// `iifname vmap @MAP`
+    InterfaceVmap(&'static str),
+    /// `ether saddr MAC VERDICT`
+    FromMac([u8; 6], Verdict),
     /// `reject` (ICMP port unreachable).
     Reject,
     /// `ct state new VERDICT`
