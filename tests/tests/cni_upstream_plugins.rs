@@ -937,7 +937,7 @@ async fn bridge_with_enabledad_returns_once_ipv6_addresses_settle(plugins: Plugi
 
 /// The pod's MAC from the `mac` capability, and bridge's `macspoofchk`: frames from the
 /// pod with any other source MAC are dropped before the bridge forwards them; DEL takes
-/// the check away.
+/// the check away. The result's DNS is the config's.
 async fn bridge_macspoofchk_drops_frames_from_any_other_mac(plugins: Plugins) {
     let node = Node::new(plugins);
     let (pod_a, pod_b) = (Netns::new("sbt-pod"), Netns::new("sbt-pod"));
@@ -945,6 +945,7 @@ async fn bridge_macspoofchk_drops_frames_from_any_other_mac(plugins: Plugins) {
     let mut bridge = node.bridge_plugin();
     bridge["macspoofchk"] = json!(true);
     bridge["capabilities"] = json!({ "mac": true });
+    bridge["dns"] = json!({ "nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"] });
     let network = node.network(vec![bridge, json!({ "type": "loopback" })]);
     let (mut rt_a, mut rt_b) = (
         pod_rt(&pod_a, &unique_name("spoof")),
@@ -957,6 +958,13 @@ async fn bridge_macspoofchk_drops_frames_from_any_other_mac(plugins: Plugins) {
     let a = host.add(&network, &rt_a).await.expect("ADD a");
     let b = host.add(&network, &rt_b).await.expect("ADD b");
     assert_eq!(a.interfaces[2].mac, MAC, "{:?}", a.interfaces);
+    assert_eq!(
+        (a.dns.nameservers.as_slice(), a.dns.search.as_slice()),
+        (
+            &["10.96.0.10".to_string()][..],
+            &["svc.cluster.local".to_string()][..]
+        )
+    );
     assert!(pod_a
         .exec(&["ip", "-o", "link", "show", "eth0"])
         .contains(MAC));

@@ -18,7 +18,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni_host::result::{CniResult, Interface, IpNetwork, Route};
+use cni_host::result::{CniResult, Dns, Interface, IpNetwork, Route};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -63,6 +63,8 @@ struct BridgeConfig {
     args: MacArgs,
     #[serde(default)]
     runtime_config: MacOnly,
+    #[serde(default)]
+    dns: Dns,
 }
 
 /// `args.cni.mac`.
@@ -312,6 +314,8 @@ fn add(
             .link(&invocation.ifname)
             .map_err(kernel("read the container's interface"))?
             .unwrap_or(container);
+        // As upstream's: the result's DNS is the config's `dns`, whatever IPAM said.
+        result.dns = bridge.dns.clone();
         let br = node.link(&bridge.bridge).ok().flatten().unwrap_or(br);
         let mac = |m: Option<[u8; 6]>| m.map(|m| format_mac(&m)).unwrap_or_default();
         result.interfaces = vec![
