@@ -3,7 +3,6 @@
 //! forwarding, and readying a container's interface for IPv6.
 
 use std::path::Path;
-
 use std::time::{Duration, Instant};
 
 use cni_host::result::CniResult;

@@ -156,21 +156,18 @@ fn add(
         }
         for route in &result.routes {
             let family = Family::of(&route.dst.addr);
-            let Some(via) = route.gw.filter(|gw| Family::of(gw) == family).or_else(|| {
+            // A route of a family the pod has no address of goes out of the interface
+            // with no gateway, as upstream's ConfigureIface adds it.
+            let via = route.gw.filter(|gw| Family::of(gw) == family).or_else(|| {
                 addresses
                     .iter()
                     .find(|a| a.family == family)
                     .map(|a| a.gateway)
-            }) else {
-                return Err(PluginError::config(format!(
-                    "routes: {} has no gateway, and the pod has no address of its family",
-                    route.dst
-                )));
-            };
+            });
             pod.replace_route(&KernelRoute {
                 destination: route.dst.addr,
                 prefix: route.dst.prefix,
-                gateway: Some(via),
+                gateway: via,
                 device: Some(container.index),
                 onlink: false,
                 source: None,
