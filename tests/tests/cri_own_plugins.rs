@@ -87,3 +87,74 @@ async fn pods_run_on_the_own_plugins_and_either_path_detaches_the_other() {
         "after the own DEL"
     );
 }
+
+/// A dual-stack network in sandboxd (in-process): a pod's status reports its IPv4 address
+/// and its IPv6 one among `additional_ips`, as the kubelet reads them; a container reaches
+/// the IPv6 gateway and the other pod over IPv6; removing the pods leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_pods_report_and_use_both_families() {
+    let mut daemon = SandboxdProcess::start_with(OWN);
+    let conflist = daemon.path("net.d/10-pods.conflist");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&conflist).unwrap()).unwrap();
+    doc["plugins"][0]["ipam"]["ranges"] = serde_json::json!([
+        [{ "subnet": "10.244.1.0/24" }],
+        [{ "subnet": "fd00:10:244:1::/64" }],
+    ]);
+    doc["plugins"][0]["ipam"]["routes"] =
+        serde_json::json!([{ "dst": "0.0.0.0/0" }, { "dst": "::/0" }]);
+    std::fs::write(&conflist, doc.to_string()).unwrap();
+    daemon.respawn_with(OWN);
+    let mut cri = Cri {
+        client: daemon.client().await,
+    };
+
+    let config = pod_config("dual-a", None);
+    let pod_a = cri.run_pod(config.clone()).await;
+    let pod_b = cri.run_pod(pod_config("dual-b", None)).await;
+    let network = |pod: String| {
+        let mut client = cri.client.clone();
+        async move {
+            client
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod,
+                    verbose: false,
+                })
+                .await
+                .expect("PodSandboxStatus")
+                .into_inner()
+                .status
+                .and_then(|s| s.network)
+                .expect("a network status")
+        }
+    };
+    let (a, b) = (network(pod_a.clone()).await, network(pod_b.clone()).await);
+    assert!(a.ip.starts_with("10.244.1."), "{a:?}");
+    let a6: Vec<&str> = a.additional_ips.iter().map(|ip| ip.ip.as_str()).collect();
+    assert_eq!(a6.len(), 1, "{a:?}");
+    assert!(a6[0].starts_with("fd00:10:244:1::"), "{a:?}");
+    let b6 = b
+        .additional_ips
+        .first()
+        .expect("b's IPv6 address")
+        .ip
+        .clone();
+
+    let shell = cri
+        .run(
+            &pod_a,
+            &config,
+            container_config("shell", "busybox", &["sleep", "1000"]),
+        )
+        .await;
+    for target in ["fd00:10:244:1::1", b6.as_str()] {
+        let ping = cri
+            .exec(&shell, &["ping", "-c", "1", "-W", "2", target])
+            .await;
+        assert_eq!(ping.exit_code, 0, "ping {target}: {ping:?}");
+    }
+
+    cri.remove_pod(&pod_a).await;
+    cri.remove_pod(&pod_b).await;
+    assert_eq!(daemon.leftovers(), Vec::<String>::new());
+}
