@@ -93,6 +93,17 @@ enum HostAddress {
     Address(IpAddr),
 }
 
+impl std::fmt::Display for HostAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostAddress::Any => write!(f, "no hostIP"),
+            HostAddress::AnyOf(Family::V4) => write!(f, "hostIP 0.0.0.0"),
+            HostAddress::AnyOf(Family::V6) => write!(f, "hostIP ::"),
+            HostAddress::Address(ip) => write!(f, "hostIP {ip}"),
+        }
+    }
+}
+
 impl HostAddress {
     fn serves(self, family: Family) -> bool {
         match self {
@@ -357,12 +368,13 @@ fn pod_addresses(previous: &CniResult, forwards: &[Forward]) -> Result<Vec<IpAdd
             .iter()
             .any(|f| forward.host.serves(*f) && first_of(*f).is_some())
         {
+            let has: Vec<String> = in_pod.iter().map(IpAddr::to_string).collect();
             return Err(PluginError::config(format!(
-                "runtimeConfig.portMappings: hostPort {}/{} ({:?}) has no pod address of its family to go to (prevResult has {:?})",
+                "runtimeConfig.portMappings: hostPort {}/{} ({}) has no pod address of its family to go to (the pod has {})",
                 forward.protocol.nft(),
                 forward.host_port,
                 forward.host,
-                in_pod
+                if has.is_empty() { "none".to_string() } else { has.join(", ") }
             )));
         }
     }
@@ -611,6 +623,23 @@ mod tests {
         .unwrap();
         assert_eq!(unspecified[0].host, HostAddress::AnyOf(Family::V6));
         assert_eq!(unspecified[0].chain(id), "hp/c0ffee-1/tcp/80");
+
+        // Each family goes to the pod's address of it; one the pod lacks is an error.
+        let v4_only = CniResult::from_value(json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{ "name": "eth0", "sandbox": "/var/run/netns/p" }],
+            "ips": [{ "address": "10.244.1.5/24", "interface": 0 }],
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_addresses(&v4_only, &forwards[..2]).unwrap(),
+            vec!["10.244.1.5".parse::<IpAddr>().unwrap()]
+        );
+        let err = pod_addresses(&v4_only, &unspecified).unwrap_err();
+        assert!(
+            err.msg.contains("hostPort tcp/80 (hostIP ::)") && err.msg.contains("10.244.1.5"),
+            "{err}"
+        );
         assert!(
             Forward::from_chain("hp/c0ffee-10/tcp/1", id).is_none(),
             "another container"
