@@ -10,7 +10,8 @@ use sandboxd_tests::daemon::SandboxdProcess;
 const OWN: &[&str] = &["--cni-plugins", "own"];
 const UPSTREAM: &[&str] = &["--cni-plugins", "upstream"];
 
-async fn pod_ip(cri: &mut Cri, pod: &str) -> String {
+/// The pod's network status (its addresses) as PodSandboxStatus reports it.
+async fn pod_network(cri: &mut Cri, pod: &str) -> cri::PodSandboxNetworkStatus {
     cri.client
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: pod.into(),
@@ -21,8 +22,11 @@ async fn pod_ip(cri: &mut Cri, pod: &str) -> String {
         .into_inner()
         .status
         .and_then(|s| s.network)
-        .map(|n| n.ip)
         .unwrap_or_default()
+}
+
+async fn pod_ip(cri: &mut Cri, pod: &str) -> String {
+    pod_network(cri, pod).await.ip
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,23 +116,10 @@ async fn dual_stack_pods_report_and_use_both_families() {
     let config = pod_config("dual-a", None);
     let pod_a = cri.run_pod(config.clone()).await;
     let pod_b = cri.run_pod(pod_config("dual-b", None)).await;
-    let network = |pod: String| {
-        let mut client = cri.client.clone();
-        async move {
-            client
-                .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                    pod_sandbox_id: pod,
-                    verbose: false,
-                })
-                .await
-                .expect("PodSandboxStatus")
-                .into_inner()
-                .status
-                .and_then(|s| s.network)
-                .expect("a network status")
-        }
-    };
-    let (a, b) = (network(pod_a.clone()).await, network(pod_b.clone()).await);
+    let (a, b) = (
+        pod_network(&mut cri, &pod_a).await,
+        pod_network(&mut cri, &pod_b).await,
+    );
     assert!(a.ip.starts_with("10.244.1."), "{a:?}");
     let a6: Vec<&str> = a.additional_ips.iter().map(|ip| ip.ip.as_str()).collect();
     assert_eq!(a6.len(), 1, "{a:?}");

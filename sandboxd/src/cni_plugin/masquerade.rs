@@ -14,39 +14,36 @@
 //!
 //! One base chain per pod address, as upstream has one chain per pod: nat chains only see
 //! a connection's first packet, and each chain is made and removed in one batch with no
-//! rule handles to track. DEL finds an attachment's chains by name, so it needs no cache,
-//! and GC removes those of attachments outside `cni.dev/valid-attachments`.
+//! rule handles to track. DEL and GC find an attachment's chains by name
+//! ([`AttachmentChains`]).
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use cni_host::result::CniResult;
 
+use crate::cni_plugin::attachment_chains::{drop_chain, AttachmentChains};
 use crate::cni_plugin::invocation::{Invocation, PluginError};
 use crate::cni_plugin::nft;
+use crate::netlink::nftables::TableFamily;
 use crate::netlink::Family;
 use crate::service::plan::{BaseChain, ChainType, Hook, Op, Plan, Rule, Verdict};
 
 pub const TABLE: &str = "sandboxd-masq";
 /// Where srcnat runs (`priority srcnat`).
 const SRCNAT: i32 = 100;
-const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+const CHAINS: AttachmentChains = AttachmentChains {
+    kind: "masq",
+    purpose: "masquerade",
+    table: TABLE,
+    families: &[TableFamily::Ip, TableFamily::Ip6],
+};
 
 fn multicast(family: Family) -> (IpAddr, u8) {
     match family {
         Family::V4 => (IpAddr::V4(Ipv4Addr::new(224, 0, 0, 0)), 4),
         Family::V6 => (IpAddr::V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)), 8),
     }
-}
-
-fn prefix_of(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("masq/{network}/{container_id}/{ifname}/")
-}
-
-fn chains(nft: &mut nft::Held, family: Family) -> Result<Vec<String>, PluginError> {
-    nft.chains(family, TABLE)
-        .map_err(|e| PluginError::internal(format!("{e:#}")))
 }
 
 /// Masquerades what each address of `result` sends off its subnet, each family in its
@@ -57,15 +54,16 @@ pub fn add(
     result: &CniResult,
 ) -> Result<(), PluginError> {
     let network = invocation.network_name()?;
-    let prefix = prefix_of(network, &invocation.container_id, &invocation.ifname);
+    let prefix = CHAINS.of(invocation)?;
     let mut nft = nft::socket(host)?;
-    for family in FAMILIES {
+    for family in [Family::V4, Family::V6] {
         let addresses: Vec<_> = result
             .ips
             .iter()
             .filter(|ip| Family::of(&ip.address.addr) == family)
             .collect();
-        let stale: Vec<String> = chains(&mut nft, family)?
+        let stale: Vec<String> = CHAINS
+            .list(&mut nft, family.into())?
             .into_iter()
             .filter(|c| c.starts_with(&prefix))
             .collect();
@@ -75,8 +73,7 @@ pub fn add(
         let mut plan = Plan::default();
         plan.ops.push(Op::AddTable);
         for chain in stale {
-            plan.ops.push(Op::FlushChain(chain.clone()));
-            plan.ops.push(Op::DeleteChain(chain));
+            drop_chain(&mut plan, chain);
         }
         for ip in addresses {
             let address = ip.address.addr;
@@ -114,53 +111,10 @@ pub fn add(
 
 /// Removes the attachment's chains; none is not an error.
 pub fn remove(invocation: &Invocation, host: Option<&Path>) -> Result<(), PluginError> {
-    let network = invocation.network_name()?;
-    let prefix = prefix_of(network, &invocation.container_id, &invocation.ifname);
-    remove_where(host, |chain| chain.starts_with(&prefix)).map_err(|e| {
-        PluginError::internal(format!(
-            "stop masquerading the pod {}: {}",
-            invocation.container_id, e.msg
-        ))
-    })
+    CHAINS.remove(invocation, host, drop_chain)
 }
 
 /// GC: removes the chains of this network's attachments that are not valid.
 pub fn collect_garbage(invocation: &Invocation, host: Option<&Path>) -> Result<(), PluginError> {
-    let network = invocation.network_name()?;
-    let valid = crate::cni_plugin::host_local::valid_attachments(&invocation.config)?;
-    let keep: HashSet<String> = valid
-        .iter()
-        .map(|(id, ifname)| prefix_of(network, id, ifname))
-        .collect();
-    let ours = format!("masq/{network}/");
-    remove_where(host, |chain| {
-        chain.starts_with(&ours) && !keep.iter().any(|k| chain.starts_with(k.as_str()))
-    })
-}
-
-fn remove_where(host: Option<&Path>, doomed: impl Fn(&str) -> bool) -> Result<(), PluginError> {
-    let mut nft = nft::socket(host)?;
-    for family in FAMILIES {
-        let mut plan = Plan::default();
-        for chain in chains(&mut nft, family)?.into_iter().filter(|c| doomed(c)) {
-            plan.ops.push(Op::FlushChain(chain.clone()));
-            plan.ops.push(Op::DeleteChain(chain));
-        }
-        nft.apply_to(family, TABLE, &plan)
-            .map_err(|e| PluginError::internal(format!("{e:#}")))?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_attachments_chains_share_a_prefix_no_other_attachment_has() {
-        let a = prefix_of("pods", "c1", "eth0");
-        assert_eq!(a, "masq/pods/c1/eth0/");
-        assert!(!format!("{}10.0.0.1", prefix_of("pods", "c10", "eth0")).starts_with(&a));
-        assert!(!format!("{}10.0.0.1", prefix_of("pods", "c1", "eth01")).starts_with(&a));
-    }
+    CHAINS.collect_garbage(invocation, host, drop_chain)
 }

@@ -14,9 +14,11 @@
 //! * what bridge and ptp share: [`interface`] (DEL, GC, STATUS, forwarding), [`veth`]
 //!   (the pair), [`ipam`] (host-local in-process or
 //!   a delegated IPAM plugin) and [`masquerade`] (`ipMasq` in nftables); bridge's
-//!   [`spoofcheck`] (`macspoofchk` in nftables); [`nft`] keeps the nf_tables socket of
-//!   portmap, masquerade and spoofcheck open.
+//!   [`spoofcheck`] (`macspoofchk` in nftables), both keeping their chains per attachment
+//!   ([`attachment_chains`]); [`nft`] keeps the nf_tables socket of portmap, masquerade
+//!   and spoofcheck open.
 
+pub mod attachment_chains;
 pub mod bridge;
 pub mod host_local;
 pub mod in_process;

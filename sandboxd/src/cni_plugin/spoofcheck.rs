@@ -16,13 +16,12 @@
 //! ```
 //!
 //! The table's fixed objects are made by the first ADD, in the same transaction as its
-//! pod's chain; concurrent first ADDs take turns on a lock file. DEL finds an attachment's chain by
-//! name, which also names its map key; GC removes those of attachments outside
-//! `cni.dev/valid-attachments`.
+//! pod's chain; concurrent first ADDs take turns on a lock file. DEL and GC find an
+//! attachment's chain by name ([`AttachmentChains`]), which also names its map key.
 
-use std::collections::HashSet;
 use std::path::Path;
 
+use crate::cni_plugin::attachment_chains::{self, AttachmentChains};
 use crate::cni_plugin::invocation::{Invocation, PluginError};
 use crate::cni_plugin::nft;
 use crate::netlink::link::format_mac;
@@ -35,21 +34,18 @@ const PREROUTING: &str = "prerouting";
 /// Before anything else sees the frame (`priority -300`, as upstream's `nat` chain).
 const PRIORITY: i32 = -300;
 const LOCK: &str = "/run/sandboxd-cni-macspoof.lock";
-
-fn prefix_of(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("spoof/{network}/{container_id}/{ifname}/")
-}
+const CHAINS: AttachmentChains = AttachmentChains {
+    kind: "spoof",
+    purpose: "source MAC check",
+    table: TABLE,
+    families: &[TableFamily::Bridge],
+};
 
 /// The host veth a chain of an attachment is for (its name's last part).
 fn port_of(chain: &str) -> Option<&str> {
     chain
         .strip_prefix("spoof/")
         .and_then(|rest| rest.rsplit('/').next())
-}
-
-fn chains(nft: &mut nft::Held) -> Result<Vec<String>, PluginError> {
-    nft.chains(TableFamily::Bridge, TABLE)
-        .map_err(|e| PluginError::internal(format!("{e:#}")))
 }
 
 /// Lets frames from `host_veth` into the bridge only with `mac` as their source. A
@@ -60,12 +56,11 @@ pub fn add(
     host_veth: &str,
     mac: [u8; 6],
 ) -> Result<(), PluginError> {
-    let network = invocation.network_name()?;
-    let prefix = prefix_of(network, &invocation.container_id, &invocation.ifname);
+    let prefix = CHAINS.of(invocation)?;
     let _lock = crate::lockfile::lock(Path::new(LOCK), crate::lockfile::LockMode::Exclusive)
         .map_err(|e| PluginError::internal(format!("lock {LOCK}: {e}")))?;
     let mut nft = nft::socket(host)?;
-    let existing = chains(&mut nft)?;
+    let existing = CHAINS.list(&mut nft, TableFamily::Bridge)?;
     let mut plan = Plan::default();
     if !existing.iter().any(|c| c == PREROUTING) {
         plan.ops.push(Op::AddTable);
@@ -126,44 +121,17 @@ fn drop_chain(plan: &mut Plan, chain: String) {
             key: Key::interface(port),
         });
     }
-    plan.ops.push(Op::FlushChain(chain.clone()));
-    plan.ops.push(Op::DeleteChain(chain));
+    attachment_chains::drop_chain(plan, chain);
 }
 
 /// Removes the attachment's chain and map entry; none is not an error.
 pub fn remove(invocation: &Invocation, host: Option<&Path>) -> Result<(), PluginError> {
-    let network = invocation.network_name()?;
-    let prefix = prefix_of(network, &invocation.container_id, &invocation.ifname);
-    remove_where(host, |chain| chain.starts_with(&prefix)).map_err(|e| {
-        PluginError::internal(format!(
-            "stop checking the source MAC of the pod {}: {}",
-            invocation.container_id, e.msg
-        ))
-    })
+    CHAINS.remove(invocation, host, drop_chain)
 }
 
 /// GC: removes the chains of this network's attachments that are not valid.
 pub fn collect_garbage(invocation: &Invocation, host: Option<&Path>) -> Result<(), PluginError> {
-    let network = invocation.network_name()?;
-    let valid = crate::cni_plugin::host_local::valid_attachments(&invocation.config)?;
-    let keep: HashSet<String> = valid
-        .iter()
-        .map(|(id, ifname)| prefix_of(network, id, ifname))
-        .collect();
-    let ours = format!("spoof/{network}/");
-    remove_where(host, |chain| {
-        chain.starts_with(&ours) && !keep.iter().any(|k| chain.starts_with(k.as_str()))
-    })
-}
-
-fn remove_where(host: Option<&Path>, doomed: impl Fn(&str) -> bool) -> Result<(), PluginError> {
-    let mut nft = nft::socket(host)?;
-    let mut plan = Plan::default();
-    for chain in chains(&mut nft)?.into_iter().filter(|c| doomed(c)) {
-        drop_chain(&mut plan, chain);
-    }
-    nft.apply_to(TableFamily::Bridge, TABLE, &plan)
-        .map_err(|e| PluginError::internal(format!("{e:#}")))
+    CHAINS.collect_garbage(invocation, host, drop_chain)
 }
 
 #[cfg(test)]
@@ -172,10 +140,9 @@ mod tests {
 
     #[test]
     fn a_chain_names_its_attachment_and_its_port() {
-        let chain = format!("{}veth0a1b2c3d", prefix_of("pods", "c1", "eth0"));
+        let chain = format!("{}veth0a1b2c3d", CHAINS.prefix("pods", "c1", "eth0"));
         assert_eq!(chain, "spoof/pods/c1/eth0/veth0a1b2c3d");
         assert_eq!(port_of(&chain), Some("veth0a1b2c3d"));
-        assert!(!chain.starts_with(&prefix_of("pods", "c1", "eth01")));
         assert_eq!(
             Key::interface("veth0a1b2c3d"),
             Key::Interface(*b"veth0a1b2c3d\0\0\0\0")
