@@ -120,8 +120,7 @@ async fn run(
         let mut reader = FrameReader::default();
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            let n = from_monitor
-                .read(&mut buf)
+            let n = read_from_monitor(&mut from_monitor, &mut buf)
                 .await
                 .map_err(|e| format!("read from {}'s monitor: {e}", target.object))?;
             if n == 0 {
@@ -151,10 +150,43 @@ async fn run(
     outcome
 }
 
+/// Reads what the monitor sent; 0 at the connection's end. The monitor closes a
+/// connection whose last frames it had no reason to read (the container exited before our
+/// stdin's end reached it); a unix socket reports that as a reset once the output queued
+/// before it has been read, and it is the same end as a clean close.
+async fn read_from_monitor(
+    from_monitor: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    match from_monitor.read(buf).await {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(0),
+        read => read,
+    }
+}
+
 /// The next data a client stream carries; `None` at its end; never, for no stream.
 async fn next(stream: &mut Option<Stream>) -> Option<Vec<u8>> {
     match stream {
         Some(stream) => stream.incoming.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_monitor_closing_with_our_frames_unread_ends_the_output_after_its_last() {
+        let (mut ours, mut monitor) = tokio::net::UnixStream::pair().unwrap();
+        ours.write_all(b"stdin the monitor never reads")
+            .await
+            .unwrap();
+        monitor.write_all(b"last output").await.unwrap();
+        drop(monitor);
+        let mut buf = [0u8; 64];
+        let n = read_from_monitor(&mut ours, &mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"last output");
+        assert_eq!(read_from_monitor(&mut ours, &mut buf).await.unwrap(), 0);
     }
 }
