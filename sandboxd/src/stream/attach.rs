@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::container::attach::{self, Frame, FrameReader, Wants};
 use crate::runtime::Runtime;
-use crate::stream::remotecommand::{status, Asked, Resizes, Streams};
-use crate::stream::session::{Stream, StreamWriter};
+use crate::stream::remotecommand::{self, Asked, Resizes, Streams};
+use crate::stream::session::Stream;
 
 pub async fn serve(
     runtime: Arc<Runtime>,
@@ -28,32 +28,11 @@ pub async fn serve(
         stderr: request.stderr,
         tty: request.tty,
     };
-    let Some(mut streams) = Streams::open(asked, &mut incoming, &closed).await else {
-        return;
-    };
-    let error = streams.error.take().expect("opened").writer();
-    let outputs: Vec<StreamWriter> = [&streams.stdout, &streams.stderr]
-        .into_iter()
-        .flatten()
-        .map(|s| s.writer())
-        .collect();
-    let outcome = run(&runtime, &request, streams, &closed).await;
-    if let Err(message) = &outcome {
-        eprintln!(
-            "sandboxd: attach to container {}: {message}",
-            request.container_id
-        );
-    }
-    if closed.is_cancelled() {
-        return;
-    }
-    // The client reads its outputs to their end before the status.
-    for output in outputs {
-        output.finish().await;
-    }
-    let report = serde_json::to_vec(&status(outcome.map(|()| 0))).expect("a JSON status");
-    error.write(&report).await;
-    error.finish().await;
+    let what = || format!("attach to container {}", request.container_id);
+    remotecommand::serve(asked, &mut incoming, &closed, what, |streams| async {
+        run(&runtime, &request, streams, &closed).await.map(|()| 0)
+    })
+    .await;
 }
 
 async fn run(

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::container::oci::kill_exec;
 use crate::runtime::Runtime;
-use crate::stream::remotecommand::{status, Asked, Resizes, Streams};
+use crate::stream::remotecommand::{self, Asked, Resizes, Streams};
 use crate::stream::session::{Stream, StreamWriter};
 
 pub async fn serve(
@@ -29,31 +29,16 @@ pub async fn serve(
         stderr: request.stderr,
         tty: request.tty,
     };
-    let Some(mut streams) = Streams::open(asked, &mut incoming, &closed).await else {
-        return;
-    };
-    let error = streams.error.take().expect("complete").writer();
-    let outputs: Vec<StreamWriter> = [&streams.stdout, &streams.stderr]
-        .into_iter()
-        .flatten()
-        .map(|s| s.writer())
-        .collect();
-    let outcome = run(&runtime, &request, streams, &closed).await;
-    if let Err(message) = &outcome {
-        eprintln!(
-            "sandboxd: exec {:?} in container {}: {message}",
+    let what = || {
+        format!(
+            "exec {:?} in container {}",
             request.cmd, request.container_id
-        );
-        // The client reads its outputs to their end before the status.
-        if !closed.is_cancelled() {
-            for output in outputs {
-                output.finish().await;
-            }
-        }
-    }
-    let report = serde_json::to_vec(&status(outcome)).expect("a JSON status");
-    error.write(&report).await;
-    error.finish().await;
+        )
+    };
+    remotecommand::serve(asked, &mut incoming, &closed, what, |streams| {
+        run(&runtime, &request, streams, &closed)
+    })
+    .await;
 }
 
 /// Runs the command with the streams as its stdio; its exit code.
@@ -155,7 +140,9 @@ async fn run_in_terminal(
     let mut output_pump = tokio::spawn(async move {
         let reader = tokio::fs::File::from_std(reader);
         match output {
-            Some(writer) => writer.copy_from(reader).await,
+            Some(writer) => {
+                writer.copy(reader).await;
+            }
             None => {
                 let mut reader = reader;
                 let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
@@ -186,11 +173,13 @@ async fn run_in_terminal(
 }
 
 /// Copies a pipe of the command to its stream (or drains it when the client did not ask
-/// for that stream), then ends the stream.
+/// for that stream); the session ends the stream.
 async fn pump(pipe: Option<impl tokio::io::AsyncRead + Unpin>, stream: Option<Stream>) {
     let writer: Option<StreamWriter> = stream.map(|s| s.writer());
     match (pipe, writer) {
-        (Some(pipe), Some(writer)) => writer.copy_from(pipe).await,
+        (Some(pipe), Some(writer)) => {
+            writer.copy(pipe).await;
+        }
         (Some(mut pipe), None) => {
             let _ = tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await;
         }

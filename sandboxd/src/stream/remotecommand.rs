@@ -4,13 +4,14 @@
 //! Status object; a resize stream carries the window's size as JSON
 //! (`{"Width":80,"Height":24}`, one object per change).
 
+use std::future::Future;
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::stream::session::Stream;
+use crate::stream::session::{Stream, StreamWriter};
 
 /// How long the client gets to open the streams its request named.
 const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,9 +76,47 @@ impl Streams {
     }
 }
 
+/// One exec or attach session: waits for the streams the client asked for, runs the
+/// session with them, then ends the client's outputs and reports the outcome (an exit
+/// code, or why it could not run) on the error stream, in that order, as the client reads
+/// its outputs to their end before the status. `what` names the session in the daemon's
+/// log when it fails. A client that went away gets nothing more.
+pub async fn serve<Session>(
+    asked: Asked,
+    incoming: &mut mpsc::Receiver<Stream>,
+    closed: &CancellationToken,
+    what: impl FnOnce() -> String,
+    session: impl FnOnce(Streams) -> Session,
+) where
+    Session: Future<Output = Result<i32, String>>,
+{
+    let Some(mut streams) = Streams::open(asked, incoming, closed).await else {
+        return;
+    };
+    let error = streams.error.take().expect("opened").writer();
+    let outputs: Vec<StreamWriter> = [&streams.stdout, &streams.stderr]
+        .into_iter()
+        .flatten()
+        .map(|s| s.writer())
+        .collect();
+    let outcome = session(streams).await;
+    if let Err(message) = &outcome {
+        eprintln!("sandboxd: {}: {message}", what());
+    }
+    if closed.is_cancelled() {
+        return;
+    }
+    for output in outputs {
+        output.finish().await;
+    }
+    let report = serde_json::to_vec(&status(outcome)).expect("a JSON status");
+    error.write(&report).await;
+    error.finish().await;
+}
+
 /// The Status the v4 protocol ends with: the command's exit code (0 for an attach that
 /// ended), or why it could not run.
-pub fn status(outcome: Result<i32, String>) -> serde_json::Value {
+fn status(outcome: Result<i32, String>) -> serde_json::Value {
     match outcome {
         Ok(0) => json!({ "metadata": {}, "status": "Success" }),
         Ok(code) => json!({

@@ -94,19 +94,25 @@ impl StreamWriter {
         let _ = self.writer.0.send(Outgoing::End { stream: self.id }).await;
     }
 
-    /// Copies `reader` to the stream until its end, then ends the stream.
-    pub async fn copy_from(&self, mut reader: impl AsyncRead + Unpin) {
+    /// Copies `reader` to the stream until its end; false once the connection is gone.
+    pub async fn copy(&self, mut reader: impl AsyncRead + Unpin) -> bool {
         let mut buf = vec![0u8; CHUNK];
         loop {
             match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => return true,
                 Ok(n) => {
                     if !self.write(&buf[..n]).await {
-                        return;
+                        return false;
                     }
                 }
             }
         }
-        self.finish().await;
+    }
+
+    /// Copies `reader` to the stream until its end, then ends the stream.
+    pub async fn copy_from(&self, reader: impl AsyncRead + Unpin) {
+        if self.copy(reader).await {
+            self.finish().await;
+        }
     }
 }
