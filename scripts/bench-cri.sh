@@ -7,7 +7,8 @@
 # CNI plugins in-process (--cni-plugins own) and as processes, and containerd's pod path
 # with Debian's plugins and with sandboxd-cni's,
 # ExecSync and the streamed exec round trip (`crictl exec`, cri-tools v1.26.1 from
-# $CRICTL or ../shared/tools), and memory with 50 pods running (one container each). Each
+# $CRICTL or ../shared/tools), and with 50 pods running (one container each) memory and
+# ListContainerStats / ListPodSandboxStats, as the kubelet's stats provider calls them. Each
 # runtime runs inside a node network namespace of its own, so neither touches the
 # machine's network (cri-bench runs there too: the streaming servers listen on its
 # loopback). Run as root on Debian 12. Arguments go to every cri-bench run (default:
@@ -109,7 +110,7 @@ stop_daemon
 cni_bin_dir=/usr/lib/cni
 start_sandboxd
 "$bin/cri-bench" --endpoint "unix://$work/sandboxd/sandboxd.sock" --label "sandboxd (embedded runtime)" \
-  --log-dir "$work/logs" --hold "$hold" --rss-pid "${pids[0]}" --rss-helper sandboxd-monitor > "$work/rss.md"
+  --log-dir "$work/logs" --hold "$hold" --stats 100 --rss-pid "${pids[0]}" --rss-helper sandboxd-monitor > "$work/hold.md"
 stop_daemon
 
 # containerd, with the same chain and a pause image made from this repository's pause.
@@ -153,7 +154,7 @@ ctr --address "$c/containerd.sock" -n k8s.io images tag --force \
 nsenter --net="$work/containerd-node" "$bin/cri-bench" --endpoint "unix://$c/containerd.sock" \
   --label "containerd 1.6 (runc)" --crictl "$crictl" --log-dir "$work/logs" "$@"
 "$bin/cri-bench" --endpoint "unix://$c/containerd.sock" --label "containerd 1.6 (runc)" \
-  --log-dir "$work/logs" --hold "$hold" --rss-pid "${pids[0]}" --rss-helper containerd-shim-runc-v2 >> "$work/rss.md"
+  --log-dir "$work/logs" --hold "$hold" --stats 100 --rss-pid "${pids[0]}" --rss-helper containerd-shim-runc-v2 >> "$work/hold.md"
 
 # containerd's pod path again, with sandboxd-cni's plugins (as processes) in its bin dir.
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
@@ -164,6 +165,10 @@ nsenter --net="$work/containerd-node" "$bin/cri-bench" --endpoint "unix://$c/con
   --label "containerd 1.6 (runc), sandboxd-cni" --log-dir "$work/logs" "$@" --containers 0 --execs 0
 
 echo
+echo "| operation | runtime | n | p50 ms | p90 ms | p99 ms |"
+echo "| --- | --- | --- | --- | --- | --- |"
+grep '^| List' "$work/hold.md"
+echo
 echo "| runtime | pods | runtime MiB | helpers | helpers MiB | total MiB |"
 echo "| --- | --- | --- | --- | --- | --- |"
-cat "$work/rss.md"
+grep -v '^| List' "$work/hold.md"

@@ -956,7 +956,8 @@ async fn container_stats_come_from_its_cgroups_and_its_upper_dir(runtime: &[&str
 /// A file of the container's cgroup for `controller` (v1 here; the v2 file where the
 /// machine has only v2).
 fn cgroup_value(pid: u64, controller: &str, v1_file: &str, v2_file: &str) -> String {
-    let cgroups = sandboxd::container::cgroup::Cgroups::of(pid as u32).unwrap();
+    let mounts = sandboxd::container::cgroup::CgroupMounts::read();
+    let cgroups = sandboxd::container::cgroup::Cgroups::of(pid as u32, &mounts).unwrap();
     let path = match cgroups.dir(Some(controller)) {
         Some(dir) => dir.join(v1_file),
         None => cgroups.dir(None).unwrap().join(v2_file),
@@ -971,7 +972,7 @@ fn cgroup_value(pid: u64, controller: &str, v1_file: &str, v2_file: &str) -> Str
 /// changes them (and ContainerStatus reports them), bad values are refused by field and an
 /// exited container cannot be updated; PodSandboxStats sums the pod's running containers
 /// (CPU, memory, processes with pause) and reads its eth0 counters; ListPodSandboxStats
-/// filters by id and labels.
+/// gives each pod its own containers and filters by id and labels.
 async fn pod_stats_and_resources_come_from_and_go_to_the_cgroups(runtime: &[&str]) {
     let daemon = SandboxdProcess::start_with(runtime);
     let mut client = daemon.client().await;
@@ -1007,7 +1008,8 @@ async fn pod_stats_and_resources_come_from_and_go_to_the_cgroups(runtime: &[&str
         .unwrap();
     let shares = || cgroup_value(pid, "cpu", "cpu.shares", "cpu.weight");
     let memory = || cgroup_value(pid, "memory", "memory.limit_in_bytes", "memory.max");
-    let v1 = sandboxd::container::cgroup::Cgroups::of(pid as u32)
+    let mounts = sandboxd::container::cgroup::CgroupMounts::read();
+    let v1 = sandboxd::container::cgroup::Cgroups::of(pid as u32, &mounts)
         .unwrap()
         .dir(Some("cpu"))
         .is_some();
@@ -1149,6 +1151,41 @@ async fn pod_stats_and_resources_come_from_and_go_to_the_cgroups(runtime: &[&str
     assert_eq!(eth0.name, "eth0");
     assert!(eth0.tx_bytes.unwrap().value > 0 && eth0.rx_bytes.unwrap().value > 0);
 
+    // Listed beside another pod, each pod has its own running containers, and only those.
+    let neighbour_pod = run_pod(&mut client, "neighbour").await;
+    let neighbour = run_container(
+        &mut client,
+        &neighbour_pod,
+        container_config("neighbour", "busybox", &["sleep", "1000"]),
+    )
+    .await;
+    let mut containers_of: Vec<(String, Vec<String>)> = client
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .expect("ListPodSandboxStats")
+        .into_inner()
+        .stats
+        .into_iter()
+        .map(|stats| {
+            let mut ids: Vec<String> = stats
+                .linux
+                .unwrap()
+                .containers
+                .into_iter()
+                .map(|c| c.attributes.unwrap().id)
+                .collect();
+            ids.sort();
+            (stats.attributes.unwrap().id, ids)
+        })
+        .collect();
+    containers_of.sort();
+    let mut expected = vec![
+        (pod.clone(), both),
+        (neighbour_pod.clone(), vec![neighbour]),
+    ];
+    expected.sort();
+    assert_eq!(containers_of, expected);
+
     let lister = client.clone();
     let list = |filter: Option<cri::PodSandboxStatsFilter>| {
         let mut client = lister.clone();
@@ -1162,7 +1199,7 @@ async fn pod_stats_and_resources_come_from_and_go_to_the_cgroups(runtime: &[&str
                 .len()
         }
     };
-    assert_eq!(list(None).await, 1);
+    assert_eq!(list(None).await, 2);
     assert_eq!(
         list(Some(cri::PodSandboxStatsFilter {
             id: pod[..12].to_string(),
@@ -1191,11 +1228,13 @@ async fn pod_stats_and_resources_come_from_and_go_to_the_cgroups(runtime: &[&str
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
-    client
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+    for pod in [pod, neighbour_pod] {
+        client
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await
+            .unwrap();
+    }
     assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
 }

@@ -5,6 +5,8 @@
 //!             [--containers 100 --image busybox]      CreateContainer + StartContainer
 //!             [--hold 50 --rss-pid PID --rss-helper NAME]
 //!                                                     memory with N pods running
+//!             [--stats 100]                           with them, ListContainerStats
+//!                                                     and ListPodSandboxStats
 //!             [--execs 100 [--crictl PATH]]           ExecSync, and crictl exec
 //!             [--log-dir DIR]                         the pods' log directory
 //!
@@ -15,7 +17,10 @@
 //! (`sleep 3600` from `--image`), one after another and then `--parallel` at once (one per
 //! pod); each is stopped and removed outside the timing. Hold: runs `--hold` pods with one
 //! container each, then reports the resident memory of process `--rss-pid` (the runtime)
-//! and of every process named `--rss-helper` (its per-pod or per-container helpers).
+//! and of every process named `--rss-helper` (its per-pod or per-container helpers); with
+//! `--stats`, times as many ListContainerStats and ListPodSandboxStats calls (all of
+//! them, as the kubelet's stats provider lists them) while those pods run, and prints
+//! their rows before the memory one.
 //! Execs: in one running container, `--execs` ExecSync calls of `true`, and with `--crictl`
 //! as many `crictl exec ID true` runs (the streaming server's round trip).
 //! Prints Markdown rows for BENCHMARKS.md. The same CRI calls go to whichever runtime the
@@ -385,6 +390,51 @@ fn processes_named(name: &str) -> Vec<u32> {
         .collect()
 }
 
+/// `calls` ListContainerStats, then as many ListPodSandboxStats, each listing everything
+/// (`pods` pods with a container each).
+async fn bench_stats(client: &Client, label: &str, pods: usize, calls: usize) -> Result<()> {
+    let mut client = client.clone();
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let listed = client
+            .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+            .await
+            .context("ListContainerStats")?
+            .into_inner()
+            .stats;
+        samples.push(started.elapsed());
+        if listed.len() != pods {
+            bail!(
+                "ListContainerStats listed {} containers, not {pods}",
+                listed.len()
+            );
+        }
+    }
+    let mode = format!("{pods} containers");
+    println!("{}", row("ListContainerStats", label, &mode, samples));
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let listed = client
+            .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+            .await
+            .context("ListPodSandboxStats")?
+            .into_inner()
+            .stats;
+        samples.push(started.elapsed());
+        if listed.len() != pods {
+            bail!(
+                "ListPodSandboxStats listed {} pods, not {pods}",
+                listed.len()
+            );
+        }
+    }
+    let mode = format!("{pods} pods");
+    println!("{}", row("ListPodSandboxStats", label, &mode, samples));
+    Ok(())
+}
+
 async fn hold(
     client: &Client,
     label: &str,
@@ -392,17 +442,26 @@ async fn hold(
     image: &str,
     rss_pid: Option<u32>,
     helper: Option<&str>,
+    stats: usize,
 ) -> Result<()> {
     let mut pods = Vec::new();
     let outcome = async {
         for i in 0..count {
-            let config = pod("hold", i);
+            let mut config = pod("hold", i);
+            // As the kubelet places pods (containerd cannot report a pod's stats without).
+            config.linux = Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: format!("/{}/pod{i}", held_cgroup()),
+                ..Default::default()
+            });
             let id = run_pod(&mut client.clone(), config.clone()).await?;
             pods.push(id.clone());
             start_container(&mut client.clone(), &id, &config, container(image, i)).await?;
         }
         // Let start-up allocations settle before reading.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        if stats > 0 {
+            bench_stats(client, label, count, stats).await?;
+        }
         let runtime = rss_pid.and_then(rss_kib).unwrap_or(0);
         let helpers: Vec<u64> = helper
             .map(processes_named)
@@ -424,7 +483,44 @@ async fn hold(
     for id in pods {
         remove_pod(&mut client.clone(), id).await?;
     }
+    remove_held_cgroups();
     outcome
+}
+
+/// The cgroup the held pods' cgroups go under, this run's own.
+fn held_cgroup() -> String {
+    format!("cri-bench-{}", std::process::id())
+}
+
+/// Removes what a runtime left of the held pods' cgroups (runtimes remove a container's
+/// cgroup, not its pod's parents), deepest first, in every hierarchy.
+fn remove_held_cgroups() {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for hierarchy in hierarchies.flatten() {
+        let root = hierarchy.path().join(held_cgroup());
+        let mut dirs = vec![root.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(entries) = std::fs::read_dir(&dirs[i]) {
+                dirs.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            i += 1;
+        }
+        for dir in dirs.iter().rev() {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("cri-bench: remove cgroup {}: {e}", dir.display());
+                }
+            }
+        }
+    }
 }
 
 #[tokio::main]
@@ -440,6 +536,7 @@ async fn main() -> Result<()> {
     let mut helper = None;
     let mut execs = 0;
     let mut crictl = None;
+    let mut stats = 0;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -455,11 +552,15 @@ async fn main() -> Result<()> {
             "--rss-helper" => helper = Some(value()?),
             "--execs" => execs = value()?.parse()?,
             "--crictl" => crictl = Some(value()?),
+            "--stats" => stats = value()?.parse()?,
             "--log-dir" => {
                 let _ = LOG_DIR.set(value()?);
             }
             other => bail!("unknown argument {other:?}"),
         }
+    }
+    if stats > 0 && held == 0 {
+        bail!("--stats lists the pods of --hold: give --hold too");
     }
     if pods == 0 && containers == 0 && held == 0 && execs == 0 {
         bail!("nothing to measure: give --pods, --containers, --execs or --hold");
@@ -478,7 +579,16 @@ async fn main() -> Result<()> {
         bench_execs(&client, &endpoint, &label, execs, &image, crictl.as_deref()).await?;
     }
     if held > 0 {
-        hold(&client, &label, held, &image, rss_pid, helper.as_deref()).await?;
+        hold(
+            &client,
+            &label,
+            held,
+            &image,
+            rss_pid,
+            helper.as_deref(),
+            stats,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -4,32 +4,89 @@
 
 use std::path::{Path, PathBuf};
 
-/// A process's cgroup membership and the mount table the hierarchies are found in.
-pub struct Cgroups {
-    membership: String,
-    mountinfo: String,
+/// Where the cgroup hierarchies are mounted, read once from the mount table: reading
+/// `/proc/self/mountinfo` costs the kernel a line per mount (each overlay rootfs prints its
+/// layers), so a batch of stats shares one read.
+#[derive(Debug, Default)]
+pub struct CgroupMounts {
+    /// v1 hierarchies: the controllers bound to each, and its mount point.
+    v1: Vec<(Vec<String>, PathBuf)>,
+    /// The v2 hierarchy's mount point.
+    v2: Option<PathBuf>,
 }
 
-impl Cgroups {
+impl CgroupMounts {
+    /// Those of this process's mount namespace; none where it cannot be read.
+    pub fn read() -> CgroupMounts {
+        CgroupMounts::parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+    }
+
+    fn parse(mountinfo: &str) -> CgroupMounts {
+        let mut mounts = CgroupMounts::default();
+        for line in mountinfo.lines() {
+            let Some((before, after)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(mount_point) = before.split(' ').nth(4) else {
+                continue;
+            };
+            let mut after = after.split(' ');
+            let (Some(fstype), Some(_source), Some(options)) =
+                (after.next(), after.next(), after.next())
+            else {
+                continue;
+            };
+            match fstype {
+                "cgroup" => mounts.v1.push((
+                    options.split(',').map(str::to_string).collect(),
+                    PathBuf::from(mount_point),
+                )),
+                "cgroup2" if mounts.v2.is_none() => mounts.v2 = Some(PathBuf::from(mount_point)),
+                _ => {}
+            }
+        }
+        mounts
+    }
+
+    /// The mount point of the v1 hierarchy `controller` is bound to, or the v2 one (None).
+    fn mount_point(&self, controller: Option<&str>) -> Option<&Path> {
+        match controller {
+            Some(c) => self
+                .v1
+                .iter()
+                .find(|(options, _)| options.iter().any(|o| o == c))
+                .map(|(_, point)| point.as_path()),
+            None => self.v2.as_deref(),
+        }
+    }
+}
+
+/// A process's cgroup membership, found in the hierarchies of `mounts`.
+pub struct Cgroups<'m> {
+    membership: String,
+    mounts: &'m CgroupMounts,
+}
+
+impl<'m> Cgroups<'m> {
     /// Those of the live process `pid`.
-    pub fn of(pid: u32) -> Option<Cgroups> {
+    pub fn of(pid: u32, mounts: &'m CgroupMounts) -> Option<Cgroups<'m>> {
         Some(Cgroups {
             membership: std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?,
-            mountinfo: std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            mounts,
         })
     }
 
     /// The directory of its cgroup for a v1 `controller`, or the v2 one (None).
     pub fn dir(&self, controller: Option<&str>) -> Option<PathBuf> {
-        cgroup_path(&self.membership, &self.mountinfo, controller).filter(|dir| dir.is_dir())
+        cgroup_path(&self.membership, self.mounts, controller).filter(|dir| dir.is_dir())
     }
 }
 
 /// The dir of the cgroup a process is in, for a v1 `controller` (None: the v2 one):
-/// its path from `/proc/<pid>/cgroup` under the hierarchy's mount point from mountinfo.
-pub(crate) fn cgroup_path(
+/// its path from `/proc/<pid>/cgroup` under the hierarchy's mount point.
+fn cgroup_path(
     membership: &str,
-    mountinfo: &str,
+    mounts: &CgroupMounts,
     controller: Option<&str>,
 ) -> Option<PathBuf> {
     let path = membership.lines().find_map(|line| {
@@ -41,18 +98,11 @@ pub(crate) fn cgroup_path(
         };
         wanted.then_some(path)
     })?;
-    let mount = mountinfo.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        let mount_point = before.split(' ').nth(4)?;
-        let mut after = after.split(' ');
-        let (fstype, _source, options) = (after.next()?, after.next()?, after.next()?);
-        let wanted = match controller {
-            Some(c) => fstype == "cgroup" && options.split(',').any(|o| o == c),
-            None => fstype == "cgroup2",
-        };
-        wanted.then_some(mount_point)
-    })?;
-    Some(Path::new(mount).join(path.trim_start_matches('/')))
+    Some(
+        mounts
+            .mount_point(controller)?
+            .join(path.trim_start_matches('/')),
+    )
 }
 
 pub fn count_lines(path: &Path) -> Option<u64> {
@@ -85,8 +135,9 @@ mod tests {
 30 25 0:26 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n\
 31 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n\
 32 25 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n";
+        let mounts = CgroupMounts::parse(mountinfo);
         let resolve = |controller| {
-            cgroup_path(membership, mountinfo, controller).map(|d| d.display().to_string())
+            cgroup_path(membership, &mounts, controller).map(|d| d.display().to_string())
         };
         assert_eq!(
             resolve(Some("memory")).as_deref(),

@@ -55,6 +55,7 @@ use serde::{Deserialize, Serialize};
 use crate::process::ProcessHandle;
 
 pub use exec::{ExecOutput, StreamedExec};
+pub(crate) use stats::ContainerUsage;
 pub use stats::{stats_filter, Usage};
 pub use status::ContainerFilter;
 

@@ -10,7 +10,7 @@ use oci_spec::runtime::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::container::cgroup::Cgroups;
+use crate::container::cgroup::{CgroupMounts, Cgroups};
 use crate::error::{Error, Result};
 
 /// What the CRI request asks; zero and empty mean "not specified", as in the CRI.
@@ -157,7 +157,9 @@ impl Resources {
     /// Writes the resources into the cgroups of the running process `pid` (its first
     /// process: the container's cgroups are its). oom_score_adj is the process's own.
     pub fn write_to_cgroups(&self, pid: u32) -> anyhow::Result<()> {
-        let cgroups = Cgroups::of(pid).ok_or_else(|| anyhow::anyhow!("process {pid} is gone"))?;
+        let mounts = CgroupMounts::read();
+        let cgroups =
+            Cgroups::of(pid, &mounts).ok_or_else(|| anyhow::anyhow!("process {pid} is gone"))?;
         let mut writes: Vec<(std::path::PathBuf, String)> = Vec::new();
         if let Some(cpu) = cgroups.dir(Some("cpu")) {
             if self.cpu_shares != 0 {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use k8s_cri::v1 as cri;
 
-use crate::container::cgroup::{count_lines, read_number, stat_field, Cgroups};
+use crate::container::cgroup::{count_lines, read_number, stat_field, CgroupMounts, Cgroups};
 use crate::container::{ContainerFilter, ContainerRecord, ContainerState};
 use crate::error::{Error, Result};
 use crate::runtime::{now_ns, Runtime};
@@ -33,9 +33,11 @@ impl Runtime {
         let record = record.clone();
         let object = record.describe();
         let upper = self.container_dir(&record.id).path().join("upper");
-        tokio::task::spawn_blocking(move || stats_of(&record, &upper, &usage_of(&record)))
-            .await
-            .map_err(|e| Error::step("read the stats", object, e))
+        tokio::task::spawn_blocking(move || {
+            stats_of(&record, &upper, &usage_of(&record, &CgroupMounts::read()))
+        })
+        .await
+        .map_err(|e| Error::step("read the stats", object, e))
     }
 
     pub async fn list_container_stats(
@@ -46,7 +48,7 @@ impl Runtime {
             .container_usage(filter)
             .await?
             .into_iter()
-            .map(|(stats, _)| stats)
+            .map(|used| used.stats)
             .collect())
     }
 
@@ -54,7 +56,7 @@ impl Runtime {
     pub(crate) async fn container_usage(
         &self,
         filter: &ContainerFilter,
-    ) -> Result<Vec<(cri::ContainerStats, Usage)>> {
+    ) -> Result<Vec<ContainerUsage>> {
         let mut records = Vec::new();
         for entry in self.container_entries() {
             let mut record = entry.lock().await;
@@ -65,11 +67,16 @@ impl Runtime {
             }
         }
         tokio::task::spawn_blocking(move || {
+            let mounts = CgroupMounts::read();
             records
-                .iter()
+                .into_iter()
                 .map(|(record, upper)| {
-                    let usage = usage_of(record);
-                    (stats_of(record, upper, &usage), usage)
+                    let usage = usage_of(&record, &mounts);
+                    ContainerUsage {
+                        stats: stats_of(&record, &upper, &usage),
+                        usage,
+                        sandbox_id: record.sandbox_id,
+                    }
                 })
                 .collect()
         })
@@ -78,13 +85,20 @@ impl Runtime {
     }
 }
 
+/// One container's stats, what its cgroups counted, and its pod.
+pub(crate) struct ContainerUsage {
+    pub stats: cri::ContainerStats,
+    pub usage: Usage,
+    pub sandbox_id: String,
+}
+
 /// A container whose process is gone (exited) has no cgroup left to read, and shows none.
-fn usage_of(record: &ContainerRecord) -> Usage {
+fn usage_of(record: &ContainerRecord, mounts: &CgroupMounts) -> Usage {
     record
         .process
         .as_ref()
         .filter(|_| record.state != ContainerState::Exited)
-        .map(|p| Usage::of(p.pid))
+        .map(|p| Usage::of(p.pid, mounts))
         .unwrap_or_default()
 }
 
@@ -139,8 +153,9 @@ pub struct Usage {
 }
 
 impl Usage {
-    pub fn of(pid: u32) -> Usage {
-        let Some(cgroups) = Cgroups::of(pid) else {
+    /// What the cgroups of process `pid` counted, in the hierarchies of `mounts`.
+    pub fn of(pid: u32, mounts: &CgroupMounts) -> Usage {
+        let Some(cgroups) = Cgroups::of(pid, mounts) else {
             return Usage::default();
         };
         let dir_of = |controller: Option<&str>| cgroups.dir(controller);
@@ -212,7 +227,7 @@ mod tests {
 
     #[test]
     fn this_process_has_cpu_and_memory_usage() {
-        let usage = Usage::of(std::process::id());
+        let usage = Usage::of(std::process::id(), &CgroupMounts::read());
         // (A process in a cgroup v2 root has no memory.current: only the CPU is certain.)
         assert!(usage.cpu_ns.is_some_and(|ns| ns > 0), "{usage:?}");
         assert!(usage.working_set <= usage.memory);

@@ -3,9 +3,11 @@
 //! counters as its network namespace has them (`/proc/<pause>/net/dev`), and each running
 //! container's stats.
 
+use std::collections::HashMap;
+
 use k8s_cri::v1 as cri;
 
-use crate::container::{ContainerFilter, ContainerState, Usage};
+use crate::container::{ContainerFilter, ContainerState, ContainerUsage};
 use crate::error::{Error, Result};
 use crate::runtime::{now_ns, Runtime};
 use crate::sandbox::status::ListFilter;
@@ -18,7 +20,8 @@ impl Runtime {
     pub async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
         let (_, entry) = self.lookup(id)?;
         let record = entry.lock().await.clone();
-        self.stats_of_pod(record).await
+        let mut stats = self.stats_of_pods(vec![record]).await?;
+        Ok(stats.pop().expect("stats for each pod asked"))
     }
 
     /// ListPodSandboxStats' filter is ListPodSandbox's without the state.
@@ -31,28 +34,46 @@ impl Runtime {
             state: None,
             labels: f.label_selector,
         });
-        let mut stats = Vec::new();
+        let mut records = Vec::new();
         for entry in self.entries() {
             let record = entry.lock().await.clone();
             if filter.matches(&record) {
-                stats.push(self.stats_of_pod(record).await?);
+                records.push(record);
             }
         }
-        Ok(stats)
+        self.stats_of_pods(records).await
     }
 
-    async fn stats_of_pod(&self, record: SandboxRecord) -> Result<cri::PodSandboxStats> {
-        let containers = self
+    /// The stats of `pods`, in their order, from one pass over the running containers.
+    async fn stats_of_pods(&self, pods: Vec<SandboxRecord>) -> Result<Vec<cri::PodSandboxStats>> {
+        if pods.is_empty() {
+            return Ok(Vec::new());
+        }
+        let only = match pods.as_slice() {
+            [one] => Some(one.id.clone()),
+            _ => None,
+        };
+        let mut by_pod: HashMap<String, Vec<ContainerUsage>> = HashMap::new();
+        for used in self
             .container_usage(&ContainerFilter {
-                sandbox_id: Some(record.id.clone()),
+                sandbox_id: only,
                 state: Some(ContainerState::Running),
                 ..Default::default()
             })
-            .await?;
-        let object = record.describe();
-        tokio::task::spawn_blocking(move || pod_stats(&record, containers))
-            .await
-            .map_err(|e| Error::step("read the stats", object, e))
+            .await?
+        {
+            by_pod
+                .entry(used.sandbox_id.clone())
+                .or_default()
+                .push(used);
+        }
+        tokio::task::spawn_blocking(move || {
+            pods.iter()
+                .map(|pod| pod_stats(pod, by_pod.remove(&pod.id).unwrap_or_default()))
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::step("read the stats", "pods", e))
     }
 }
 
@@ -64,13 +85,10 @@ fn sum(values: impl Iterator<Item = Option<u64>>) -> Option<cri::UInt64Value> {
     total.map(|value| cri::UInt64Value { value })
 }
 
-fn pod_stats(
-    record: &SandboxRecord,
-    containers: Vec<(cri::ContainerStats, Usage)>,
-) -> cri::PodSandboxStats {
+fn pod_stats(record: &SandboxRecord, containers: Vec<ContainerUsage>) -> cri::PodSandboxStats {
     let timestamp = now_ns();
     let pause = record.pause.filter(|p| p.is_alive());
-    let usages = || containers.iter().map(|(_, usage)| usage);
+    let usages = || containers.iter().map(|used| &used.usage);
     let network = pause.and_then(|p| {
         let text = std::fs::read_to_string(format!("/proc/{}/net/dev", p.pid)).ok()?;
         Some(network_usage(&text, timestamp))
@@ -108,7 +126,7 @@ fn pod_stats(
                 timestamp,
                 process_count: processes,
             }),
-            containers: containers.into_iter().map(|(stats, _)| stats).collect(),
+            containers: containers.into_iter().map(|used| used.stats).collect(),
         }),
         windows: None,
     }
