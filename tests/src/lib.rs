@@ -352,6 +352,7 @@ impl TestContainer {
             },
             resources: Default::default(),
             terminal: false,
+            cgroups_path: None,
         };
         sandboxd::container::bundle::write(&bundle_dir, &process).unwrap();
         container

@@ -6,6 +6,7 @@
 //! Needs root, runc, Debian's CNI plugins and busybox-static.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
@@ -25,6 +26,7 @@ sandboxd_tests::with_both_runtimes!(
     a_rotated_log_is_reopened_and_a_timed_out_exec_leaves_no_process,
     container_stats_come_from_its_cgroups_and_its_upper_dir,
     pod_stats_and_resources_come_from_and_go_to_the_cgroups,
+    containers_are_placed_under_the_pods_cgroup_parent,
 );
 
 fn pod_config(name: &str) -> cri::PodSandboxConfig {
@@ -1237,4 +1239,165 @@ async fn pod_stats_and_resources_come_from_and_go_to_the_cgroups(runtime: &[&str
             .unwrap();
     }
     assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}
+
+/// A pod's `linux.cgroup_parent` (the kubelet's pod cgroup) holds its containers' cgroups,
+/// one per container named by its id, in every hierarchy; stats and updates find them
+/// there; removing the container removes its cgroup and leaves the kubelet's. A parent that
+/// is not a cgroupfs path is refused by field, and nothing of that pod is left.
+async fn containers_are_placed_under_the_pods_cgroup_parent(runtime: &[&str]) {
+    let parent = ParentCgroup(format!("/{}", sandboxd_tests::unique_name("sbt-cgp")));
+    let pod_cgroup = format!("{}/pod-a", parent.0);
+    let daemon = SandboxdProcess::start_with(runtime);
+    let mut client = daemon.client().await;
+
+    let mut config = pod_config("placed");
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        cgroup_parent: pod_cgroup.clone(),
+        ..Default::default()
+    });
+    let pod = client
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let id = run_container(
+        &mut client,
+        &pod,
+        container_config("placed", "busybox", &["sleep", "1000"]),
+    )
+    .await;
+    let pid = status(&mut client, &id).await.1["pid"].as_u64().unwrap();
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let own = format!("{pod_cgroup}/{id}");
+    for controller in ["memory", "cpu", "pids"] {
+        let line = membership.lines().find(|l| {
+            l.split(':')
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .any(|c| c == controller)
+        });
+        if let Some(line) = line {
+            assert!(
+                line.ends_with(&format!(":{own}")),
+                "{controller}: {membership}"
+            );
+        }
+    }
+    let mounts = sandboxd::container::cgroup::CgroupMounts::read();
+    let dirs: Vec<PathBuf> = ["memory", "cpu", "pids"]
+        .into_iter()
+        .filter_map(|c| {
+            sandboxd::container::cgroup::Cgroups::of(pid as u32, &mounts)
+                .unwrap()
+                .dir(Some(c))
+        })
+        .collect();
+    assert!(!dirs.is_empty(), "no v1 cgroup of {id}: {membership}");
+    // Stats and an update reach the cgroup under the parent.
+    let stats = client
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(stats.memory.unwrap().working_set_bytes.is_some());
+    client
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    assert_eq!(
+        cgroup_value(pid, "memory", "memory.limit_in_bytes", "memory.max"),
+        (96u64 << 20).to_string()
+    );
+
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} is left", dir.display());
+        assert!(
+            dir.parent().unwrap().is_dir(),
+            "the kubelet's {} is gone",
+            dir.parent().unwrap().display()
+        );
+    }
+
+    for bad in ["kubepods-besteffort-poda.slice", "/kubepods/../x"] {
+        let mut config = pod_config("misplaced");
+        config.linux = Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: bad.into(),
+            ..Default::default()
+        });
+        let err = client
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(
+            err.message().contains("linux.cgroup_parent")
+                && err.message().contains("default/misplaced"),
+            "{err}"
+        );
+    }
+    let left = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
+}
+
+/// A cgroup the test made as the kubelet would (absolute, in every hierarchy); removed,
+/// with what is under it, when dropped.
+struct ParentCgroup(String);
+
+impl Drop for ParentCgroup {
+    fn drop(&mut self) {
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for hierarchy in hierarchies.flatten() {
+            let root = hierarchy.path().join(self.0.trim_start_matches('/'));
+            let mut dirs = vec![root];
+            let mut i = 0;
+            while i < dirs.len() {
+                if let Ok(entries) = std::fs::read_dir(&dirs[i]) {
+                    dirs.extend(
+                        entries
+                            .flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| e.path()),
+                    );
+                }
+                i += 1;
+            }
+            for dir in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
 }

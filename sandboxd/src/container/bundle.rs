@@ -43,6 +43,9 @@ pub struct ContainerProcess {
     pub resources: Resources,
     /// Its stdio is a terminal the runtime makes (and hands to the monitor).
     pub terminal: bool,
+    /// The cgroup the runtime makes for it (`<pod's cgroup parent>/<container id>`), or
+    /// the runtime's default place.
+    pub cgroups_path: Option<PathBuf>,
 }
 
 /// The pid namespace a container's processes are in.
@@ -172,6 +175,7 @@ pub fn spec(process: &ContainerProcess) -> anyhow::Result<Spec> {
             .map(str::to_string),
     );
     linux.set_resources(Some(process.resources.oci()?));
+    linux.set_cgroups_path(process.cgroups_path.clone());
     process.security.apply(&mut spec)?;
     Ok(spec)
 }
@@ -213,6 +217,7 @@ mod tests {
             },
             resources: Default::default(),
             terminal: false,
+            cgroups_path: None,
             binds: vec![BindMount {
                 source: "/var/lib/sandboxd/sandboxes/p/shm".into(),
                 destination: "/dev/shm".into(),
@@ -304,6 +309,32 @@ mod tests {
         );
         let ns = namespaces(&spec(&process(PidNamespace::Node)).unwrap());
         assert!(!ns.iter().any(|(kind, _)| kind == "pid"), "{ns:?}");
+    }
+
+    #[test]
+    fn a_cgroups_path_is_the_runtimes_to_make() {
+        assert_eq!(
+            spec(&process(PidNamespace::Own))
+                .unwrap()
+                .linux()
+                .as_ref()
+                .unwrap()
+                .cgroups_path(),
+            &None
+        );
+        let placed = ContainerProcess {
+            cgroups_path: Some("/kubepods/pod1/abc".into()),
+            ..process(PidNamespace::Own)
+        };
+        assert_eq!(
+            spec(&placed)
+                .unwrap()
+                .linux()
+                .as_ref()
+                .unwrap()
+                .cgroups_path(),
+            &Some(PathBuf::from("/kubepods/pod1/abc"))
+        );
     }
 
     #[test]

@@ -483,6 +483,8 @@ impl Runtime {
             security: spec.security.clone(),
             resources: spec.resources.clone(),
             terminal: spec.stdio.tty,
+            cgroups_path: (!pod.cgroup_parent.is_empty())
+                .then(|| Path::new(&pod.cgroup_parent).join(id)),
         };
         crate::container::bundle::write(&dir.bundle(), &process)
             .map_err(|e| Error::step("write the bundle", &object, e))?;

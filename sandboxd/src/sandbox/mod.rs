@@ -123,6 +123,10 @@ pub struct SandboxRecord {
     /// The sysctls set in its IPC and network namespaces.
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,
+    /// The kubelet's cgroup for the pod (`linux.cgroup_parent`): its containers' cgroups
+    /// are made under it. Empty: where the runtime puts them by default.
+    #[serde(default)]
+    pub cgroup_parent: String,
 }
 
 impl SandboxRecord {

@@ -30,6 +30,7 @@ struct PodSpec {
     pid_namespace: bool,
     dns: Option<cri::DnsConfig>,
     sysctls: BTreeMap<String, String>,
+    cgroup_parent: String,
 }
 
 /// Names end up in paths, CNI_ARGS and messages: no separators, no `.`/`..`, no controls.
@@ -204,6 +205,12 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         .map(|l| l.sysctls.clone().into_iter().collect())
         .unwrap_or_default();
     super::sysctl::validate(&object, &sysctls, host_network, host_ipc)?;
+    let cgroup_parent = config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    check_cgroup_parent(&object, &cgroup_parent)?;
 
     Ok(PodSpec {
         metadata: PodMetadata {
@@ -222,7 +229,35 @@ fn validate(config: Option<cri::PodSandboxConfig>) -> Result<PodSpec> {
         pid_namespace,
         dns: config.dns_config,
         sysctls,
+        cgroup_parent,
     })
+}
+
+/// The kubelet's pod cgroup, under which the pod's containers are placed: a cgroupfs path
+/// (the kubelet's `cgroupDriver: cgroupfs`), or none.
+fn check_cgroup_parent(object: &str, parent: &str) -> Result<()> {
+    const FIELD: &str = "linux.cgroup_parent";
+    if parent.is_empty() {
+        return Ok(());
+    }
+    let problem = if !parent.starts_with('/') {
+        format!(
+            "{parent:?} is not an absolute cgroup path (a systemd slice needs the kubelet's \
+             cgroupDriver to be cgroupfs: sandboxd places containers with cgroupfs)"
+        )
+    } else if parent.len() > 4096 {
+        format!("is {} bytes long, the limit is 4096", parent.len())
+    } else if let Some(c) = parent.chars().find(|c| c.is_control()) {
+        format!("{parent:?} contains {c:?}")
+    } else if parent[1..]
+        .split('/')
+        .any(|part| matches!(part, "." | ".."))
+    {
+        format!("{parent:?} has a \".\" or \"..\" component")
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid(object, FIELD, problem))
 }
 
 impl Runtime {
@@ -324,6 +359,7 @@ impl Runtime {
             cni_result: None,
             shm: None,
             sysctls: spec.sysctls,
+            cgroup_parent: spec.cgroup_parent,
         };
 
         // 2. The intent: what the next steps will make, before they make it.
@@ -481,6 +517,38 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_cgroup_parent_is_a_cgroupfs_path_or_none() {
+        let with_parent = |parent: &str| {
+            let mut config = config("web", "default", "u");
+            config.linux = Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: parent.into(),
+                ..Default::default()
+            });
+            config
+        };
+        for fine in ["", "/kubepods/besteffort/pod1234", "/a"] {
+            assert_eq!(
+                validate(Some(with_parent(fine))).unwrap().cgroup_parent,
+                fine
+            );
+        }
+        let slice = message(with_parent("kubepods-besteffort-pod1234.slice"));
+        assert!(
+            slice.starts_with("invalid linux.cgroup_parent of pod sandbox default/web:")
+                && slice.contains("not an absolute cgroup path")
+                && slice.contains("cgroupDriver"),
+            "{slice}"
+        );
+        for escaping in ["/kubepods/../etc", "/kubepods/./pod", "/.."] {
+            assert!(
+                message(with_parent(escaping)).contains("component"),
+                "{escaping}"
+            );
+        }
+        assert!(message(with_parent("/pod\n1")).contains("contains '\\n'"));
     }
 
     #[test]
