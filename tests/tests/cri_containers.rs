@@ -60,7 +60,10 @@ fn container_config(name: &str, image: &str, command: &[&str]) -> cri::Container
 }
 
 async fn run_pod(client: &mut Client, name: &str) -> String {
-    let config = pod_config(name);
+    run_pod_with(client, pod_config(name)).await
+}
+
+async fn run_pod_with(client: &mut Client, config: cri::PodSandboxConfig) -> String {
     client
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config),
@@ -1256,15 +1259,7 @@ async fn containers_are_placed_under_the_pods_cgroup_parent(runtime: &[&str]) {
         cgroup_parent: pod_cgroup.clone(),
         ..Default::default()
     });
-    let pod = client
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod_with(&mut client, config).await;
     let id = run_container(
         &mut client,
         &pod,
@@ -1377,27 +1372,11 @@ struct ParentCgroup(String);
 
 impl Drop for ParentCgroup {
     fn drop(&mut self) {
-        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-            return;
-        };
-        for hierarchy in hierarchies.flatten() {
-            let root = hierarchy.path().join(self.0.trim_start_matches('/'));
-            let mut dirs = vec![root];
-            let mut i = 0;
-            while i < dirs.len() {
-                if let Ok(entries) = std::fs::read_dir(&dirs[i]) {
-                    dirs.extend(
-                        entries
-                            .flatten()
-                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                            .map(|e| e.path()),
-                    );
-                }
-                i += 1;
-            }
-            for dir in dirs.iter().rev() {
-                let _ = std::fs::remove_dir(dir);
-            }
+        let mounts = sandboxd::container::cgroup::CgroupMounts::read();
+        let failed = mounts.remove_tree(std::path::Path::new(&self.0));
+        // (Not a second panic while a failed test unwinds.)
+        if !failed.is_empty() && !std::thread::panicking() {
+            panic!("cgroups left: {failed:?}");
         }
     }
 }

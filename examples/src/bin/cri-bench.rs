@@ -493,33 +493,11 @@ fn held_cgroup() -> String {
 }
 
 /// Removes what a runtime left of the held pods' cgroups (runtimes remove a container's
-/// cgroup, not its pod's parents), deepest first, in every hierarchy.
+/// cgroup, not its pod's parents).
 fn remove_held_cgroups() {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for hierarchy in hierarchies.flatten() {
-        let root = hierarchy.path().join(held_cgroup());
-        let mut dirs = vec![root.clone()];
-        let mut i = 0;
-        while i < dirs.len() {
-            if let Ok(entries) = std::fs::read_dir(&dirs[i]) {
-                dirs.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
-            i += 1;
-        }
-        for dir in dirs.iter().rev() {
-            if let Err(e) = std::fs::remove_dir(dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    eprintln!("cri-bench: remove cgroup {}: {e}", dir.display());
-                }
-            }
-        }
+    let mounts = sandboxd::container::cgroup::CgroupMounts::read();
+    for (dir, e) in mounts.remove_tree(std::path::Path::new(&held_cgroup())) {
+        eprintln!("cri-bench: remove cgroup {}: {e}", dir.display());
     }
 }
 

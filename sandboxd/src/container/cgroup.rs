@@ -48,6 +48,38 @@ impl CgroupMounts {
         mounts
     }
 
+    /// Removes the cgroup `path` (as a cgroupsPath: from each hierarchy's root) and every
+    /// cgroup under it, deepest first, in every hierarchy: what a kubelet-like owner of
+    /// pod cgroups does once their processes are gone. What could not be removed (a cgroup
+    /// with processes left), with why; one that is not there is no error.
+    pub fn remove_tree(&self, path: &Path) -> Vec<(PathBuf, std::io::Error)> {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        let hierarchies = self.v1.iter().map(|(_, point)| point).chain(&self.v2);
+        let mut failed = Vec::new();
+        for hierarchy in hierarchies {
+            let mut dirs = vec![hierarchy.join(relative)];
+            let mut i = 0;
+            while i < dirs.len() {
+                if let Ok(entries) = std::fs::read_dir(&dirs[i]) {
+                    dirs.extend(
+                        entries
+                            .flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| e.path()),
+                    );
+                }
+                i += 1;
+            }
+            for dir in dirs.into_iter().rev() {
+                match std::fs::remove_dir(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => failed.push((dir, e)),
+                    _ => {}
+                }
+            }
+        }
+        failed
+    }
+
     /// The mount point of the v1 hierarchy `controller` is bound to, or the v2 one (None).
     fn mount_point(&self, controller: Option<&str>) -> Option<&Path> {
         match controller {
