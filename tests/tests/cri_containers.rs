@@ -75,6 +75,15 @@ async fn run_pod_with(client: &mut Client, config: cri::PodSandboxConfig) -> Str
         .pod_sandbox_id
 }
 
+async fn remove_pod(client: &mut Client, pod: &str) {
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+}
+
 async fn create(
     client: &mut Client,
     pod: &str,
@@ -264,12 +273,7 @@ async fn the_pod_pause_containers_share_the_pod_network(runtime: &[&str]) {
         "not in the CRI log format: {log}"
     );
 
-    client
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+    remove_pod(&mut client, &pod).await;
     assert!(list(&mut client, cri::ContainerFilter::default())
         .await
         .is_empty());
@@ -431,10 +435,7 @@ async fn containers_run_stop_list_exec_and_are_removed(runtime: &[&str]) {
         .next()
         .is_none());
     for id in [pod, other] {
-        client
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await
-            .unwrap();
+        remove_pod(&mut client, &id).await;
     }
     assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
 }
@@ -480,12 +481,7 @@ async fn containers_survive_a_kill_9_of_sandboxd(runtime: &[&str]) {
             .len(),
         2
     );
-    client
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&mut client, &pod).await;
     assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
 }
 
@@ -570,12 +566,7 @@ async fn bad_container_requests_are_refused_and_leave_nothing(runtime: &[&str]) 
     .await
     .unwrap_err();
     assert_eq!(stopped.code(), tonic::Code::FailedPrecondition);
-    client
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+    remove_pod(&mut client, &pod).await;
     let removed = create(
         &mut client,
         &pod,
@@ -624,12 +615,7 @@ async fn container_cycles_leak_nothing(runtime: &[&str]) {
         .is_none());
     let mounts = daemon.mounts();
     assert_eq!(mounts.len(), 3, "{mounts:?}"); // netns dir, the pod's pin and its shm
-    client
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&mut client, &pod).await;
     assert_eq!(daemon.mounts(), vec![daemon.path("run/netns")]);
 }
 
@@ -1234,12 +1220,7 @@ async fn pod_stats_and_resources_come_from_and_go_to_the_cgroups(runtime: &[&str
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     for pod in [pod, neighbour_pod] {
-        client
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: pod,
-            })
-            .await
-            .unwrap();
+        remove_pod(&mut client, &pod).await;
     }
     assert_eq!(daemon.processes(), Vec::<u32>::new(), "processes left");
 }
@@ -1321,12 +1302,7 @@ async fn containers_are_placed_under_the_pods_cgroup_parent(runtime: &[&str]) {
         (96u64 << 20).to_string()
     );
 
-    client
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    remove_pod(&mut client, &pod).await;
     for dir in &dirs {
         assert!(!dir.exists(), "{} is left", dir.display());
         assert!(

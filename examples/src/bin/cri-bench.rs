@@ -393,46 +393,52 @@ fn processes_named(name: &str) -> Vec<u32> {
 /// `calls` ListContainerStats, then as many ListPodSandboxStats, each listing everything
 /// (`pods` pods with a container each).
 async fn bench_stats(client: &Client, label: &str, pods: usize, calls: usize) -> Result<()> {
-    let mut client = client.clone();
-    let mut samples = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let started = Instant::now();
-        let listed = client
-            .list_container_stats(cri::ListContainerStatsRequest { filter: None })
-            .await
-            .context("ListContainerStats")?
-            .into_inner()
-            .stats;
-        samples.push(started.elapsed());
-        if listed.len() != pods {
-            bail!(
-                "ListContainerStats listed {} containers, not {pods}",
-                listed.len()
-            );
+    let containers = time_listing(calls, pods, || {
+        let mut client = client.clone();
+        async move {
+            let request = cri::ListContainerStatsRequest { filter: None };
+            let listed = client.list_container_stats(request).await?;
+            Ok(listed.into_inner().stats.len())
         }
-    }
+    })
+    .await
+    .context("ListContainerStats")?;
     let mode = format!("{pods} containers");
-    println!("{}", row("ListContainerStats", label, &mode, samples));
+    println!("{}", row("ListContainerStats", label, &mode, containers));
+    let pod_samples = time_listing(calls, pods, || {
+        let mut client = client.clone();
+        async move {
+            let request = cri::ListPodSandboxStatsRequest { filter: None };
+            let listed = client.list_pod_sandbox_stats(request).await?;
+            Ok(listed.into_inner().stats.len())
+        }
+    })
+    .await
+    .context("ListPodSandboxStats")?;
+    let mode = format!("{pods} pods");
+    println!("{}", row("ListPodSandboxStats", label, &mode, pod_samples));
+    Ok(())
+}
+
+/// Times `calls` calls of `list`, each of which must list `expected` items.
+async fn time_listing<Listing>(
+    calls: usize,
+    expected: usize,
+    list: impl Fn() -> Listing,
+) -> Result<Vec<Duration>>
+where
+    Listing: std::future::Future<Output = Result<usize, tonic::Status>>,
+{
     let mut samples = Vec::with_capacity(calls);
     for _ in 0..calls {
         let started = Instant::now();
-        let listed = client
-            .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
-            .await
-            .context("ListPodSandboxStats")?
-            .into_inner()
-            .stats;
+        let listed = list().await?;
         samples.push(started.elapsed());
-        if listed.len() != pods {
-            bail!(
-                "ListPodSandboxStats listed {} pods, not {pods}",
-                listed.len()
-            );
+        if listed != expected {
+            bail!("listed {listed}, not {expected}");
         }
     }
-    let mode = format!("{pods} pods");
-    println!("{}", row("ListPodSandboxStats", label, &mode, samples));
-    Ok(())
+    Ok(samples)
 }
 
 async fn hold(

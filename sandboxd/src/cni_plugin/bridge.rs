@@ -404,11 +404,10 @@ fn ensure_bridge(
 
 /// Where upstream puts a gateway IPAM did not name: the subnet's first address.
 fn fill_in_gateways(result: &mut CniResult) {
+    use crate::cni_plugin::host_local::range::{address, number};
     for ip in result.ips.iter_mut().filter(|ip| ip.gateway.is_none()) {
-        ip.gateway = match ip.address.network().addr {
-            IpAddr::V4(net) => Some(IpAddr::V4((u32::from(net).wrapping_add(1)).into())),
-            IpAddr::V6(net) => Some(IpAddr::V6((u128::from(net).wrapping_add(1)).into())),
-        };
+        let network = ip.address.network().addr;
+        ip.gateway = Some(address(number(network).wrapping_add(1), network.is_ipv4()));
     }
 }
 

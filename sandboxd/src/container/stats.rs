@@ -45,23 +45,24 @@ impl Runtime {
         filter: &ContainerFilter,
     ) -> Result<Vec<cri::ContainerStats>> {
         Ok(self
-            .container_usage(filter)
+            .container_usage(|record| filter.matches(record))
             .await?
             .into_iter()
             .map(|used| used.stats)
             .collect())
     }
 
-    /// The stats of the containers `filter` matches, with what their cgroups counted.
+    /// The stats of the containers `wanted` keeps (once observed), with what their cgroups
+    /// counted; only those are read.
     pub(crate) async fn container_usage(
         &self,
-        filter: &ContainerFilter,
+        wanted: impl Fn(&ContainerRecord) -> bool,
     ) -> Result<Vec<ContainerUsage>> {
         let mut records = Vec::new();
         for entry in self.container_entries() {
             let mut record = entry.lock().await;
             self.observe(&mut record)?;
-            if filter.matches(&record) {
+            if wanted(&record) {
                 let upper = self.container_dir(&record.id).path().join("upper");
                 records.push((record.clone(), upper));
             }

@@ -3,11 +3,11 @@
 //! counters as its network namespace has them (`/proc/<pause>/net/dev`), and each running
 //! container's stats.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use k8s_cri::v1 as cri;
 
-use crate::container::{ContainerFilter, ContainerState, ContainerUsage};
+use crate::container::{ContainerState, ContainerUsage};
 use crate::error::{Error, Result};
 use crate::runtime::{now_ns, Runtime};
 use crate::sandbox::status::ListFilter;
@@ -44,21 +44,14 @@ impl Runtime {
         self.stats_of_pods(records).await
     }
 
-    /// The stats of `pods`, in their order, from one pass over the running containers.
+    /// The stats of `pods`, in their order, from one pass over the running containers
+    /// (only theirs are read).
     async fn stats_of_pods(&self, pods: Vec<SandboxRecord>) -> Result<Vec<cri::PodSandboxStats>> {
-        if pods.is_empty() {
-            return Ok(Vec::new());
-        }
-        let only = match pods.as_slice() {
-            [one] => Some(one.id.clone()),
-            _ => None,
-        };
+        let ids: HashSet<&str> = pods.iter().map(|pod| pod.id.as_str()).collect();
         let mut by_pod: HashMap<String, Vec<ContainerUsage>> = HashMap::new();
         for used in self
-            .container_usage(&ContainerFilter {
-                sandbox_id: only,
-                state: Some(ContainerState::Running),
-                ..Default::default()
+            .container_usage(|record| {
+                record.state == ContainerState::Running && ids.contains(record.sandbox_id.as_str())
             })
             .await?
         {

@@ -39,7 +39,8 @@ pub fn number(ip: IpAddr) -> u128 {
     }
 }
 
-fn address(value: u128, v4: bool) -> IpAddr {
+/// The address of a number, of the family `v4` says.
+pub fn address(value: u128, v4: bool) -> IpAddr {
     if v4 {
         IpAddr::V4(Ipv4Addr::from(value as u32))
     } else {
