@@ -191,7 +191,7 @@ impl Demo<'_> {
         let pause_pid =
             json_at(&inspectp, "/info/pid").context_step(self.step, "no pid in inspectp")?;
         let namespaces = |demo: &mut Self, pid: &str| -> Step<Vec<(String, String)>> {
-            let text = demo.run(&format!("lsns -p {pid}"), "lsns", &["-p", pid])?;
+            let text = demo.lsns(pid)?;
             Ok(text
                 .lines()
                 .skip(1)
@@ -373,6 +373,13 @@ impl Demo<'_> {
     }
 
     fn output(&self, program: &str, args: impl IntoIterator<Item = OsString>) -> Step<String> {
+        let args: Vec<OsString> = args.into_iter().collect();
+        let output = self.spawn(program, &args)?;
+        self.succeeded(program, &args, output)
+    }
+
+    /// What `program ARGS` printed and how it ended, whatever that was.
+    fn spawn(&self, program: &str, args: &[OsString]) -> Step<std::process::Output> {
         let mut command = if program == "sandboxctl" {
             let mut command = Command::new(&self.sandboxctl);
             command.env("SANDBOXD_LAB_DIR", self.lab.root());
@@ -380,11 +387,19 @@ impl Demo<'_> {
         } else {
             Command::new(program)
         };
-        let args: Vec<OsString> = args.into_iter().collect();
-        let output = command
-            .args(&args)
+        command
+            .args(args)
             .output()
-            .map_err(|e| self.fail(format!("run {program}: {e}")))?;
+            .map_err(|e| self.fail(format!("run {program}: {e}")))
+    }
+
+    /// Its stdout, if `program ARGS` succeeded; the failure with its stderr, if not.
+    fn succeeded(
+        &self,
+        program: &str,
+        args: &[OsString],
+        output: std::process::Output,
+    ) -> Step<String> {
         if !output.status.success() {
             return Err(self.fail(format!(
                 "{program} {} failed: {}",
@@ -396,6 +411,24 @@ impl Demo<'_> {
             )));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `lsns -p PID`, shown. util-linux before 2.40.3 (Debian 12 has 2.38) exits 1 with
+    /// no message when any process of the node exits while it scans /proc
+    /// (util-linux#2799); a node starting and stopping pods does that, so a silent failure
+    /// is asked again, a few times.
+    fn lsns(&mut self, pid: &str) -> Step<String> {
+        let args = [OsString::from("-p"), OsString::from(pid)];
+        let mut output = self.spawn("lsns", &args)?;
+        for _ in 1..5 {
+            if output.status.success() || !output.stderr.is_empty() {
+                break;
+            }
+            output = self.spawn("lsns", &args)?;
+        }
+        let text = self.succeeded("lsns", &args, output)?;
+        self.show(&format!("lsns -p {pid}"), &text);
+        Ok(text)
     }
 
     /// `sandboxctl ARGS`, shown.
